@@ -1,0 +1,1 @@
+"""Glue that starts several components at once on one machine (``up``)."""

@@ -1,0 +1,74 @@
+"""The status scale, key names and the text form of host state."""
+
+from __future__ import annotations
+
+from wire.keys import KeySpace, valid_host_id
+from wire.messages import Report
+from wire.state import (
+    entry_id_ms,
+    iso_from_ms,
+    parse_host_state,
+    report_fields,
+    report_status,
+)
+from wire.status import Status
+
+
+def test_worst_orders_like_nagios() -> None:
+    assert Status.worst([Status.OK, Status.WARNING]) is Status.WARNING
+    assert Status.worst([Status.CRITICAL, Status.WARNING, Status.OK]) is Status.CRITICAL
+    assert Status.worst([Status.CRITICAL, Status.UNKNOWN]) is Status.UNKNOWN
+    assert Status.worst([]) is Status.OK
+    assert [int(s) for s in Status] == [0, 1, 2, 3]
+
+
+def test_status_parse() -> None:
+    assert Status.parse("warning") is Status.WARNING
+    assert Status.parse("garbage") is Status.UNKNOWN
+
+
+def test_keys_share_one_prefix() -> None:
+    keys = KeySpace("fleet2:")
+    names = [keys.host("bbs-01"), keys.host_sessions("bbs-01"), keys.hosts_index(),
+             keys.reports_stream(), keys.sessions_stream(), keys.dead_letter_stream(),
+             keys.alert("bbs-01", "disk_space"), keys.silences(), keys.evaluate_queue()]
+    assert all(name.startswith("fleet2:") for name in names)
+    assert len(set(names)) == len(names)
+    assert KeySpace().host("bbs-01") == "mtbbs:host:bbs-01"
+
+
+def test_host_ids() -> None:
+    assert valid_host_id("bbs-01.example")
+    for bad in ["", "-x", "a b", "a\r\nb", "x" * 65, "ホスト", "a:b"]:
+        assert not valid_host_id(bad)
+
+
+def test_report_fields_round_trip_through_text() -> None:
+    report = Report("bbs-01", "0.1.0", 1, 9, 1_795_000_000.0, {
+        "disk_space": {"healthy": False, "percent_used": 92.5, "warning_threshold": 90},
+        "database": {"healthy": True, "integrity": "ok", "error": None},
+    })
+    fields = report_fields(report, entry_ms=1_795_000_002_000)
+    assert fields["status"] == "WARNING"
+    assert fields["disk_space.percent_used"] == "92.5"
+    assert fields["database.healthy"] == "true"
+    assert fields["clock_skew_s"] == "-2.0"
+    assert fields["last_seen"] == iso_from_ms(1_795_000_002_000)
+    assert fields["unhealthy"] == "disk_space"
+    assert all(isinstance(v, str) for v in fields.values())
+    state = parse_host_state("bbs-01", {k.encode(): v.encode() for k, v in fields.items()})
+    assert state.status is Status.WARNING
+    assert state.check_fields("disk_space") == {"healthy": False, "percent_used": 92.5,
+                                                "warning_threshold": 90}
+    assert state.clock_skew_s == -2.0
+    assert state.last_seen_ms == 1_795_000_002_000
+
+
+def test_database_problem_is_critical() -> None:
+    assert report_status({"database": {"healthy": False}, "disk_space": {"healthy": False}}) \
+        is Status.CRITICAL
+    assert report_status({"memory": {"healthy": False}}) is Status.WARNING
+
+
+def test_entry_id_ms() -> None:
+    assert entry_id_ms(b"1795000000123-4") == 1_795_000_000_123

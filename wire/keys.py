@@ -1,0 +1,121 @@
+"""Every Redis key, stream, group and queue name of the project.
+
+Names are built here and only here, all under one configurable prefix
+(default ``mtbbs:``), so that a sysop can find everything with
+``redis-cli --scan --pattern 'mtbbs:*'`` and two fleets can share a Redis.
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass
+
+DEFAULT_PREFIX = "mtbbs:"
+
+# Host ids end up in key names, mail headers and terminals: keep them to a
+# conservative alphabet so that none of those needs quoting.
+HOST_ID_PATTERN = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$")
+CHECK_NAME_PATTERN = re.compile(r"^[a-z][a-z0-9_]{0,31}$")
+
+COLLECTOR_GROUP = "collectors"
+
+
+def valid_host_id(host: str) -> bool:
+    """True when ``host`` may be used as a host id."""
+    return bool(HOST_ID_PATTERN.match(host))
+
+
+@dataclass(frozen=True)
+class KeySpace:
+    """Key names under one prefix."""
+
+    prefix: str = DEFAULT_PREFIX
+
+    # -- streams -----------------------------------------------------------
+    def reports_stream(self) -> str:
+        """Stream of agent reports (msgpack in field ``m``)."""
+        return f"{self.prefix}stream:reports"
+
+    def sessions_stream(self) -> str:
+        """Stream of session events pushed by the BBS (msgpack in field ``m``)."""
+        return f"{self.prefix}stream:sessions"
+
+    def dead_letter_stream(self) -> str:
+        """Stream of entries the collector could not use, with the reason."""
+        return f"{self.prefix}stream:dead"
+
+    def streams(self) -> tuple[str, str]:
+        """The streams the collector consumes."""
+        return (self.reports_stream(), self.sessions_stream())
+
+    # -- per-host state (plain text, readable with redis-cli) ---------------
+    def hosts_index(self) -> str:
+        """Sorted set: host id scored by last-seen time (ms, Redis clock)."""
+        return f"{self.prefix}hosts"
+
+    def host(self, host: str) -> str:
+        """Hash: the host's latest state, flattened as ``check.field``."""
+        return f"{self.prefix}host:{host}"
+
+    def host_sessions(self, host: str) -> str:
+        """Hash: client id (``ip:port``) to a JSON text of the session."""
+        return f"{self.prefix}host:{host}:sessions"
+
+    def host_history(self, host: str) -> str:
+        """List: newest first, CSV lines of the host's key figures."""
+        return f"{self.prefix}host:{host}:history"
+
+    # -- the collector's own health ------------------------------------------
+    def collectors_index(self) -> str:
+        """Sorted set: collector consumer names scored by heartbeat (ms)."""
+        return f"{self.prefix}collectors"
+
+    def collector(self, name: str) -> str:
+        """Hash: one collector's heartbeat, lag and pending count."""
+        return f"{self.prefix}collector:{name}"
+
+    def evaluation_pending(self, host: str) -> str:
+        """String with a TTL: set while an evaluation job for the host waits."""
+        return f"{self.prefix}eval:pending:{host}"
+
+    # -- alerter state -------------------------------------------------------
+    def alerts_index(self) -> str:
+        """Set: ``host/check`` of every alert state that exists."""
+        return f"{self.prefix}alerts"
+
+    def alert(self, host: str, check: str) -> str:
+        """Hash: the alert state machine of one (host, check)."""
+        return f"{self.prefix}alert:{host}:{check}"
+
+    def silences(self) -> str:
+        """Hash: silence id to a JSON text of the silence."""
+        return f"{self.prefix}silences"
+
+    def notification_sent(self, notification_id: str) -> str:
+        """String with a TTL: marks a notification as delivered (dedup)."""
+        return f"{self.prefix}notify:sent:{notification_id}"
+
+    def notifications_failed(self) -> str:
+        """Hash: notification id to a JSON text of a failed delivery."""
+        return f"{self.prefix}notify:failed"
+
+    def notification_log(self) -> str:
+        """List: newest first, JSON texts of recent notifications."""
+        return f"{self.prefix}notify:log"
+
+    def channel_rate(self, channel: str) -> str:
+        """Sorted set: send times of a channel, for its rate limit."""
+        return f"{self.prefix}notify:rate:{channel}"
+
+    def digest_buffer(self, channel: str) -> str:
+        """List: alerts waiting to be grouped into one digest for a channel."""
+        return f"{self.prefix}notify:digest:{channel}"
+
+    # -- rq queues (rq adds its own ``rq:queue:`` in front) -------------------
+    def evaluate_queue(self) -> str:
+        """rq queue of per-host evaluation jobs."""
+        return f"{self.prefix}evaluate"
+
+    def notify_queue(self) -> str:
+        """rq queue of notification delivery jobs."""
+        return f"{self.prefix}notify"

@@ -1,0 +1,193 @@
+"""The per-host state as plain text, and how check results map to statuses.
+
+The collector writes a host's state into one Redis hash of text fields so
+that ``redis-cli HGETALL mtbbs:host:bbs-01`` is readable by a person; the
+status CLI, the exporter and the alerter read it back. Both directions live
+here so that writer and readers agree.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from collections.abc import Mapping
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from typing import Any
+
+from wire.messages import FieldValue, Report, SessionInfo
+from wire.status import Status
+
+# The seed's exit codes: a database problem is CRITICAL, anything else that
+# is unhealthy (disk, memory, sessions, ...) is WARNING.
+CRITICAL_CHECKS = frozenset({"database"})
+
+# Fields of the host hash that are not check results.
+META_FIELDS = (
+    "status", "last_seen", "last_seen_ms", "observed_at", "epoch", "seq", "agent_version",
+    "clock_skew_s", "stale", "dropped_total", "checks", "unhealthy",
+)
+
+STALE_NO = "no"
+STALE_WARNING = "warning"
+STALE_CRITICAL = "critical"
+
+
+def check_status(name: str, healthy: bool) -> Status:
+    """The status of one check result under the seed's rules."""
+    if healthy:
+        return Status.OK
+    return Status.CRITICAL if name in CRITICAL_CHECKS else Status.WARNING
+
+
+def report_status(checks: Mapping[str, Mapping[str, Any]]) -> Status:
+    """The worst status over a report's checks."""
+    return Status.worst(check_status(name, bool(f.get("healthy"))) for name, f in checks.items())
+
+
+def stale_status(stale: str) -> Status:
+    """The status a staleness level imposes."""
+    return {STALE_WARNING: Status.WARNING, STALE_CRITICAL: Status.CRITICAL}.get(stale, Status.OK)
+
+
+def iso_from_ms(ms: int | float) -> str:
+    """``2026-11-28T10:30:45Z`` (UTC, second precision) from unix milliseconds."""
+    return datetime.fromtimestamp(ms / 1000, UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
+
+
+def iso_from_seconds(seconds: float) -> str:
+    """ISO text of unix seconds, with milliseconds, in UTC."""
+    return datetime.fromtimestamp(seconds, UTC).strftime("%Y-%m-%dT%H:%M:%S.%f")[:-3] + "Z"
+
+
+def entry_id_ms(entry_id: bytes | str) -> int:
+    """The Redis server time (ms) embedded in a stream entry id."""
+    text = entry_id.decode() if isinstance(entry_id, bytes) else entry_id
+    return int(text.split("-", 1)[0])
+
+
+def format_value(value: FieldValue) -> str:
+    """A field value as stored text: booleans as true/false, None as empty."""
+    if value is None:
+        return ""
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    if isinstance(value, float):
+        return repr(round(value, 3)) if math.isfinite(value) else ""
+    if isinstance(value, tuple | list):
+        return json.dumps([dict(v) for v in value], ensure_ascii=False)
+    return str(value)
+
+
+def flatten_checks(checks: Mapping[str, Mapping[str, FieldValue]]) -> dict[str, str]:
+    """``check.field`` -> text for every scalar field of every check.
+
+    List fields (the session list) are left out: sessions have their own
+    hash, and a host hash of one line per figure stays readable.
+    """
+    flat: dict[str, str] = {}
+    for name, fields in checks.items():
+        for key, value in fields.items():
+            if isinstance(value, tuple | list):
+                continue
+            flat[f"{name}.{key}"] = format_value(value)
+    return flat
+
+
+def report_fields(report: Report, entry_ms: int, stale: str = STALE_NO) -> dict[str, str]:
+    """The host hash written for ``report`` received at Redis time ``entry_ms``."""
+    status = report_status(report.checks)
+    status = Status.worst([status, stale_status(stale)])
+    unhealthy = [n for n, f in report.checks.items() if not f.get("healthy")]
+    fields = {
+        "status": status.name,
+        "last_seen": iso_from_ms(entry_ms),
+        "last_seen_ms": str(entry_ms),
+        "observed_at": iso_from_seconds(report.observed_at),
+        "epoch": str(report.epoch),
+        "seq": str(report.seq),
+        "agent_version": report.agent_version,
+        "clock_skew_s": format_value(round(report.observed_at - entry_ms / 1000, 3)),
+        "stale": stale,
+        "checks": ",".join(sorted(report.checks)),
+        "unhealthy": ",".join(sorted(unhealthy)),
+    }
+    fields.update(flatten_checks(report.checks))
+    return fields
+
+
+def session_text(info: SessionInfo) -> str:
+    """The JSON text stored per session in the host's sessions hash."""
+    return json.dumps(
+        {
+            "client_id": info.client_id,
+            "user_id": info.user_id,
+            "state": info.state,
+            "connected_at": iso_from_seconds(info.connected_at),
+        },
+        ensure_ascii=False,
+        sort_keys=True,
+    )
+
+
+def parse_value(text: str) -> FieldValue:
+    """Best-effort inverse of :func:`format_value` for scalar fields."""
+    if text == "":
+        return None
+    if text in ("true", "false"):
+        return text == "true"
+    try:
+        return int(text)
+    except ValueError:
+        pass
+    try:
+        number = float(text)
+    except ValueError:
+        return text
+    return number if math.isfinite(number) else text
+
+
+@dataclass(frozen=True)
+class HostState:
+    """A host's stored state, decoded for readers."""
+
+    host: str
+    status: Status
+    last_seen_ms: int
+    stale: str
+    clock_skew_s: float | None
+    agent_version: str
+    checks: dict[str, dict[str, FieldValue]]
+    raw: dict[str, str]
+
+    def check_fields(self, name: str) -> dict[str, FieldValue]:
+        """Fields of one check, or {} when the host did not report it."""
+        return self.checks.get(name, {})
+
+
+def _text(value: Any) -> str:
+    return value.decode("utf-8", "replace") if isinstance(value, bytes) else str(value)
+
+
+def parse_host_state(host: str, raw: Mapping[Any, Any]) -> HostState:
+    """Decode a host hash as returned by HGETALL (bytes or text)."""
+    fields = {_text(k): _text(v) for k, v in raw.items()}
+    checks: dict[str, dict[str, FieldValue]] = {}
+    for key, value in fields.items():
+        if key in META_FIELDS or "." not in key:
+            continue
+        name, _, field_name = key.partition(".")
+        checks.setdefault(name, {})[field_name] = parse_value(value)
+    skew = parse_value(fields.get("clock_skew_s", ""))
+    last_seen = fields.get("last_seen_ms", "0")
+    return HostState(
+        host=host,
+        status=Status.parse(fields.get("status", "UNKNOWN")),
+        last_seen_ms=int(last_seen) if last_seen.isdigit() else 0,
+        stale=fields.get("stale", STALE_NO),
+        clock_skew_s=float(skew) if isinstance(skew, int | float) and not isinstance(skew, bool)
+        else None,
+        agent_version=fields.get("agent_version", ""),
+        checks=checks,
+        raw=fields,
+    )
