@@ -19,6 +19,10 @@ CHECK_NAME_PATTERN = re.compile(r"^[a-z][a-z0-9_]{0,31}$")
 
 COLLECTOR_GROUP = "collectors"
 
+# The rq job the collector enqueues per changed host, by import path, so that
+# the collector never imports the alerter: ``evaluate_host(host: str)``.
+EVALUATE_JOB = "alerter.jobs.evaluate_host"
+
 
 def valid_host_id(host: str) -> bool:
     """True when ``host`` may be used as a host id."""
