@@ -77,6 +77,8 @@ class Report:
     ``epoch`` changes when the agent loses its spool (a new run), ``seq``
     increases by one per report within an epoch. ``dropped`` counts reports
     the agent's spool had to discard since the previous delivered report.
+    ``interval`` is the agent's reporting period in seconds, from which the
+    collector judges when the host has gone silent.
     """
 
     host: str
@@ -86,6 +88,7 @@ class Report:
     observed_at: float
     checks: Mapping[str, Mapping[str, FieldValue]]
     dropped: int = 0
+    interval: float = 60.0
 
     @property
     def order(self) -> tuple[int, int]:
@@ -147,6 +150,7 @@ def to_map(message: Message) -> dict[str, Any]:
             "seq": message.seq,
             "observed_at": message.observed_at,
             "dropped": message.dropped,
+            "interval": message.interval,
             "checks": {
                 name: {k: _field_to_wire(v) for k, v in fields.items()}
                 for name, fields in message.checks.items()
@@ -242,6 +246,14 @@ def _time(value: Any, name: str, *, optional: bool = False) -> Any:
     return float(value)
 
 
+def _interval(value: Any) -> float:
+    if isinstance(value, bool) or not isinstance(value, int | float):
+        raise DecodeError("interval is not a number")
+    if not math.isfinite(value) or not 0.1 <= value <= 86_400:
+        raise DecodeError("interval out of range")
+    return float(value)
+
+
 def _host(value: Any) -> str:
     host = _string(value, "host", limit=64)
     if not valid_host_id(host):
@@ -329,6 +341,7 @@ def _decode_report(doc: Mapping[str, Any]) -> Report:
         seq=_integer(_get(doc, "seq"), "seq"),
         observed_at=_time(_get(doc, "observed_at"), "observed_at"),
         dropped=_integer(doc.get("dropped", 0), "dropped"),
+        interval=_interval(doc.get("interval", 60.0)),
         checks=_checks(_get(doc, "checks")),
     )
 

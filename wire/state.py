@@ -25,7 +25,7 @@ CRITICAL_CHECKS = frozenset({"database"})
 # Fields of the host hash that are not check results.
 META_FIELDS = (
     "status", "last_seen", "last_seen_ms", "observed_at", "epoch", "seq", "agent_version",
-    "clock_skew_s", "stale", "dropped_total", "checks", "unhealthy",
+    "clock_skew_s", "stale", "dropped_total", "checks", "unhealthy", "interval_s",
 )
 
 STALE_NO = "no"
@@ -109,6 +109,7 @@ def report_fields(report: Report, entry_ms: int, stale: str = STALE_NO) -> dict[
         "agent_version": report.agent_version,
         "clock_skew_s": format_value(round(report.observed_at - entry_ms / 1000, 3)),
         "stale": stale,
+        "interval_s": format_value(report.interval),
         "checks": ",".join(sorted(report.checks)),
         "unhealthy": ",".join(sorted(unhealthy)),
     }

@@ -31,6 +31,7 @@ def sample_report(**changes: object) -> Report:
         "seq": 42,
         "observed_at": NOW,
         "dropped": 3,
+        "interval": 30.0,
         "checks": {
             "database": {"healthy": True, "integrity": "ok", "size_bytes": 5483520,
                          "size_mb": 5.23, "table_count": 8, "path": "data/mtbbs.db"},
@@ -102,6 +103,7 @@ def test_stream_entry_round_trip_with_bytes_keys() -> None:
         (lambda d: d.update(observed_at=float("nan")), "observed_at is not a plausible unix time"),
         (lambda d: d.update(observed_at=1e300), "observed_at is not a plausible unix time"),
         (lambda d: d.pop("checks"), "missing field 'checks'"),
+        (lambda d: d.update(interval=0), "interval out of range"),
         (lambda d: d.update(checks=[]), "checks is not a map"),
         (lambda d: d.update(checks={"disk": {"percent": 1}}), "lacks a boolean 'healthy'"),
         (lambda d: d.update(checks={"Disk!": {"healthy": True}}), "check name is not valid"),
