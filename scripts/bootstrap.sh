@@ -1,6 +1,6 @@
 #!/bin/sh
 # Create (or reuse) the project's virtual environment and install into it.
-# Sourced by up.sh and test.sh; $1 is the pip extra to install.
+# Sourced by up.sh and test.sh, which set EXTRA to the pip extra to install.
 set -eu
 PYTHON=${PYTHON:-python3}
 VENV=${MTBBS_VENV:-.venv}
@@ -25,4 +25,4 @@ fi
 "$VENV/bin/python" -m pip install --quiet --disable-pip-version-check --upgrade pip
 # A stale build/ directory can carry modules that were since removed.
 rm -rf build ./*.egg-info
-"$VENV/bin/python" -m pip install --quiet --disable-pip-version-check ".[$1]"
+"$VENV/bin/python" -m pip install --quiet --disable-pip-version-check ".[$EXTRA]"

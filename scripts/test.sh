@@ -4,7 +4,8 @@
 # Arguments are passed to pytest.
 set -eu
 cd "$(dirname "$0")/.."
-. scripts/bootstrap.sh test
+EXTRA=test
+. scripts/bootstrap.sh
 VENV=${MTBBS_VENV:-.venv}
 echo "== ruff"
 "$VENV/bin/ruff" check .

@@ -4,6 +4,7 @@
 # BBS. Arguments are passed to `mtbbs-monitor up`. Ctrl-C stops everything.
 set -eu
 cd "$(dirname "$0")/.."
-. scripts/bootstrap.sh embedded
+EXTRA=embedded
+. scripts/bootstrap.sh
 VENV=${MTBBS_VENV:-.venv}
 exec "$VENV/bin/mtbbs-monitor" up --demo "$@"
