@@ -23,6 +23,11 @@ COLLECTOR_GROUP = "collectors"
 # the collector never imports the alerter: ``evaluate_host(host: str)``.
 EVALUATE_JOB = "alerter.jobs.evaluate_host"
 
+# The serializer of every rq queue of the project, as rq names it: JSON rather
+# than pickle, so job data is plain text and nothing executable crosses Redis.
+# Producers (``Queue(..., serializer=RQ_SERIALIZER)``) and workers must agree.
+RQ_SERIALIZER = "json"
+
 
 def valid_host_id(host: str) -> bool:
     """True when ``host`` may be used as a host id."""
@@ -64,6 +69,11 @@ class KeySpace:
     def host_sessions(self, host: str) -> str:
         """Hash: client id (``ip:port``) to a JSON text of the session."""
         return f"{self.prefix}host:{host}:sessions"
+
+    def host_sessions_order(self, host: str) -> str:
+        """Hash: ordering marks of the sessions hash (``snapshot`` and ``c:<client id>``
+        to the ``epoch:seq`` last applied), so late events never regress it."""
+        return f"{self.prefix}host:{host}:sessions:order"
 
     def host_history(self, host: str) -> str:
         """List: newest first, CSV lines of the host's key figures."""
