@@ -79,6 +79,15 @@ class KeySpace:
         """List: newest first, CSV lines of the host's key figures."""
         return f"{self.prefix}host:{host}:history"
 
+    # -- the agent's delivery bookkeeping -----------------------------------
+    def agent_last_sent(self, host: str) -> str:
+        """String ``epoch:seq`` of the host's last report on the stream.
+
+        The agent's send script checks and sets it atomically with the XADD,
+        so a report re-sent after a lost reply is not added twice.
+        """
+        return f"{self.prefix}agent:{host}:last_sent"
+
     # -- the collector's own health ------------------------------------------
     def collectors_index(self) -> str:
         """Sorted set: collector consumer names scored by heartbeat (ms)."""

@@ -31,10 +31,12 @@ def test_keys_share_one_prefix() -> None:
     keys = KeySpace("fleet2:")
     names = [keys.host("bbs-01"), keys.host_sessions("bbs-01"), keys.hosts_index(),
              keys.reports_stream(), keys.sessions_stream(), keys.dead_letter_stream(),
-             keys.alert("bbs-01", "disk_space"), keys.silences(), keys.evaluate_queue()]
+             keys.alert("bbs-01", "disk_space"), keys.silences(), keys.evaluate_queue(),
+             keys.agent_last_sent("bbs-01")]
     assert all(name.startswith("fleet2:") for name in names)
     assert len(set(names)) == len(names)
     assert KeySpace().host("bbs-01") == "mtbbs:host:bbs-01"
+    assert KeySpace().agent_last_sent("bbs-01") == "mtbbs:agent:bbs-01:last_sent"
 
 
 def test_host_ids() -> None:
