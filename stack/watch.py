@@ -15,6 +15,7 @@ logs. Ages are measured against Redis's clock, like everything else.
 
 from __future__ import annotations
 
+import io
 import json
 import logging
 import threading
@@ -251,31 +252,54 @@ def _figure(value: float | None, unit: str = "") -> str:
     return f"{value:.1f}{unit}" if value != int(value) else f"{int(value)}{unit}"
 
 
-def hosts_table(snapshot: Snapshot) -> Table:
-    """The hosts table."""
-    table = Table(title="Hosts", box=box.SIMPLE_HEAD, title_justify="left", expand=False)
-    for name, justify in (("host", "left"), ("status", "left"), ("last seen", "right"),
-                          ("stale", "left"), ("sessions", "right"), ("guests", "right"),
-                          ("", "left"), ("disk %", "right"), ("", "left"),
-                          ("rss MB", "right"), ("", "left")):
-        table.add_column(name, justify=justify, no_wrap=True)  # type: ignore[arg-type]
+def spark_width(snapshot: Snapshot, console_width: int) -> int:
+    """How many history points each sparkline shows on a console this wide.
+
+    The three sparklines share what the other columns leave, and vanish when
+    fewer than 4 points would fit.
+    """
+    points = max((len(h.history) for h in snapshot.hosts), default=0)
+    measuring = Console(file=io.StringIO(), width=10_000)
+    fixed = measuring.measure(hosts_table(snapshot, 0)).maximum
+    # Each sparkline column adds its padding and the figure column beside it
+    # grows by nothing: 3 cells per column besides its bars.
+    width = min(points, (console_width - fixed - 9) // 3)
+    return width if width >= 4 else 0
+
+
+def hosts_table(snapshot: Snapshot, sparks: int = 20) -> Table:
+    """The hosts table, with sparklines of the last ``sparks`` points (0: none)."""
+    table = Table(title="Hosts", box=box.SIMPLE_HEAD, title_justify="left", pad_edge=False)
+    columns = [("host", "left"), ("status", "left"), ("seen", "right"), ("stale", "left"),
+               ("sess", "right"), ("guest", "right"), ("", "left"), ("disk%", "right"),
+               ("", "left"), ("rss MB", "right"), ("", "left")]
+    longest = max((len(h.host) for h in snapshot.hosts), default=4)
+    for name, justify in columns:
+        if sparks or name:
+            # On a narrow terminal the figures may be cut, never the host id.
+            table.add_column(name, justify=justify, no_wrap=True,  # type: ignore[arg-type]
+                             min_width=longest if name == "host" else None)
     for row in snapshot.hosts:
-        style = STATUS_STYLE[row.status]
         age = age_text((snapshot.now_ms - row.last_seen_ms) / 1000) if row.last_seen_ms else "-"
         stale = Text("")
         if row.stale != STALE_NO:
-            stale = Text(f"STALE ({row.stale})",
-                         style="bold red" if row.stale == STALE_CRITICAL else "bold yellow")
-        sessions = [p[0] for p in row.history]
-        disk = [p[1] for p in row.history]
-        memory = [p[2] for p in row.history]
-        table.add_row(
-            Text(row.host, style="bold"), Text(row.status.name, style=style), age, stale,
-            "-" if row.sessions is None else str(row.sessions), str(row.guests),
-            Text(sparkline(sessions, low=0), style="cyan"),
-            _figure(row.disk_percent), Text(sparkline(disk, low=0, high=100), style="cyan"),
-            _figure(row.memory_mb), Text(sparkline(memory, low=0), style="cyan"),
-        )
+            stale = Text(row.stale, style="bold red" if row.stale == STALE_CRITICAL
+                         else "bold yellow")
+        history = row.history[-sparks:] if sparks else []
+        cells: list[RenderableType] = [
+            Text(row.host, style="bold"), Text(row.status.name, style=STATUS_STYLE[row.status]),
+            age, stale, "-" if row.sessions is None else str(row.sessions), str(row.guests)]
+        spark_cells = [
+            Text(sparkline([p[0] for p in history], low=0), style="cyan"),
+            Text(sparkline([p[1] for p in history], low=0, high=100), style="cyan"),
+            Text(sparkline([p[2] for p in history], low=0), style="cyan"),
+        ]
+        figures = [_figure(row.disk_percent), _figure(row.memory_mb)]
+        if sparks:
+            cells += [spark_cells[0], figures[0], spark_cells[1], figures[1], spark_cells[2]]
+        else:
+            cells += figures
+        table.add_row(*cells)
     if not snapshot.hosts:
         table.caption = "no host has reported yet (is an agent running?)"
     return table
@@ -312,8 +336,8 @@ def collectors_table(snapshot: Snapshot) -> Table:
     return table
 
 
-def render(snapshot: Snapshot, source: str) -> RenderableType:
-    """The whole picture of one snapshot."""
+def render(snapshot: Snapshot, source: str, width: int = 120) -> RenderableType:
+    """The whole picture of one snapshot for a console ``width`` characters wide."""
     from wire.state import iso_from_ms
 
     counts: dict[Status, int] = {}
@@ -324,7 +348,8 @@ def render(snapshot: Snapshot, source: str) -> RenderableType:
     for status in (Status.CRITICAL, Status.WARNING, Status.UNKNOWN, Status.OK):
         if counts.get(status):
             summary.append(f"  {status.name} {counts[status]}", style=STATUS_STYLE[status])
-    parts: list[RenderableType] = [summary, hosts_table(snapshot)]
+    sparks = spark_width(snapshot, width)
+    parts: list[RenderableType] = [summary, hosts_table(snapshot, sparks)]
     if snapshot.alerts:
         parts.append(alerts_table(snapshot))
     parts.append(collectors_table(snapshot))
@@ -356,7 +381,8 @@ def run(client: Any, keys: KeySpace, source: str, *, interval: float, once: bool
 
     def picture() -> tuple[RenderableType, bool]:
         try:
-            return render(read_snapshot(client, keys, history_points), source), True
+            snapshot = read_snapshot(client, keys, history_points)
+            return render(snapshot, source, console.width), True
         except Exception as exc:  # a watch survives a Redis outage
             logger.debug("reading Redis failed", exc_info=True)
             return problem(source, exc, not once), False
