@@ -1,0 +1,161 @@
+"""Delivery of spooled reports to the reports stream, in order, at least once.
+
+Every report goes through the spool (:mod:`agent.spool`); the publisher sends
+the spool's oldest reports first with ``XADD ... MAXLEN ~`` and removes them
+from the spool only after Redis answered. When Redis cannot be reached the
+reports stay spooled and the next attempt waits for a capped exponential
+backoff with jitter; each failed attempt is logged with its delay.
+
+A reply lost after Redis executed the XADD would make the retry add the
+report twice. The XADD therefore runs in a small Lua script that records the
+host's last ``epoch:seq`` (``KeySpace.agent_last_sent``) atomically with it
+and skips a report of the same epoch whose seq is not newer: a retry is then
+harmless, and each report appears on the stream once.
+"""
+
+from __future__ import annotations
+
+import logging
+import random
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+from redis.exceptions import RedisError
+
+from agent.spool import Pending, Spool
+from wire.auth import sign
+from wire.keys import KeySpace
+
+logger = logging.getLogger(__name__)
+
+# KEYS: stream, last-sent key. ARGV: maxlen, epoch, seq, payload[, signature].
+# A different epoch is always accepted: it is a new run of the agent.
+_SEND_SCRIPT = """
+local last = redis.call('GET', KEYS[2])
+if last then
+  local sep = string.find(last, ':', 1, true)
+  if sep and string.sub(last, 1, sep - 1) == ARGV[2]
+     and tonumber(string.sub(last, sep + 1)) >= tonumber(ARGV[3]) then
+    return false
+  end
+end
+local id
+if ARGV[5] then
+  id = redis.call('XADD', KEYS[1], 'MAXLEN', '~', ARGV[1], '*', 'm', ARGV[4], 'sig', ARGV[5])
+else
+  id = redis.call('XADD', KEYS[1], 'MAXLEN', '~', ARGV[1], '*', 'm', ARGV[4])
+end
+redis.call('SET', KEYS[2], ARGV[2] .. ':' .. ARGV[3], 'EX', 604800)
+return id
+"""
+
+
+@dataclass(frozen=True)
+class Backoff:
+    """Capped exponential backoff with jitter: never more than ``maximum``."""
+
+    initial: float = 1.0
+    maximum: float = 60.0
+    jitter: float = 0.2
+    rng: Callable[[], float] = random.random
+
+    def delay(self, failures: int) -> float:
+        """Seconds to wait after the ``failures``-th failure in a row (1, 2, ...)."""
+        exponent = min(max(failures, 1) - 1, 64)
+        base = min(self.maximum, self.initial * 2.0**exponent)
+        # Jitter only shortens the delay, so the cap holds.
+        return base * (1.0 - self.jitter * self.rng())
+
+
+class Publisher:
+    """Sends what the spool holds, oldest first; backs off while Redis fails."""
+
+    def __init__(self, client: Any, keys: KeySpace, spool: Spool, *, host: str,
+                 maxlen: int, batch: int = 100, host_key: bytes | None = None,
+                 backoff: Backoff | None = None,
+                 clock: Callable[[], float] = time.monotonic) -> None:
+        self.client = client
+        self.spool = spool
+        self.host = host
+        self.maxlen = maxlen
+        self.batch = batch
+        self.host_key = host_key
+        self.backoff = backoff or Backoff()
+        self.clock = clock
+        self.failures = 0
+        self.next_attempt = 0.0
+        self._stream = keys.reports_stream()
+        self._last_sent_key = keys.agent_last_sent(host)
+        self._script = client.register_script(_SEND_SCRIPT)
+
+    @property
+    def backing_off(self) -> bool:
+        """True while the last attempt failed and reports wait in the spool."""
+        return self.failures > 0
+
+    def due(self) -> bool:
+        """True when a delivery attempt may be made now."""
+        return self.clock() >= self.next_attempt
+
+    def flush(self, *, force: bool = False) -> int:
+        """Send every spooled report, oldest first; the number delivered.
+
+        Stops at the first Redis error and schedules the next attempt; with
+        ``force`` the backoff is ignored (a last attempt before exit).
+        """
+        if not force and not self.due():
+            return 0
+        delivered = 0
+        while True:
+            pending = self.spool.peek(self.batch)
+            if not pending:
+                break
+            try:
+                self._send(pending)
+            except RedisError as exc:
+                self._failed(exc, delivered)
+                return delivered
+            self.spool.delivered(pending[-1].rowid, sum(p.carried for p in pending))
+            delivered += len(pending)
+        if self.failures:
+            logger.info("Redis reachable again after %d failed attempts; %d spooled reports "
+                        "delivered", self.failures, delivered)
+        self.failures = 0
+        self.next_attempt = 0.0
+        return delivered
+
+    def _args(self, item: Pending) -> list[Any]:
+        args: list[Any] = [self.maxlen, self.spool.epoch, item.seq, item.payload]
+        if self.host_key is not None:
+            args.append(sign(self.host_key, item.payload))
+        return args
+
+    def _send(self, pending: Sequence[Pending]) -> None:
+        keys = [self._stream, self._last_sent_key]
+        if len(pending) == 1:
+            # The common case (one report per cycle): one round trip, no pipeline.
+            results = [self._script(keys=keys, args=self._args(pending[0]))]
+        else:
+            pipe = self.client.pipeline(transaction=False)
+            for item in pending:
+                self._script(keys=keys, args=self._args(item), client=pipe)
+            results = pipe.execute()
+        for item, entry_id in zip(pending, results, strict=True):
+            if entry_id is None:
+                logger.debug("Report seq %d was already on the stream; not added again",
+                             item.seq)
+
+    def _failed(self, exc: RedisError, delivered: int) -> None:
+        self.failures += 1
+        delay = self.backoff.delay(self.failures)
+        self.next_attempt = self.clock() + delay
+        logger.warning("Redis unreachable (%s: %s); %d reports spooled, %d delivered; "
+                       "retry %d in %.1f s", type(exc).__name__, _first_line(exc),
+                       len(self.spool), delivered, self.failures, delay)
+
+
+def _first_line(exc: BaseException) -> str:
+    text = str(exc)
+    return text.splitlines()[0][:200] if text else ""
