@@ -130,7 +130,8 @@ def _agent(keys: KeySpace, host: str | None) -> _Spec:
     target = host or "*"
     patterns = ((keys.reports_stream(), "W"), (keys.sessions_stream(), "W"),
                 (keys.host_sessions(target), "R"), (keys.agent_last_sent(target), "RW"))
-    commands = ("+xadd", "+hgetall", *_SCRIPTS, *_CONNECTION)
+    # GET and SET run inside the send script, on the last-sent mark only.
+    commands = ("+xadd", "+hgetall", "+get", "+set", *_SCRIPTS, *_CONNECTION)
     scope = f"host {host}" if host else "any host"
     return _Spec(patterns, (), commands,
                  f"agent of {scope}: XADD reports and session events, read its sessions hash")
