@@ -1,0 +1,54 @@
+#!/usr/bin/env python3
+"""Print the configuration reference (Markdown tables) from the settings code.
+
+    python scripts/config_reference.py              # print the tables
+    python scripts/config_reference.py --check README.md README.ja.md
+    python scripts/config_reference.py --write README.md README.ja.md
+
+--check exits 1 when a file's marked block differs from the code; --write
+replaces the block between the markers in place.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+
+from stack import reference
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    action = parser.add_mutually_exclusive_group()
+    action.add_argument("--check", action="store_true", help="check the files' blocks")
+    action.add_argument("--write", action="store_true", help="rewrite the files' blocks")
+    parser.add_argument("files", nargs="*", type=Path)
+    args = parser.parse_args(argv)
+    missing = reference.missing_sections()
+    if missing:
+        print(f"note: no settings class found for [{'], ['.join(missing)}]", file=sys.stderr)
+    if not (args.check or args.write):
+        print(reference.markdown(), end="")
+        return 0
+    stale = []
+    for path in args.files:
+        text = path.read_text(encoding="utf-8")
+        if reference.current_block(text) is None:
+            print(f"{path}: no configuration reference block", file=sys.stderr)
+            return 1
+        updated = reference.update(text)
+        if updated != text:
+            if args.write:
+                path.write_text(updated, encoding="utf-8")
+                print(f"{path}: updated")
+            else:
+                stale.append(path)
+    for path in stale:
+        print(f"{path}: the configuration reference is out of date; run "
+              f"scripts/config_reference.py --write {path}", file=sys.stderr)
+    return 1 if stale else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,248 @@
+"""up's parts: the embedded Redis helpers, the supervisor and the run loop.
+
+The run loop is driven here with stand-in children (small Python programs)
+so that it is tested apart from the components; the end-to-end test runs
+the real ones.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import io
+import signal
+import socket
+import sys
+import threading
+from pathlib import Path
+
+import psutil
+import pytest
+import redis
+
+from stack import embedded, up
+from stack.settings import StackSettings
+from stack.supervisor import Supervisor, describe_exit, wait_until
+from wire.config import RedisSettings, env_name, load_section
+
+PY = sys.executable
+
+
+def test_cli_args_never_carry_the_password() -> None:
+    assert embedded.cli_args("redis://127.0.0.1:6380/0") == ["-p", "6380"]
+    assert embedded.cli_args("redis://:s3cret@db.example:6379/2") == [
+        "-h", "db.example", "-p", "6379", "-n", "2", "--askpass"]
+    assert embedded.cli_args("rediss://mon:pw@10.0.0.5:6390/0") == [
+        "-h", "10.0.0.5", "-p", "6390", "--tls", "--user", "mon", "--askpass"]
+    assert embedded.cli_args("unix:///run/redis.sock") == ["-s", "/run/redis.sock"]
+
+
+def test_choose_port_prefers_the_given_one_when_free() -> None:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        sock.listen()
+        taken = sock.getsockname()[1]
+        assert not embedded.port_free(taken)
+        other = embedded.choose_port(taken)
+        assert other != taken and embedded.port_free(other)
+    assert embedded.choose_port(other) == other
+
+
+def test_server_argv_persists_with_aof_on_loopback(tmp_path: Path) -> None:
+    argv = embedded.server_argv("redis-server", 7000, tmp_path)
+    text = " ".join(argv)
+    assert "--appendonly yes" in text and "--bind 127.0.0.1" in text
+    assert argv[argv.index("--dir") + 1] == str(tmp_path)
+
+
+def test_auth_config_is_private(tmp_path: Path) -> None:
+    path = tmp_path / "auth.conf"
+    embedded.write_auth_config(path, 'pa"ss\\word')
+    assert path.stat().st_mode & 0o777 == 0o600
+    assert path.read_text() == 'requirepass "pa\\"ss\\\\word"\n'
+
+
+def test_describe_exit() -> None:
+    assert describe_exit(3) == "exit code 3"
+    assert describe_exit(-signal.SIGKILL) == "killed by SIGKILL"
+
+
+def test_supervisor_forwards_logs_and_stops_in_reverse_order(tmp_path: Path) -> None:
+    out = io.StringIO()
+    supervisor = Supervisor(out, tmp_path / "logs")
+    code = ("import signal, sys, time\n"
+            "name = sys.argv[1]\n"
+            "def bye(*a):\n"
+            "    print(name, 'bye', time.monotonic_ns(), flush=True); sys.exit(0)\n"
+            "signal.signal(signal.SIGTERM, bye)\n"
+            "print(name, 'hello', flush=True)\n"
+            "while True: time.sleep(0.05)\n")
+    first = supervisor.start("first", [PY, "-c", code, "first"], {})
+    second = supervisor.start("second", [PY, "-c", code, "second"], {})
+    assert wait_until(lambda: "second hello" in out.getvalue()
+                      and "first hello" in out.getvalue(), 20)
+    assert supervisor.exited() is None
+    supervisor.stop_all(10)
+    assert first.exit_code() == 0 and second.exit_code() == 0
+    lines = out.getvalue().splitlines()
+    assert "    first | first hello" in lines
+    # Last started, first stopped.
+    bye = [line.split()[-1] for line in lines if " bye " in line]
+    order = [line.split("|")[0].strip() for line in lines if " bye " in line]
+    assert order == ["second", "first"] and int(bye[0]) < int(bye[1])
+    assert (tmp_path / "logs" / "first.log").read_text().startswith("first hello\n")
+
+
+def test_supervisor_kills_what_ignores_sigterm_and_its_group(tmp_path: Path) -> None:
+    out = io.StringIO()
+    supervisor = Supervisor(out, tmp_path)
+    # A child that ignores SIGTERM and has a grandchild that does too.
+    code = ("import signal, subprocess, sys, time\n"
+            "signal.signal(signal.SIGTERM, signal.SIG_IGN)\n"
+            "p = subprocess.Popen([sys.executable, '-c', 'import signal, time; "
+            "signal.signal(signal.SIGTERM, signal.SIG_IGN); time.sleep(60)'])\n"
+            "print('grandchild', p.pid, flush=True)\n"
+            "time.sleep(60)\n")
+    child = supervisor.start("stubborn", [PY, "-c", code], {})
+    assert wait_until(lambda: "grandchild" in out.getvalue(), 20)
+    grandchild = int(out.getvalue().split("grandchild")[1].split()[0])
+    supervisor.stop_all(0.5)
+    assert child.exit_code() == -signal.SIGKILL
+    assert wait_until(lambda: not psutil.pid_exists(grandchild)
+                      or psutil.Process(grandchild).status() == psutil.STATUS_ZOMBIE, 5)
+    assert "did not stop within 0.5 s" in out.getvalue()
+
+
+def test_data_dir_lock_admits_one_up(tmp_path: Path) -> None:
+    with up.data_dir_lock(tmp_path), pytest.raises(up.UpError, match="another"), \
+            up.data_dir_lock(tmp_path):
+        pass  # pragma: no cover - the second lock raises
+    with up.data_dir_lock(tmp_path):
+        pass
+
+
+def _plan(tmp_path: Path, **stack_values: object) -> up.Plan:
+    stack = StackSettings(data_dir=tmp_path / "data", stop_timeout=5.0,  # type: ignore[arg-type]
+                          **stack_values)
+    return up.make_plan(stack, RedisSettings(), demo=True, worker=True, agent=True,
+                        existing_redis=False, config_file=None, log_level=None,
+                        base_env={"PATH": "/usr/bin:/bin", "MTBBS_CHECKS_DB": "elsewhere"})
+
+
+def test_plan_points_the_agent_at_the_demo_bbs(tmp_path: Path) -> None:
+    plan = _plan(tmp_path, host="bbs-demo", bbs_port=2424)
+    assert [c.name for c in plan.components] == ["collector", "alerter", "demo-bbs", "agent"]
+    data = tmp_path.resolve() / "data"
+    assert plan.env[env_name("checks", "db")] == str(data / "bbs" / "mtbbs.db")
+    assert plan.env["MTBBS_REDIS_URL"] == plan.redis_url
+    argvs = {c.name: c.argv for c in plan.components}
+    demo = argvs["demo-bbs"]
+    assert demo[demo.index("--port") + 1] == "2424"
+    assert demo[demo.index("--host") + 1] == "bbs-demo"
+    agent = argvs["agent"]
+    assert agent[1:] == ("run", "--host", "bbs-demo", "--interval", "5")
+    assert plan.redis_argv is not None and str(data / "redis") in plan.redis_argv
+    lines = "\n".join(up.summary(plan, RedisSettings()))
+    assert "HGETALL mtbbs:host:bbs-demo:sessions" in lines
+    assert f"status --redis-url {plan.redis_url}" in lines
+    assert "telnet 127.0.0.1 2424" in lines
+
+
+def test_plan_sets_only_settings_the_components_know(tmp_path: Path) -> None:
+    """Every MTBBS_ variable up sets names a real setting of some section."""
+    pytest.importorskip("agent.settings")
+    from stack.reference import known_env_names
+
+    plan = _plan(tmp_path)
+    ours = {k for k in plan.env if k.startswith("MTBBS_")}
+    unknown = sorted(ours - known_env_names())
+    assert not unknown
+
+
+def _run_in_background(plan: up.Plan, stack: StackSettings, out: io.StringIO,
+                       stop: threading.Event) -> int:
+    return up.run(plan, RedisSettings(url=plan.redis_url), stack, out, stop)
+
+
+def test_run_starts_redis_and_children_and_stops_them_all(tmp_path: Path) -> None:
+    stack = load_section(StackSettings, {}, "stack", {},
+                         {"data_dir": str(tmp_path / "data"), "redis_port": 6379})
+    plan = _plan(tmp_path)
+    sleeper = (PY, "-c", "import time\nprint('ready', flush=True)\ntime.sleep(60)")
+    plan = dataclasses.replace(plan, components=(up.Component("one", sleeper),
+                                                 up.Component("two", sleeper)))
+    out = io.StringIO()
+    stop = threading.Event()
+    seen: list[int] = []
+
+    def watcher() -> None:
+        if wait_until(lambda: out.getvalue().count("ready") >= 2, 30):
+            me = psutil.Process()
+            seen.extend(p.pid for p in me.children(recursive=True))
+            client = redis.Redis.from_url(plan.redis_url)
+            client.set("persisted", "yes")
+            client.close()
+        stop.set()
+
+    thread = threading.Thread(target=watcher)
+    thread.start()
+    try:
+        assert up.run(plan, RedisSettings(url=plan.redis_url), stack, out, stop) == 0
+    finally:
+        stop.set()
+        thread.join()
+    text = out.getvalue()
+    assert len(seen) >= 3, text  # redis and the two stand-ins
+    assert "Where to look:" in text
+    assert not [pid for pid in seen if psutil.pid_exists(pid)
+                and psutil.Process(pid).status() != psutil.STATUS_ZOMBIE]
+    assert (tmp_path / "data" / "redis" / "appendonly.aof").read_bytes().count(b"persisted")
+    # The signal handlers are back to what they were.
+    assert signal.getsignal(signal.SIGTERM) in (signal.SIG_DFL, None)
+
+
+def test_a_dying_child_stops_the_stack_with_exit_1(tmp_path: Path) -> None:
+    stack = StackSettings(data_dir=tmp_path / "data", stop_timeout=5.0)
+    plan = _plan(tmp_path)
+    plan = dataclasses.replace(plan, components=(
+        up.Component("steady", (PY, "-c", "import time; time.sleep(60)")),
+        up.Component("crasher", (PY, "-c", "import sys; print('boom'); sys.exit(4)")),
+    ))
+    out = io.StringIO()
+    stop = threading.Event()
+    timer = threading.Timer(40, stop.set)  # bound the test even if the loop misses the death
+    timer.start()
+    try:
+        code = up.run(plan, RedisSettings(url=plan.redis_url), stack, out, stop)
+    finally:
+        timer.cancel()
+    assert code == 1
+    text = out.getvalue()
+    assert "crasher stopped (exit code 4); stopping the stack" in text
+    assert "stopping steady" in text and "stopping redis" in text
+
+
+def test_run_refuses_a_taken_bbs_port(tmp_path: Path) -> None:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        sock.listen()
+        plan = _plan(tmp_path, bbs_port=sock.getsockname()[1])
+        with pytest.raises(up.UpError, match="--bbs-port"):
+            up.run(plan, RedisSettings(), StackSettings(), io.StringIO())
+
+
+def test_run_with_an_unreachable_existing_redis_says_so(tmp_path: Path) -> None:
+    stack = StackSettings(data_dir=tmp_path / "data")
+    settings = RedisSettings(url="redis://127.0.0.1:1/0")
+    plan = up.make_plan(stack, settings, demo=False, worker=False, agent=False,
+                        existing_redis=True, config_file=None, log_level=None, base_env={})
+    assert plan.redis_argv is None
+    with pytest.raises(up.UpError, match="cannot reach Redis"):
+        up.run(plan, settings, stack, io.StringIO())
+
+
+def test_signal_sets_the_stop_event() -> None:
+    stop = threading.Event()
+    with up.stop_signals(stop):
+        signal.raise_signal(signal.SIGTERM)
+        assert wait_until(stop.is_set, 5)
+    assert signal.getsignal(signal.SIGTERM) is not None
