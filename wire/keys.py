@@ -134,6 +134,16 @@ class KeySpace:
         """List: alerts waiting to be grouped into one digest for a channel."""
         return f"{self.prefix}notify:digest:{channel}"
 
+    def digest_due(self, channel: str) -> str:
+        """String with a TTL: due time (ms) of the flush scheduled for a channel's
+        digest buffer; while it exists no second flush is scheduled."""
+        return f"{self.prefix}notify:due:{channel}"
+
+    def alerter_tick(self) -> str:
+        """String with a TTL: held by the alerter worker that runs the periodic
+        re-evaluation of active alerts (hold-down, repeats) in this period."""
+        return f"{self.prefix}notify:tick"
+
     # -- rq queues (rq adds its own ``rq:queue:`` in front) -------------------
     def evaluate_queue(self) -> str:
         """rq queue of per-host evaluation jobs."""
