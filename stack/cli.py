@@ -1,4 +1,5 @@
-"""``mtbbs-monitor``: the one-machine stack (``up``) and the live view (``watch``)."""
+"""``mtbbs-monitor``: the one-machine stack (``up``), the live view (``watch``)
+and the Redis ACL users of each role (``acl``, from :mod:`stack.acl`)."""
 
 from __future__ import annotations
 
@@ -8,6 +9,7 @@ import sys
 from collections.abc import Sequence
 from typing import Any
 
+from stack.acl import add_acl_command
 from stack.settings import StackSettings
 from wire.cli import ArgumentParser, add_common_options, guarded, load_config, setup_logging
 from wire.config import connect, load_section
@@ -17,7 +19,8 @@ def build_parser() -> argparse.ArgumentParser:
     """The argument parser of ``mtbbs-monitor``."""
     parser = ArgumentParser(
         prog="mtbbs-monitor",
-        description="Run the whole mtbbs-monitor stack on this machine, or watch a fleet.",
+        description="Run the whole mtbbs-monitor stack on this machine, watch a fleet, or "
+        "print the Redis ACL users of each role.",
     )
     commands = parser.add_subparsers(dest="command", metavar="COMMAND", required=True,
                                      parser_class=ArgumentParser)
@@ -55,6 +58,8 @@ def build_parser() -> argparse.ArgumentParser:
                        help="seconds between refreshes (default 2, [stack] watch_interval)")
     watch.add_argument("--once", action="store_true", help="print one snapshot and exit")
     add_common_options(watch)
+
+    add_acl_command(commands)
     return parser
 
 
@@ -108,7 +113,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     setup_logging(args.log_level)
     if args.command == "up":
         return _up(args)
-    return _watch(args)
+    if args.command == "watch":
+        return _watch(args)
+    result: int = args.func(args)
+    return result
 
 
 if __name__ == "__main__":
