@@ -25,7 +25,7 @@ SECTIONS: tuple[tuple[str, str, str], ...] = (
     ("agent", "agent.settings", "AgentSettings"),
     ("probe", "agent.settings", "ProbeSettings"),
     ("reporter", "agent.reporter", "ReporterSettings"),
-    ("demo", "demobbs.settings", "DemoSettings"),
+    ("demo", "demobbs.server", "DemoSettings"),
     ("collector", "collector.settings", "CollectorSettings"),
     ("exporter", "collector.settings", "ExporterSettings"),
     ("alerter", "alerter.settings", "AlerterSettings"),

@@ -3,9 +3,10 @@
 Starts, in this order, an embedded Redis (unless ``--redis-url`` names an
 existing one), the collector, one alerter worker, the demo BBS (``--demo``)
 and an agent for the local BBS, each as a child process running the console
-scripts installed beside this interpreter. Children get their configuration
-through ``MTBBS_...`` environment variables (a flag of ``up`` beats the
-environment, which beats the ``--config`` file, as everywhere else).
+scripts installed beside this interpreter. Children get the Redis URL and
+prefix through ``MTBBS_REDIS_...`` environment variables (so no password
+shows in ``ps``), the ``--config`` file as ``MTBBS_CONFIG``, and what ``up``
+decides for them (host id, demo paths, spool) as flags, which beat both.
 
 A child that dies stops the whole stack with exit code 1: on one machine a
 silent half-stack is worse than none, and restarting is the job of systemd
@@ -133,12 +134,13 @@ def make_plan(stack: StackSettings, redis: RedisSettings, *, demo: bool, worker:
         env["MTBBS_CONFIG"] = str(Path(config_file).resolve())
     if log_level is not None:
         env["MTBBS_LOG_LEVEL"] = log_level
-    # The agent's spool must live somewhere writable by whoever runs `up`.
-    env[env_name("agent", "spool_path")] = str(data_dir / "agent" / "spool.db")
-
     components = [Component("collector", (script("mtbbs-collector"), "run"))]
     if worker:
         components.append(Component("alerter", (script("mtbbs-alerter"), "worker")))
+    # The agent's spool must live somewhere writable by whoever runs `up`.
+    agent_argv = [script("mtbbs-agent"), "run", "--host", host,
+                  "--interval", f"{stack.agent_interval:g}",
+                  "--spool", str(data_dir / "agent" / "spool.db")]
     bbs_port = None
     if demo:
         bbs_port = stack.bbs_port
@@ -147,16 +149,12 @@ def make_plan(stack: StackSettings, redis: RedisSettings, *, demo: bool, worker:
         components.append(Component("demo-bbs", (
             script("mtbbs-demo-bbs"), "--port", str(bbs_port), "--bind", "127.0.0.1",
             "--db", str(database), "--host", host, "--pidfile", str(pidfile))))
-        # Point the agent's checks at the demo BBS.
-        env[env_name("checks", "db")] = str(database)
-        env[env_name("checks", "data_dir")] = str(bbs_dir)
-        env[env_name("checks", "bbs_pidfile")] = str(pidfile)
-        env[env_name("probe", "port")] = str(bbs_port)
-        env[env_name("probe", "host")] = "127.0.0.1"
+        # Flags, so that they beat any [checks] of the environment or file.
+        agent_argv += ["--db", str(database), "--data-dir", str(bbs_dir),
+                       "--pidfile", str(pidfile),
+                       "--probe-host", "127.0.0.1", "--probe-port", str(bbs_port)]
     if agent:
-        components.append(Component("agent", (
-            script("mtbbs-agent"), "run", "--host", host,
-            "--interval", f"{stack.agent_interval:g}")))
+        components.append(Component("agent", tuple(agent_argv)))
     return Plan(data_dir=data_dir, host=host, keys=KeySpace(redis.prefix), redis_url=url,
                 redis_argv=redis_argv, redis_port=redis_port, components=tuple(components),
                 env=env, bbs_port=bbs_port)
@@ -276,6 +274,8 @@ def _run(plan: Plan, redis: RedisSettings, stack: StackSettings, supervisor: Sup
         raise UpError(f"cannot reach Redis at {redis.redacted_url()}")
     if stop.is_set():
         return 0
+    for directory in ("agent", "bbs"):
+        (plan.data_dir / directory).mkdir(parents=True, exist_ok=True)
     for component in plan.components:
         supervisor.start(component.name, component.argv, plan.env)
     for line in summary(plan, redis):

@@ -14,6 +14,7 @@ import socket
 import sys
 import threading
 from pathlib import Path
+from typing import Any
 
 import psutil
 import pytest
@@ -22,7 +23,7 @@ import redis
 from stack import embedded, up
 from stack.settings import StackSettings
 from stack.supervisor import Supervisor, describe_exit, wait_until
-from wire.config import RedisSettings, env_name, load_section
+from wire.config import RedisSettings, load_section
 
 PY = sys.executable
 
@@ -128,18 +129,23 @@ def _plan(tmp_path: Path, **stack_values: object) -> up.Plan:
                         base_env={"PATH": "/usr/bin:/bin", "MTBBS_CHECKS_DB": "elsewhere"})
 
 
-def test_plan_points_the_agent_at_the_demo_bbs(tmp_path: Path) -> None:
+def test_plan_points_the_agent_at_the_demo_bbs(tmp_path: Path, valid_invocation: Any) -> None:
     plan = _plan(tmp_path, host="bbs-demo", bbs_port=2424)
     assert [c.name for c in plan.components] == ["collector", "alerter", "demo-bbs", "agent"]
     data = tmp_path.resolve() / "data"
-    assert plan.env[env_name("checks", "db")] == str(data / "bbs" / "mtbbs.db")
     assert plan.env["MTBBS_REDIS_URL"] == plan.redis_url
     argvs = {c.name: c.argv for c in plan.components}
-    demo = argvs["demo-bbs"]
-    assert demo[demo.index("--port") + 1] == "2424"
-    assert demo[demo.index("--host") + 1] == "bbs-demo"
-    agent = argvs["agent"]
-    assert agent[1:] == ("run", "--host", "bbs-demo", "--interval", "5")
+    demo = valid_invocation(argvs["demo-bbs"])
+    assert (demo.port, demo.host) == (2424, "bbs-demo")
+    agent = valid_invocation(argvs["agent"])
+    assert (agent.host, agent.interval) == ("bbs-demo", 5.0)
+    # The demo's paths come as flags, which beat MTBBS_CHECKS_DB of the caller.
+    assert agent.db == demo.db == str(data / "bbs" / "mtbbs.db")
+    assert agent.pidfile == demo.pidfile
+    assert agent.probe_port == 2424
+    assert agent.spool.startswith(str(data))
+    valid_invocation(argvs["collector"])
+    valid_invocation(argvs["alerter"])
     assert plan.redis_argv is not None and str(data / "redis") in plan.redis_argv
     lines = "\n".join(up.summary(plan, RedisSettings()))
     assert "HGETALL mtbbs:host:bbs-demo:sessions" in lines
@@ -147,15 +153,41 @@ def test_plan_points_the_agent_at_the_demo_bbs(tmp_path: Path) -> None:
     assert "telnet 127.0.0.1 2424" in lines
 
 
+def test_plan_without_demo_leaves_the_checks_to_the_configuration(tmp_path: Path,
+                                                                  valid_invocation: Any) -> None:
+    stack = StackSettings(data_dir=tmp_path)
+    plan = up.make_plan(stack, RedisSettings(url="redis://127.0.0.1:6390/0", prefix="x:"),
+                        demo=False, worker=False, agent=True, existing_redis=True,
+                        config_file="mtbbs.toml", log_level="DEBUG", base_env={})
+    assert [c.name for c in plan.components] == ["collector", "agent"]
+    agent = valid_invocation(plan.components[1].argv)
+    assert agent.db is None and agent.probe_port is None
+    assert plan.redis_argv is None and plan.redis_url == "redis://127.0.0.1:6390/0"
+    assert plan.env["MTBBS_REDIS_PREFIX"] == "x:"
+    assert plan.env["MTBBS_CONFIG"] == str(Path("mtbbs.toml").resolve())
+    assert plan.env["MTBBS_LOG_LEVEL"] == "DEBUG"
+    lines = "\n".join(up.summary(plan, RedisSettings()))
+    assert "-p 6390 HGETALL x:host:" in lines and "--prefix x:" in lines
+
+
 def test_plan_sets_only_settings_the_components_know(tmp_path: Path) -> None:
     """Every MTBBS_ variable up sets names a real setting of some section."""
-    pytest.importorskip("agent.settings")
     from stack.reference import known_env_names
 
     plan = _plan(tmp_path)
     ours = {k for k in plan.env if k.startswith("MTBBS_")}
-    unknown = sorted(ours - known_env_names())
-    assert not unknown
+    assert not sorted(ours - known_env_names())
+
+
+def test_a_redis_password_is_required_by_the_embedded_server_too(tmp_path: Path) -> None:
+    stack = StackSettings(data_dir=tmp_path)
+    plan = up.make_plan(stack, RedisSettings(password="s3cret-pass"), demo=False, worker=False,
+                        agent=False, existing_redis=False, config_file=None, log_level=None,
+                        base_env={})
+    assert plan.redis_argv is not None
+    assert plan.redis_argv[1] == str(tmp_path.resolve() / "redis" / "auth.conf")
+    assert "s3cret" not in " ".join(plan.redis_argv)
+    assert "s3cret" not in "\n".join(up.summary(plan, RedisSettings(password="s3cret-pass")))
 
 
 def _run_in_background(plan: up.Plan, stack: StackSettings, out: io.StringIO,
@@ -246,3 +278,38 @@ def test_signal_sets_the_stop_event() -> None:
         signal.raise_signal(signal.SIGTERM)
         assert wait_until(stop.is_set, 5)
     assert signal.getsignal(signal.SIGTERM) is not None
+
+
+def test_the_embedded_redis_requires_the_configured_password(tmp_path: Path) -> None:
+    stack = StackSettings(data_dir=tmp_path / "data", stop_timeout=5.0)
+    settings = RedisSettings(password="s3cret-pass")
+    plan = up.make_plan(stack, settings, demo=False, worker=False, agent=False,
+                        existing_redis=False, config_file=None, log_level=None, base_env={})
+    plan = dataclasses.replace(plan, components=(
+        up.Component("idle", (PY, "-c", "import time; print('idle', flush=True); "
+                                        "time.sleep(60)")),))
+    out = io.StringIO()
+    stop = threading.Event()
+    answers: list[object] = []
+
+    def probe() -> None:
+        if wait_until(lambda: "idle" in out.getvalue(), 30):
+            for password in (None, "s3cret-pass"):
+                client = redis.Redis.from_url(plan.redis_url, password=password)
+                try:
+                    answers.append(client.ping())
+                except redis.AuthenticationError:
+                    answers.append("refused")
+                finally:
+                    client.close()
+        stop.set()
+
+    thread = threading.Thread(target=probe)
+    thread.start()
+    try:
+        assert up.run(plan, settings, stack, out, stop) == 0
+    finally:
+        stop.set()
+        thread.join()
+    assert answers == ["refused", True]
+    assert "s3cret" not in out.getvalue()
