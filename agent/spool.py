@@ -85,7 +85,9 @@ class SpoolStatus:
 
 
 def _connect(path: Path, synchronous: str) -> sqlite3.Connection:
-    connection = sqlite3.connect(path, isolation_level=None, timeout=10)
+    # One user at a time, but not necessarily the thread that opened it.
+    connection = sqlite3.connect(path, isolation_level=None, timeout=10,
+                                 check_same_thread=False)
     connection.execute("PRAGMA journal_mode=WAL")
     connection.execute(f"PRAGMA synchronous={'FULL' if synchronous == 'full' else 'NORMAL'}")
     connection.executescript(_SCHEMA)
