@@ -114,3 +114,15 @@ def test_every_setting_is_documented() -> None:
     assert len(rows) == 12
     assert all(doc for *_, doc in rows)
     assert rows[8][:3] == ("checks.max_same_ip", "MTBBS_CHECKS_MAX_SAME_IP", "3")
+
+
+def test_the_documented_settings_table_matches_the_code() -> None:
+    doc = Path(__file__).resolve().parents[3] / "docs" / "healthcheck.md"
+    rows = {}
+    for line in doc.read_text(encoding="utf-8").splitlines():
+        cells = [c.strip().strip("`") for c in line.strip().strip("|").split("|")]
+        if len(cells) == 4 and cells[1].startswith("MTBBS_CHECKS_"):
+            rows[f"checks.{cells[0]}"] = (cells[1], cells[3])
+    expected = {name: (env, text) for name, env, _default, text in describe(CheckSettings,
+                                                                            "checks")}
+    assert rows == expected
