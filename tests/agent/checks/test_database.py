@@ -196,3 +196,23 @@ def test_permission_denied(tmp_path: Path) -> None:
         path.chmod(0o600)
     assert fields["healthy"] is False
     assert str(fields["error"]).startswith("Permission denied"), fields["error"]
+
+
+@pytest.mark.skipif(os.geteuid() != 0, reason="only a root checker could take the files over")
+def test_root_checker_leaves_wal_files_to_the_database_owner(tmp_path: Path) -> None:
+    # A WAL database whose BBS is stopped has no -wal/-shm; a read-only reader
+    # creates them. Run as root (cron), they must still belong to the BBS's user.
+    from sqlite3 import connect
+
+    directory = tmp_path / "bbs"
+    directory.mkdir()
+    path = directory / "mtbbs.db"
+    connection = connect(path)
+    connection.execute("PRAGMA journal_mode=wal")
+    connection.execute("CREATE TABLE users (id INTEGER)")
+    connection.commit()
+    connection.close()
+    os.chown(path, 65534, 65534)
+    assert check_database(path).healthy
+    for sidecar in directory.iterdir():
+        assert sidecar.stat().st_uid == 65534, sidecar.name
