@@ -10,6 +10,8 @@ seed's order. Judging a whole report (OK / WARNING / CRITICAL) is
 
 from __future__ import annotations
 
+import logging
+from collections.abc import Callable
 from typing import Any
 
 from agent.checks.database import NOT_CHECKED, check_database
@@ -46,7 +48,19 @@ __all__ = [
     "run_checks",
 ]
 
+logger = logging.getLogger(__name__)
+
 CHECK_ORDER = ("database", "sessions", "disk_space", "memory")
+
+
+def _safely(name: str, check: Callable[[], Any]) -> dict[str, FieldValue]:
+    """The check's fields; a bug in one check must not lose the other three."""
+    try:
+        fields: dict[str, FieldValue] = check().to_fields()
+        return fields
+    except Exception as exc:  # reported as the check's own failure, with the traceback logged
+        logger.exception("the %s check failed unexpectedly", name)
+        return {"healthy": False, "error": f"check failed: {type(exc).__name__}: {exc}"[:300]}
 
 
 def run_checks(
@@ -61,23 +75,20 @@ def run_checks(
 
     ``run_integrity`` False skips the database's ``PRAGMA quick_check`` and
     reports ``previous_integrity`` (or ``not checked``) instead, so a daemon
-    can run the expensive part less often than the rest. Never raises for a
-    problem of the host: every failure is an unhealthy result.
+    can run the expensive part less often than the rest. Never raises: every
+    failure, even a bug in one check, is that check's unhealthy result.
     """
-    database = check_database(settings.db, timeout=settings.db_timeout,
-                              run_integrity=run_integrity,
-                              previous_integrity=previous_integrity)
-    sessions = check_sessions(redis_client, keys, settings.host,
-                              max_sessions=settings.max_sessions,
-                              max_same_ip=settings.max_same_ip)
-    disk = check_disk(settings.data_dir, threshold=settings.disk_percent)
-    memory = check_memory(pid=settings.bbs_pid, pidfile=settings.bbs_pidfile,
-                          match=settings.bbs_match,
-                          rss_threshold_mb=settings.process_rss_mb,
-                          system_threshold_percent=settings.system_memory_percent)
     return {
-        "database": database.to_fields(),
-        "sessions": sessions.to_fields(),
-        "disk_space": disk.to_fields(),
-        "memory": memory.to_fields(),
+        "database": _safely("database", lambda: check_database(
+            settings.db, timeout=settings.db_timeout, run_integrity=run_integrity,
+            previous_integrity=previous_integrity)),
+        "sessions": _safely("sessions", lambda: check_sessions(
+            redis_client, keys, settings.host, max_sessions=settings.max_sessions,
+            max_same_ip=settings.max_same_ip)),
+        "disk_space": _safely("disk_space", lambda: check_disk(
+            settings.data_dir, threshold=settings.disk_percent)),
+        "memory": _safely("memory", lambda: check_memory(
+            pid=settings.bbs_pid, pidfile=settings.bbs_pidfile, match=settings.bbs_match,
+            rss_threshold_mb=settings.process_rss_mb,
+            system_threshold_percent=settings.system_memory_percent)),
     }

@@ -126,3 +126,18 @@ def test_the_documented_settings_table_matches_the_code() -> None:
     expected = {name: (env, text) for name, env, _default, text in describe(CheckSettings,
                                                                             "checks")}
     assert rows == expected
+
+
+def test_a_failing_check_does_not_lose_the_others(mtbbs_db: Path, fake_bbs, monkeypatch,
+                                                  caplog) -> None:
+    import agent.checks
+
+    def broken(*_args: object, **_kwargs: object) -> None:
+        raise RuntimeError("statvfs exploded")
+
+    monkeypatch.setattr(agent.checks, "check_disk", broken)
+    checks = run_checks(settings_for(mtbbs_db, fake_bbs), redis_client=None, keys=KEYS)
+    assert checks["disk_space"] == {"healthy": False,
+                                    "error": "check failed: RuntimeError: statvfs exploded"}
+    assert checks["database"]["healthy"] and checks["memory"]["healthy"]
+    assert "the disk_space check failed unexpectedly" in caplog.text
