@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import signal
 import subprocess
 import sys
 import time
@@ -59,16 +60,22 @@ def test_system_over_threshold_is_unhealthy(fake_bbs) -> None:
 
 
 def test_an_argument_is_not_a_program(fake_bbs) -> None:
-    # `grep TOKEN` and `sh -c "... TOKEN"` mention the BBS but are not it.
-    mentions = subprocess.Popen(["sh", "-c", f"sleep 60 # {fake_bbs.token}"])
+    # `grep TOKEN`, `sh -c "... TOKEN"` and `python -c ... TOKEN` mention the BBS
+    # but are not it.
+    mentions = [
+        subprocess.Popen(["sh", "-c", f"sleep 60; : {fake_bbs.token}"], start_new_session=True),
+        subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)", fake_bbs.token]),
+    ]
     try:
         fake_bbs.stop()
         result = check_memory(match=fake_bbs.token)
         assert not result.healthy
         assert result.error == f"no BBS process found whose program matches {fake_bbs.token!r}"
     finally:
-        mentions.kill()
-        mentions.wait(10)
+        os.killpg(mentions[0].pid, signal.SIGKILL)
+        mentions[1].kill()
+        for process in mentions:
+            process.wait(10)
 
 
 SELF_SEARCH = """
