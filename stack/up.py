@@ -26,7 +26,7 @@ import shutil
 import signal
 import sys
 import threading
-from collections.abc import Iterator, Mapping
+from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from types import FrameType
@@ -34,7 +34,7 @@ from typing import IO, Any
 
 from stack import embedded
 from stack.settings import StackSettings
-from stack.supervisor import Supervisor, describe_exit, wait_until
+from stack.supervisor import Child, Supervisor, describe_exit, wait_until
 from wire.config import RedisSettings, connect, env_name
 from wire.keys import KeySpace, valid_host_id
 
@@ -81,6 +81,10 @@ class Component:
 
     name: str
     argv: tuple[str, ...]
+    # A file the component writes once it is ready (the demo BBS's pidfile,
+    # written after it listens); the next component starts only then, so the
+    # agent's first report does not find the BBS missing.
+    ready_file: Path | None = None
 
 
 @dataclass(frozen=True)
@@ -148,7 +152,8 @@ def make_plan(stack: StackSettings, redis: RedisSettings, *, demo: bool, worker:
         database, pidfile = bbs_dir / "mtbbs.db", bbs_dir / "mtbbs.pid"
         components.append(Component("demo-bbs", (
             script("mtbbs-demo-bbs"), "--port", str(bbs_port), "--bind", "127.0.0.1",
-            "--db", str(database), "--host", host, "--pidfile", str(pidfile))))
+            "--db", str(database), "--host", host, "--pidfile", str(pidfile)),
+            ready_file=pidfile))
         # Flags, so that they beat any [checks] of the environment or file.
         agent_argv += ["--db", str(database), "--data-dir", str(bbs_dir),
                        "--pidfile", str(pidfile),
@@ -254,6 +259,10 @@ def run(plan: Plan, redis: RedisSettings, stack: StackSettings, out: IO[str],
             supervisor.say("stopped")
 
 
+def _ready(stop: threading.Event, child: Child, path: Path) -> Callable[[], bool]:
+    return lambda: stop.is_set() or child.exit_code() is not None or path.exists()
+
+
 def _run(plan: Plan, redis: RedisSettings, stack: StackSettings, supervisor: Supervisor,
          stop: threading.Event) -> int:
     if plan.redis_argv is not None:
@@ -277,7 +286,14 @@ def _run(plan: Plan, redis: RedisSettings, stack: StackSettings, supervisor: Sup
     for directory in ("agent", "bbs"):
         (plan.data_dir / directory).mkdir(parents=True, exist_ok=True)
     for component in plan.components:
-        supervisor.start(component.name, component.argv, plan.env)
+        if component.ready_file is not None:
+            # Holding the data dir's lock, a leftover is from a killed run.
+            component.ready_file.unlink(missing_ok=True)
+        child = supervisor.start(component.name, component.argv, plan.env)
+        if component.ready_file is not None and not wait_until(
+                _ready(stop, child, component.ready_file), stack.startup_timeout, 0.1):
+            supervisor.say(f"{component.name} has not written {component.ready_file} after "
+                           f"{stack.startup_timeout:g} s; starting the rest anyway")
     for line in summary(plan, redis):
         supervisor.say(line)
     while not stop.wait(0.5):
