@@ -47,6 +47,12 @@ STATUS_STYLE = {
 ALERT_STATE_FIELDS = ("state", "phase", "status")
 SHOWN_ALERT_STATES = frozenset({"firing", "pending"})
 ALERT_DETAIL_FIELDS = 4
+# Of a collector's heartbeat hash, the figures a sysop looks at first; any
+# other hash is shown whole.
+COLLECTOR_FIELDS = ("state", "caught_up", "lag", "pending", "processed", "dead_lettered",
+                    "errors")
+# The status CLI's default for a stalled collector ([collector] stall_after_s).
+COLLECTOR_STALL_S = 60.0
 
 
 def clean(text: Any) -> str:
@@ -326,9 +332,10 @@ def collectors_table(snapshot: Snapshot) -> Table:
         table.add_column(name, no_wrap=name != "details")
     for row in snapshot.collectors:
         age = (snapshot.now_ms - row.heartbeat_ms) / 1000
-        style = "green" if age < 30 else "bold red"
-        details = " ".join(f"{k}={v}" for k, v in row.details.items()
-                           if k not in ("heartbeat", "heartbeat_ms"))
+        style = "green" if age < COLLECTOR_STALL_S else "bold red"
+        shown = [k for k in COLLECTOR_FIELDS if k in row.details] or [
+            k for k in row.details if k not in ("heartbeat", "heartbeat_ms")]
+        details = " ".join(f"{k}={row.details[k]}" for k in shown)
         table.add_row(row.name, Text(f"{age_text(age)} ago", style=style), Text(details))
     if not snapshot.collectors:
         table.caption = Text("no collector heartbeat: is 'mtbbs-collector run' running?",
