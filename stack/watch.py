@@ -47,6 +47,13 @@ STATUS_STYLE = {
 ALERT_STATE_FIELDS = ("state", "phase", "status")
 SHOWN_ALERT_STATES = frozenset({"firing", "pending"})
 ALERT_DETAIL_FIELDS = 4
+# The alerter's fields worth a glance, when its hash has them; the
+# bookkeeping fields (history, marks, counters) are left out.
+ALERT_FIELDS = ("severity", "since", "summary")
+ALERT_SKIPPED = frozenset({"host", "check", "history", "mark", "seq", "level", "since_ms",
+                           "firing_since_ms", "flap_since_ms", "last_notified_ms", "updated",
+                           "breach_summary", "notified", "suppressed", "repeats",
+                           "flap_percent"})
 # Of a collector's heartbeat hash, the figures a sysop looks at first; any
 # other hash is shown whole.
 COLLECTOR_FIELDS = ("state", "caught_up", "lag", "pending", "processed", "dead_lettered",
@@ -231,8 +238,11 @@ def read_alerts(client: Any, keys: KeySpace) -> list[AlertRow]:
         state = next((fields[f] for f in ALERT_STATE_FIELDS if f in fields), "")
         if state.lower() not in SHOWN_ALERT_STATES:
             continue
-        details = {k: v for k, v in sorted(fields.items())
-                   if k not in ALERT_STATE_FIELDS and v}
+        known = [k for k in ALERT_FIELDS if fields.get(k)]
+        rest = sorted(k for k, v in fields.items() if v and k not in ALERT_STATE_FIELDS
+                      and k not in ALERT_SKIPPED and k not in known)
+        details = {k: fields[k] for k in known + rest
+                   if not (k == "flapping" and fields[k] == "no")}
         alerts.append(AlertRow(host, check, state.lower(), details))
     alerts.sort(key=lambda a: (a.state != "firing", a.host, a.check))
     return alerts
@@ -317,7 +327,9 @@ def alerts_table(snapshot: Snapshot) -> Table:
     for name in ("host", "check", "state", "details"):
         table.add_column(name, no_wrap=name != "details")
     for alert in snapshot.alerts:
-        style = "bold red" if alert.state == "firing" else "yellow"
+        critical = alert.details.get("severity", "").lower() == "critical"
+        style = "bold red" if alert.state == "firing" and critical else \
+            "bold yellow" if alert.state == "firing" else "yellow"
         details = " ".join(f"{k}={v}" for k, v in list(alert.details.items())[
             :ALERT_DETAIL_FIELDS])
         table.add_row(alert.host, alert.check, Text(alert.state.upper(), style=style),

@@ -198,3 +198,23 @@ def test_rows_fit_the_console_without_truncation(width: int) -> None:
         assert "critical" in text and "92.5" in text and "45.2" in text
     bars = watch.spark_width(snapshot, width)
     assert (bars > 0) == (width >= 132)
+
+
+def test_alerts_as_the_alerter_writes_them(redis_client: redis.Redis) -> None:
+    state_module = pytest.importorskip("alerter.state")
+    keys = KeySpace()
+    now = int(time.time() * 1000)
+    firing = state_module.AlertState(state="firing", level=2, since_ms=now - 60_000,
+                                     firing_since_ms=now - 60_000, history="0122",
+                                     summary="disk_space 92.5% used")
+    redis_client.hset(keys.alert("bbs-01", "disk_space"),
+                      mapping=firing.to_hash("bbs-01", "disk_space", now))
+    resolved = state_module.AlertState(state="resolved", level=1, since_ms=now)
+    redis_client.hset(keys.alert("bbs-02", "memory"),
+                      mapping=resolved.to_hash("bbs-02", "memory", now))
+    redis_client.sadd(keys.alerts_index(), "bbs-01/disk_space", "bbs-02/memory")
+    (alert,) = watch.read_alerts(redis_client, keys)
+    assert (alert.host, alert.check, alert.state) == ("bbs-01", "disk_space", "firing")
+    assert list(alert.details)[:3] == ["severity", "since", "summary"]
+    assert alert.details["summary"] == "disk_space 92.5% used"
+    assert "history" not in alert.details and "flapping" not in alert.details
