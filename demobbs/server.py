@@ -18,6 +18,7 @@ import contextlib
 import logging
 import os
 import signal
+import sys
 from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
@@ -377,8 +378,8 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
-def write_pidfile(path: Path) -> None:
-    """Write our pid; refuse when another live process holds the file."""
+def check_pidfile(path: Path) -> None:
+    """Refuse to start when the pidfile names another live process."""
     try:
         other = int(path.read_text(encoding="utf-8").strip() or "0")
     except (OSError, ValueError):
@@ -392,6 +393,10 @@ def write_pidfile(path: Path) -> None:
             raise RuntimeError(f"pidfile {path} names running process {other}") from None
         else:
             raise RuntimeError(f"pidfile {path} names running process {other}")
+
+
+def write_pidfile(path: Path) -> None:
+    """Write our pid (once listening, so the file also says we are ready)."""
     path.parent.mkdir(parents=True, exist_ok=True)
     path.write_text(f"{os.getpid()}\n", encoding="utf-8")
 
@@ -409,6 +414,8 @@ async def serve(settings: DemoSettings, redis_settings: RedisSettings,
                 reporter_settings: ReporterSettings) -> int:
     """Run the BBS until SIGTERM or SIGINT; returns the exit code."""
     host = settings.host or default_host_id()
+    if settings.pidfile is not None:
+        check_pidfile(settings.pidfile)
     database = BbsDatabase(settings.db)
     try:
         if await asyncio.to_thread(database.initialize):
@@ -420,7 +427,7 @@ async def serve(settings: DemoSettings, redis_settings: RedisSettings,
             await bbs.start()
         except OSError as exc:
             print(f"error: cannot listen on {settings.bind}:{settings.port}: "
-                  f"{exc.strerror or exc}", flush=True)
+                  f"{exc.strerror or exc}", file=sys.stderr, flush=True)
             await reporter.aclose(1)
             return EXIT_ERROR
         stopping = asyncio.Event()

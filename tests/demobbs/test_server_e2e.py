@@ -207,3 +207,16 @@ def test_port_in_use_is_a_clear_error(tmp_path: Path, command: Any, clean_env: d
     assert done.returncode == 3
     assert f"cannot listen on 127.0.0.1:{port}" in done.stdout + done.stderr
     assert "Traceback" not in done.stderr
+
+
+def test_a_live_pidfile_is_refused(start_bbs: Any, redis_url: str, command: Any,
+                                   clean_env: dict[str, str]) -> None:
+    bbs = start_bbs(redis_url)
+    done = subprocess.run(
+        [command("mtbbs-demo-bbs"), "--port", "1", "--db", str(bbs.db),
+         "--pidfile", str(bbs.pidfile), "--redis-url", redis_url],
+        capture_output=True, text=True, env=clean_env, timeout=30)
+    assert done.returncode == 3
+    assert "names running process" in done.stderr and "Traceback" not in done.stderr
+    assert bbs.pidfile.read_text().strip() == str(bbs.process.pid)
+    assert bbs.stop() == 0
