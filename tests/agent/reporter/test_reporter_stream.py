@@ -236,3 +236,21 @@ def test_calls_after_close_are_ignored(make_reporter: Any, redis_url: str,
     reporter.unregister_session("10.0.0.1:1")
     reporter.close()
     assert redis_client.xlen(KeySpace().sessions_stream()) == 2
+
+
+def test_an_oversized_snapshot_keeps_what_fits(make_reporter: Any, redis_url: str,
+                                               redis_client: redis.Redis, events: Any,
+                                               caplog: Any) -> None:
+    reporter = make_reporter(redis_url, start=False, max_sessions=3000, max_queue=10,
+                             **QUIET)
+    for n in range(3000):
+        reporter.register_session(f"10.0.{n // 250}.{n % 250}:{3000 + n}",
+                                  user_id=f"{n:04d}" + "u" * 124, state="logged_in")
+    reporter.start()
+    assert reporter.flush(20)
+    snapshot = [e for e in events(redis_client) if e.kind == "snapshot"][-1]
+    assert 0 < len(snapshot.sessions) < 3000
+    # The longest-lived sessions are the ones kept.
+    assert [s.client_id for s in snapshot.sessions] == [
+        s.client_id for s in reporter.sessions()[: len(snapshot.sessions)]]
+    assert "exceeds" in caplog.text
