@@ -1,0 +1,232 @@
+"""README.md and README.ja.md stay true to the code.
+
+* README.md opens with the two commands of a fresh clone;
+* the configuration reference is the one the settings code generates;
+* every Redis key of ``wire.keys.KeySpace`` and every command and
+  sub-command is documented in both languages;
+* every command line in a shell example parses with the command's parser;
+* every jq path of the examples returns a value from real
+  ``mtbbs-health-check --json`` output (with jq when installed, and in Python
+  in any case).
+"""
+
+from __future__ import annotations
+
+import inspect
+import json
+import re
+import shlex
+import shutil
+import sqlite3
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+import redis
+
+from stack import reference
+from wire.keys import KeySpace
+from wire.messages import SessionInfo
+from wire.state import session_text
+
+READMES = ("README.md", "README.ja.md")
+FIRST_COMMANDS = ["./scripts/up.sh", "./scripts/test.sh"]
+
+
+def read(root: Path, name: str) -> str:
+    return (root / name).read_text(encoding="utf-8")
+
+
+def code_blocks(text: str) -> list[tuple[str, str]]:
+    """(language, body) of every fenced code block."""
+    return re.findall(r"^```(\w*)\n(.*?)^```", text, re.MULTILINE | re.DOTALL)
+
+
+@pytest.fixture(params=READMES)
+def readme(request: pytest.FixtureRequest, repo_root: Path) -> str:
+    return read(repo_root, request.param)
+
+
+def test_readme_opens_with_the_two_commands(repo_root: Path) -> None:
+    text = read(repo_root, "README.md")
+    _, first = code_blocks(text)[0]
+    commands = [line.split("#")[0].strip() for line in first.strip().splitlines()]
+    assert commands == FIRST_COMMANDS
+    # Nothing but the title and one sentence before them.
+    assert text.index("```") < 300
+
+
+def test_configuration_reference_is_current(readme: str) -> None:
+    assert reference.missing_sections() == []
+    assert reference.current_block(readme) == reference.block(), \
+        "run: python scripts/config_reference.py --write README.md README.ja.md"
+
+
+def test_every_settings_class_is_in_the_reference() -> None:
+    registered = {(module, name) for _, module, name in reference.SECTIONS}
+    assert reference.discover_settings_classes() <= registered
+
+
+def key_patterns() -> dict[str, str]:
+    """KeySpace method -> its key with ``<parameter>`` placeholders."""
+    keys = KeySpace()
+    patterns = {}
+    for name, method in inspect.getmembers(keys, inspect.ismethod):
+        if name.startswith("_") or name == "streams":
+            continue
+        parameters = list(inspect.signature(method).parameters)
+        patterns[name] = method(*[f"<{p}>" for p in parameters])
+    return patterns
+
+
+def test_every_redis_key_is_documented(readme: str) -> None:
+    patterns = key_patterns()
+    assert len(patterns) >= 20
+    missing = sorted(f"{name}: {key}" for name, key in patterns.items()
+                     if f"`{key}`" not in readme)
+    assert not missing, "add these keys to the README's key table"
+
+
+def commands(scripts: dict[str, str]) -> Iterator[tuple[str, str | None]]:
+    """(console script, sub-command or None) of every command we install."""
+    import argparse
+    import importlib
+
+    for script, target in sorted(scripts.items()):
+        module = importlib.import_module(target.partition(":")[0])
+        build = getattr(module, "build_parser", None)
+        subcommands: list[str] = []
+        if build is not None:
+            for action in build()._actions:
+                if isinstance(action, argparse._SubParsersAction):
+                    subcommands = list(action.choices)
+        if not subcommands:
+            yield script, None
+        for sub in subcommands:
+            yield script, sub
+
+
+def test_every_command_is_documented(readme: str, our_commands: dict[str, str]) -> None:
+    listed = list(commands(our_commands))
+    assert len(listed) >= 10
+    missing = [f"{script} {sub or ''}".strip() for script, sub in listed
+               if (f"{script} {sub}" if sub else script) not in readme]
+    assert not missing
+
+
+SHELL_LANGUAGES = {"sh", "bash", "shell", "console", ""}
+# One of our commands where a command starts: at the start of a line, after
+# a pipe, ``;``, ``&&``, ``$(``, ``sudo``, ``docker compose exec <service>``,
+# Zabbix's ``key,`` or Nagios's ``command_line``, with or without a path.
+OURS = re.compile(r"(?:^\s*|[;|&(`,]\s*|\$\(\s*|\bsudo\s+|\bexec\s+\S+\s+|"
+                  r"\bcommand_line\s+)(?:\S*/)?"
+                  r"((?:mtbbs-health-check|mtbbs-agent|mtbbs-collector|mtbbs-alerter|"
+                  r"mtbbs-monitor|mtbbs-demo-bbs)(?=\s|$)[^|;&>)`#\n]*)")
+
+
+def example_command_lines(text: str) -> list[str]:
+    lines = []
+    for language, body in code_blocks(text):
+        if language not in SHELL_LANGUAGES:
+            continue
+        joined = body.replace("\\\n", " ")
+        for line in joined.splitlines():
+            if line.lstrip().startswith("#"):
+                continue
+            # Redirections are the shell's, not arguments.
+            line = re.sub(r"\s\d*>>?(&\d|\s*\S+)", " ", line)
+            for match in OURS.finditer(line):
+                lines.append(match.group(1).strip())
+    return lines
+
+
+def test_every_example_command_parses(readme: str, valid_invocation: Any) -> None:
+    examples = example_command_lines(readme)
+    assert len(examples) >= 20
+    for line in examples:
+        argv = shlex.split(line)
+        # Placeholders and shell variables stand for values a sysop fills in.
+        argv = [re.sub(r"\$\{?\w+\}?|<[^>]+>", "x", part) for part in argv]
+        valid_invocation(argv)
+
+
+# -- jq paths -------------------------------------------------------------------
+
+JQ = re.compile(r"mtbbs-health-check([^|\n]*)\|\s*jq -r '([^']+)'")
+
+
+def jq_examples(text: str) -> list[tuple[str, str]]:
+    """(health-check arguments, jq filter) of every example that pipes into jq."""
+    found = []
+    for _, body in code_blocks(text):
+        for match in JQ.finditer(body.replace("\\\n", " ")):
+            found.append((match.group(1), match.group(2)))
+    return found
+
+
+def python_jq(document: Any, program: str) -> Any:
+    """The value of a jq filter of the form ``.a.b.c`` or ``.a.b // default``."""
+    path, _, default = (part.strip() for part in program.partition("//"))
+    assert re.fullmatch(r"(\.[A-Za-z_][A-Za-z0-9_]*)+", path), f"unsupported filter {program}"
+    value = document
+    for part in path.split(".")[1:]:
+        value = value.get(part) if isinstance(value, dict) else None
+    if value in (None, False) and default:
+        return json.loads(default)
+    return value
+
+
+@pytest.fixture(scope="module")
+def health_json(tmp_path_factory: pytest.TempPathFactory, redis_server: Any) -> str:
+    """Real ``mtbbs-health-check --json`` output for a small BBS with sessions."""
+    directory = tmp_path_factory.mktemp("bbs")
+    database = directory / "mtbbs.db"
+    with sqlite3.connect(database) as db:
+        db.execute("CREATE TABLE users (id TEXT PRIMARY KEY)")
+    bbs = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)"])
+    keys = KeySpace()
+    client = redis.Redis(port=redis_server.port)
+    client.delete(keys.host_sessions("readme-bbs"))
+    for number, user in enumerate(("guest", "taro")):
+        info = SessionInfo(f"192.0.2.{number}:5000{number}", user, "logged_in", time.time())
+        client.hset(keys.host_sessions("readme-bbs"), info.client_id, session_text(info))
+    client.close()
+    try:
+        result = subprocess.run(
+            [str(Path(sys.executable).parent / "mtbbs-health-check"), "--json", "--db",
+             str(database), "--data-dir", str(directory), "--pid", str(bbs.pid),
+             "--host", "readme-bbs", "--redis-url", redis_server.url],
+            capture_output=True, text=True, timeout=60, check=False)
+    finally:
+        bbs.kill()
+        bbs.wait()
+    assert result.returncode == 0, result.stdout + result.stderr
+    return result.stdout
+
+
+def test_jq_paths_return_values(readme: str, health_json: str) -> None:
+    examples = jq_examples(readme)
+    assert len(examples) >= 5
+    document = json.loads(health_json)
+    for arguments, program in examples:
+        assert "--json" in arguments
+        value = python_jq(document, program)
+        assert value is not None and value != "", program
+        if shutil.which("jq"):
+            result = subprocess.run(["jq", "-r", program], input=health_json,
+                                    capture_output=True, text=True, timeout=30, check=False)
+            assert result.returncode == 0, result.stderr
+            assert result.stdout.strip() not in ("", "null"), program
+            assert result.stdout.strip() == (
+                json.dumps(value) if not isinstance(value, str) else value), program
+
+
+def test_python_jq_agrees_with_jq_on_defaults() -> None:
+    document = {"a": {"b": None, "c": 3}}
+    assert python_jq(document, ".a.b // 0") == 0
+    assert python_jq(document, ".a.c") == 3
+    assert python_jq(document, ".a.x") is None
