@@ -137,6 +137,65 @@ class RedisProcess:
         return redis.Redis(port=self.port, socket_timeout=5, **options)
 
 
+@dataclass
+class SentinelProcess:
+    """A Redis Sentinel watching one master under ``service``."""
+
+    directory: Path
+    master_port: int
+    service: str = "mymaster"
+    down_after_ms: int = 1000
+    failover_timeout_ms: int = 10_000
+    port: int = field(default_factory=free_port)
+    process: subprocess.Popen[bytes] | None = None
+
+    @property
+    def address(self) -> str:
+        return f"127.0.0.1:{self.port}"
+
+    def start(self, timeout: float = 15.0) -> SentinelProcess:
+        self.directory.mkdir(parents=True, exist_ok=True)
+        config = self.directory / "sentinel.conf"
+        # Sentinel rewrites its configuration file, so it gets its own.
+        config.write_text(
+            f"port {self.port}\nbind 127.0.0.1\ndaemonize no\n"
+            f"dir {self.directory}\nlogfile {self.directory / 'sentinel.log'}\n"
+            f"sentinel monitor {self.service} 127.0.0.1 {self.master_port} 1\n"
+            f"sentinel down-after-milliseconds {self.service} {self.down_after_ms}\n"
+            f"sentinel failover-timeout {self.service} {self.failover_timeout_ms}\n"
+            f"sentinel parallel-syncs {self.service} 1\n")
+        self.process = subprocess.Popen([find_binary(), str(config), "--sentinel"],
+                                        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        wait_until(lambda: self.client().ping(), timeout, what="sentinel")
+        return self
+
+    def client(self) -> redis.Redis:
+        return redis.Redis(port=self.port, socket_timeout=5, decode_responses=True)
+
+    def master_port_now(self) -> int | None:
+        """The port Sentinel currently names as the master."""
+        answer = self.client().execute_command("SENTINEL", "get-master-addr-by-name",
+                                               self.service)
+        return int(answer[1]) if answer else None
+
+    def replicas(self) -> int:
+        """Replicas Sentinel knows of that are not down."""
+        rows = self.client().execute_command("SENTINEL", "replicas", self.service)
+        count = 0
+        for row in rows:
+            info = dict(zip(row[::2], row[1::2], strict=False)) if isinstance(row, list) \
+                else dict(row)
+            if "s_down" not in str(info.get("flags", "")):
+                count += 1
+        return count
+
+    def kill(self) -> None:
+        if self.process is not None and self.process.poll() is None:
+            self.process.kill()
+            self.process.wait(10)
+        self.process = None
+
+
 class Processes:
     """Children started by a scenario; all are killed when it ends."""
 
@@ -144,6 +203,7 @@ class Processes:
         self.log_dir = log_dir
         self.children: list[subprocess.Popen[bytes]] = []
         self.redis: list[RedisProcess] = []
+        self.sentinels: list[SentinelProcess] = []
         log_dir.mkdir(parents=True, exist_ok=True)
 
     def spawn(self, name: str, argv: Sequence[str], env: Mapping[str, str] | None = None,
@@ -160,6 +220,12 @@ class Processes:
         self.redis.append(server)
         return server
 
+    def sentinel(self, master_port: int, name: str = "sentinel",
+                 **options: Any) -> SentinelProcess:
+        sentinel = SentinelProcess(self.log_dir / name, master_port, **options).start()
+        self.sentinels.append(sentinel)
+        return sentinel
+
     def log(self, name: str) -> str:
         path = self.log_dir / f"{name}.log"
         return path.read_text(errors="replace") if path.exists() else ""
@@ -171,6 +237,8 @@ class Processes:
                     os.killpg(child.pid, signal.SIGKILL)
                 with contextlib.suppress(subprocess.TimeoutExpired):
                     child.wait(5)
+        for sentinel in self.sentinels:
+            sentinel.kill()
         for server in self.redis:
             server.kill()
 
