@@ -205,11 +205,13 @@ def test_run_starts_redis_and_children_and_stops_them_all(tmp_path: Path) -> Non
     out = io.StringIO()
     stop = threading.Event()
     seen: list[int] = []
+    # Other tests' servers (the shared redis-server) are children too.
+    before = {p.pid for p in psutil.Process().children(recursive=True)}
 
     def watcher() -> None:
         if wait_until(lambda: out.getvalue().count("ready") >= 2, 30):
             me = psutil.Process()
-            seen.extend(p.pid for p in me.children(recursive=True))
+            seen.extend(p.pid for p in me.children(recursive=True) if p.pid not in before)
             client = redis.Redis.from_url(plan.redis_url)
             client.set("persisted", "yes")
             client.close()
