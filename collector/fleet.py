@@ -1,0 +1,135 @@
+"""Reading the fleet's state back: what the status CLI and the exporter show.
+
+Readers judge staleness themselves from the hosts' last-seen times and
+Redis's clock (the effective level is the worse of that and the stored
+one), so a host is reported stale even when no collector is left to sweep.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Any
+
+from collector.keepalive import stale_level, worse_stale
+from collector.selfmon import (
+    CollectorView,
+    GroupStats,
+    group_stats,
+    read_collectors,
+    server_time_ms,
+)
+from collector.settings import CollectorSettings
+from wire.keys import COLLECTOR_GROUP, KeySpace
+from wire.state import HostState, check_status, parse_host_state, stale_status
+from wire.status import Status
+
+
+def _text(value: Any) -> str:
+    return value.decode("utf-8", "replace") if isinstance(value, bytes) else str(value)
+
+
+def _number(value: Any) -> float | None:
+    if isinstance(value, bool) or not isinstance(value, int | float):
+        return None
+    return float(value)
+
+
+@dataclass(frozen=True)
+class HostView:
+    """One host as a reader sees it now."""
+
+    state: HostState
+    age_s: float
+    interval_s: float
+    stale: str
+    sessions: int | None
+
+    @property
+    def host(self) -> str:
+        """The host id."""
+        return self.state.host
+
+    def check_statuses(self) -> dict[str, Status]:
+        """The status of each reported check under the seed's rules."""
+        statuses = {}
+        for name, fields in sorted(self.state.checks.items()):
+            healthy = fields.get("healthy")
+            statuses[name] = (check_status(name, healthy) if isinstance(healthy, bool)
+                              else Status.UNKNOWN)
+        return statuses
+
+    @property
+    def status(self) -> Status:
+        """The worst of the checks and the staleness."""
+        return Status.worst([*self.check_statuses().values(), stale_status(self.stale)])
+
+    def figure(self, check: str, name: str) -> float | None:
+        """A numeric field of a check, or None."""
+        return _number(self.state.check_fields(check).get(name))
+
+
+@dataclass(frozen=True)
+class FleetView:
+    """Every host (or the one asked for), the collectors and the group's figures."""
+
+    now_ms: int
+    hosts: list[HostView]
+    collectors: list[CollectorView]
+    groups: list[GroupStats]
+    dead_letters: int
+    missing: list[str]
+
+
+def _interval(fields: dict[str, str]) -> float:
+    try:
+        value = float(fields.get("interval_s", ""))
+    except ValueError:
+        return 60.0
+    return value if value > 0 else 60.0
+
+
+def read_hosts(client: Any, keys: KeySpace, settings: CollectorSettings, now_ms: int,
+               hosts: Sequence[str]) -> tuple[list[HostView], list[str]]:
+    """Views of ``hosts``; and the ids of those without any state."""
+    pipe = client.pipeline(transaction=False)
+    for host in hosts:
+        pipe.hgetall(keys.host(host))
+        pipe.hlen(keys.host_sessions(host))
+        pipe.exists(keys.host_sessions_order(host))
+    replies = pipe.execute()
+    views: list[HostView] = []
+    missing: list[str] = []
+    for index, host in enumerate(hosts):
+        raw, live, tracked = replies[3 * index: 3 * index + 3]
+        if not raw:
+            missing.append(host)
+            continue
+        state = parse_host_state(host, raw)
+        interval = _interval(state.raw)
+        age = max(0.0, (now_ms - state.last_seen_ms) / 1000) if state.last_seen_ms else 0.0
+        computed = stale_level(age, interval, settings)
+        reported = _number(state.check_fields("sessions").get("active_sessions"))
+        # The BBS's own session events are fresher than the agent's count.
+        sessions = int(live) if (live or tracked) else (
+            int(reported) if reported is not None else None)
+        views.append(HostView(state, round(age, 3), interval,
+                              worse_stale(state.stale, computed), sessions))
+    return views, missing
+
+
+def host_ids(client: Any, keys: KeySpace) -> list[str]:
+    """Every host of the index, in id order."""
+    return sorted(_text(h) for h in client.zrange(keys.hosts_index(), 0, -1))
+
+
+def read_fleet(client: Any, keys: KeySpace, settings: CollectorSettings,
+               only: Sequence[str] | None = None) -> FleetView:
+    """The fleet (or the hosts in ``only``) with the collectors' health."""
+    now_ms = server_time_ms(client)
+    hosts = list(only) if only is not None else host_ids(client, keys)
+    views, missing = read_hosts(client, keys, settings, now_ms, hosts)
+    collectors = read_collectors(client, keys, now_ms)
+    groups = [group_stats(client, s, COLLECTOR_GROUP, now_ms) for s in keys.streams()]
+    dead = int(client.xlen(keys.dead_letter_stream()))
+    return FleetView(now_ms, views, collectors, groups, dead, missing)

@@ -1,0 +1,755 @@
+"""Ingestion: the consumer-group loop that turns stream entries into host state.
+
+One :class:`Collector` is one consumer of group :data:`wire.keys.COLLECTOR_GROUP`
+on the report and session streams; several may run and share the load.
+Per batch it decodes every entry, verifies its signature when host keys are
+configured, and sends one script call per entry in a single pipeline: the
+script (see :mod:`collector.scripts`) writes the state only when the message
+is newer than what is stored and acknowledges the entry in the same atomic
+step. Entries that cannot be used go to the dead-letter stream with the
+reason, acknowledged in the same step too. Between batches the loop reclaims
+entries a dead consumer left pending (XAUTOCLAIM), sweeps for stale hosts,
+writes its heartbeat, and hands changed hosts to the alerter.
+
+Nothing here ends the loop on bad input: a message that cannot be used is
+dead-lettered, an unexpected error in one entry dead-letters that entry, and
+Redis outages are retried with a capped, logged backoff.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import socket
+import threading
+import time
+from collections.abc import Callable, Iterable, Mapping, Sequence
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from typing import Any
+
+import redis
+
+from collector import keepalive, rawpipe, scripts
+from collector.evaluate import Evaluations
+from collector.scripts import (
+    CONFLICT,
+    DEAD_LETTER_SCRIPT,
+    REPORT_SCRIPT,
+    SESSION_SCRIPT,
+    SKIPPED,
+    SNAPSHOT_SCRIPT,
+    LuaScript,
+    order_key,
+)
+from collector.selfmon import group_stats, server_time_ms, total, write_heartbeat
+from collector.settings import CollectorSettings
+from wire import auth
+from wire.errors import DecodeError
+from wire.keys import COLLECTOR_GROUP, KeySpace
+from wire.messages import (
+    CONNECTED,
+    DISCONNECTED,
+    LOGGED_IN,
+    SESSION_STATES,
+    SNAPSHOT,
+    Report,
+    SessionEvent,
+    SessionInfo,
+    decode_entry,
+)
+from wire.state import entry_id_ms, format_value, iso_from_ms, report_fields, session_text
+
+logger = logging.getLogger(__name__)
+
+# Errors after which Redis may well come back: retry with backoff. A replica
+# promoted away from under us answers READONLY until the client reconnects.
+TRANSIENT_ERRORS: tuple[type[Exception], ...] = (
+    redis.ConnectionError, redis.TimeoutError, redis.ReadOnlyError,
+)
+# Upper bounds of one reclaim pass, so a huge backlog of a dead consumer
+# cannot starve new entries.
+MAX_CLAIM_ROUNDS = 10
+MAX_MERGE_ATTEMPTS = 3
+MAX_REASON = 200
+MAX_FIELD_NAMES = 200
+
+
+def default_name() -> str:
+    """``<hostname>-<pid>``: unique per process, readable in XINFO CONSUMERS."""
+    return f"{socket.gethostname()}-{os.getpid()}"
+
+
+def _text(value: Any) -> str:
+    return value.decode("utf-8", "replace") if isinstance(value, bytes) else str(value)
+
+
+@dataclass
+class Counters:
+    """What this collector has done since it started."""
+
+    processed: int = 0
+    applied: int = 0
+    skipped: int = 0
+    dead_lettered: int = 0
+    spoofed: int = 0
+    reclaimed: int = 0
+    conflicts: int = 0
+    evaluations: int = 0
+    stale_transitions: int = 0
+    errors: int = 0
+
+    def as_fields(self) -> dict[str, int]:
+        """The counters as heartbeat fields."""
+        return dict(self.__dict__)
+
+
+@dataclass(slots=True)
+class _Op:
+    """One planned script call for one stream entry."""
+
+    kind: str  # report, session, snapshot or dead
+    stream: str
+    entry_id: str
+    script: LuaScript
+    keys: list[Any]
+    args: list[Any]
+    host: str = ""
+    event: SessionEvent | None = None
+
+
+def history_line(report: Report, entry_ms: int) -> str:
+    """``timestamp,sessions,disk_percent,memory_mb`` for the host history list."""
+
+    def figure(check: str, name: str) -> str:
+        value = report.checks.get(check, {}).get(name)
+        if isinstance(value, bool) or not isinstance(value, int | float):
+            return ""
+        return format_value(value)
+
+    return ",".join((
+        iso_from_ms(entry_ms),
+        figure("sessions", "active_sessions"),
+        figure("disk_space", "percent_used"),
+        figure("memory", "process_rss_mb"),
+    ))
+
+
+def _iso_seconds(text: Any) -> float | None:
+    if not isinstance(text, str):
+        return None
+    for pattern in ("%Y-%m-%dT%H:%M:%S.%fZ", "%Y-%m-%dT%H:%M:%SZ"):
+        try:
+            return datetime.strptime(text, pattern).replace(tzinfo=UTC).timestamp()
+        except ValueError:
+            continue
+    return None
+
+
+def _stored_session(text: str | None) -> dict[str, Any]:
+    """The fields of a stored session text we can trust; {} for anything else."""
+    if not text:
+        return {}
+    try:
+        doc = json.loads(text)
+    except ValueError:
+        return {}
+    if not isinstance(doc, dict):
+        return {}
+    known: dict[str, Any] = {}
+    if isinstance(doc.get("user_id"), str):
+        known["user_id"] = doc["user_id"]
+    if doc.get("state") in SESSION_STATES:
+        known["state"] = doc["state"]
+    connected_at = _iso_seconds(doc.get("connected_at"))
+    if connected_at is not None:
+        known["connected_at"] = connected_at
+    return known
+
+
+def needs_merge(event: SessionEvent) -> bool:
+    """True when the event leaves out something the stored session knows."""
+    if event.kind == LOGGED_IN:
+        return event.connected_at is None or event.user_id is None
+    if event.kind in (CONNECTED, DISCONNECTED, SNAPSHOT):
+        return False
+    return event.connected_at is None or event.user_id is None or event.state is None
+
+
+def merged_session(event: SessionEvent, stored_text: str | None) -> SessionInfo:
+    """The session after ``event``, filling gaps from the stored session."""
+    if event.kind == CONNECTED:
+        return SessionInfo(event.client_id, event.user_id, event.state or "connected",
+                           event.connected_at or event.observed_at)
+    prior = _stored_session(stored_text)
+    if event.kind == LOGGED_IN:
+        user = event.user_id or prior.get("user_id") or "guest"
+        state = "logged_in"
+    else:
+        user = event.user_id if event.user_id is not None else prior.get("user_id")
+        state = event.state or prior.get("state") or "connected"
+    connected_at = event.connected_at or prior.get("connected_at") or event.observed_at
+    return SessionInfo(event.client_id, user, state, connected_at)
+
+
+class Collector:
+    """One consumer of the report and session streams."""
+
+    def __init__(
+        self,
+        client: Any,
+        keys: KeySpace,
+        settings: CollectorSettings,
+        name: str | None = None,
+        host_keys: Mapping[str, bytes] | None = None,
+        *,
+        max_block_ms: int | None = None,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
+        self.client = client
+        self.keys = keys
+        self.settings = settings
+        self.name = name or settings.name or default_name()
+        self.host_keys = host_keys
+        self.group = COLLECTOR_GROUP
+        self.streams = keys.streams()
+        self.counters = Counters()
+        self.clock = clock
+        self.max_block_ms = max_block_ms
+        self.evaluations = (Evaluations(client, keys, settings.evaluation_ttl_s)
+                            if settings.evaluate else None)
+        self.ready = False
+        self.caught_up = False
+        self.started_ms = 0
+        self._inflight: tuple[rawpipe.InFlight, list[_Op]] | None = None
+        now = clock()
+        self._next_claim = now
+        self._next_sweep = now + settings.sweep_interval_s
+        self._next_heartbeat = now
+
+    # -- setup -------------------------------------------------------------
+
+    def setup(self) -> None:
+        """Load the scripts, create the group, resume this consumer's own pending entries."""
+        self._inflight = None  # whatever was in flight stays pending and is re-read below
+        for script in scripts.ALL:
+            script.load(self.client)
+        self.ensure_groups()
+        if not self.started_ms:
+            self.started_ms = server_time_ms(self.client)
+        self.ready = True
+        self.drain_own_pending()
+
+    def ensure_groups(self) -> None:
+        """Create the consumer group on both streams (and the streams) if missing.
+
+        A new group starts at ``start_id``: '0' by default, so that what agents
+        published before the first collector ever ran is ingested (the streams
+        are trimmed, so that backlog is bounded).
+        """
+        for stream in self.streams:
+            try:
+                self.client.xgroup_create(stream, self.group, id=self.settings.start_id,
+                                          mkstream=True)
+                logger.info("created consumer group %s on %s at %s", self.group, stream,
+                            self.settings.start_id)
+            except redis.ResponseError as exc:
+                if "BUSYGROUP" not in str(exc):
+                    raise
+
+    # -- the loop ------------------------------------------------------------
+
+    def run(self, stop: threading.Event) -> None:
+        """Consume until ``stop`` is set; Redis outages are retried, never raised."""
+        delay = 0.0
+        failing = False
+        while not stop.is_set():
+            try:
+                if not self.ready:
+                    self.setup()
+                self.step()
+                if failing:
+                    logger.info("Redis is reachable again")
+                    failing = False
+                delay = 0.0
+            except TRANSIENT_ERRORS as exc:
+                self.ready = False
+                failing = True
+                delay = min(max(delay * 2, 0.5), self.settings.max_backoff_s)
+                logger.warning("Redis unavailable (%s: %s); retrying in %.1f s",
+                               type(exc).__name__, exc, delay)
+                stop.wait(delay)
+            except redis.ResponseError as exc:
+                self.ready = False
+                if "NOGROUP" in str(exc):
+                    # Someone deleted a stream or the group: recreate and go on.
+                    logger.warning("consumer group missing (%s); recreating it", exc)
+                    stop.wait(0.1)
+                    continue
+                delay = min(max(delay * 2, 0.5), self.settings.max_backoff_s)
+                logger.error("Redis refused a command (%s); retrying in %.1f s", exc, delay)
+                stop.wait(delay)
+            except Exception as exc:  # the loop must outlive our own bugs
+                self.ready = False
+                self.counters.errors += 1
+                delay = min(max(delay * 2, 0.5), self.settings.max_backoff_s)
+                logger.error("unexpected error (%s: %s); retrying in %.1f s",
+                             type(exc).__name__, exc, delay,
+                             exc_info=logger.isEnabledFor(logging.DEBUG))
+                stop.wait(delay)
+        self._final_heartbeat()
+
+    def step(self) -> int:
+        """One round: reclaim, read and apply one batch, sweep and heartbeat when due."""
+        now = self.clock()
+        if now >= self._next_claim:
+            self.flush()
+            self.reclaim()
+            self._next_claim = self.clock() + self.settings.claim_interval_s
+        count = self.read(self._block_ms(self.clock()))
+        if count == 0:
+            self.flush()
+        now = self.clock()
+        if now >= self._next_sweep or now >= self._next_heartbeat:
+            self.flush()
+        if now >= self._next_sweep:
+            # While a backlog is being worked off the hosts in it only look
+            # silent: judging them now would raise false staleness alerts.
+            if self.caught_up:
+                self.sweep()
+            self._next_sweep = now + self.settings.sweep_interval_s
+        if now >= self._next_heartbeat:
+            self.heartbeat()
+            self._next_heartbeat = self.clock() + self.settings.heartbeat_interval_s
+        return count
+
+    def _block_ms(self, now: float) -> int | None:
+        due = min(self._next_claim, self._next_sweep, self._next_heartbeat)
+        block = min(self.settings.block_ms, int((due - now) * 1000))
+        if self.max_block_ms is not None:
+            block = min(block, self.max_block_ms)
+        # BLOCK 0 would wait forever: below 1 ms, do not block at all.
+        return block if block >= 1 else None
+
+    def read(self, block_ms: int | None) -> int:
+        """Read and apply one batch of new entries; the number read."""
+        reply = self.client.xreadgroup(self.group, self.name, dict.fromkeys(self.streams, ">"),
+                                       count=self.settings.batch_size, block=block_ms)
+        read = 0
+        full = False
+        for stream, entries in _stream_replies(reply):
+            read += len(entries)
+            full = full or len(entries) >= self.settings.batch_size
+            self.process(stream, entries)
+        self.caught_up = not full
+        return read
+
+    def drain(self, timeout_s: float = 60.0) -> int:
+        """Read until the streams are empty for this group (tests and benchmarks)."""
+        if not self.ready:
+            self.setup()
+        deadline = self.clock() + timeout_s
+        total_read = 0
+        while self.clock() < deadline:
+            count = self.read(None)
+            total_read += count
+            if count == 0:
+                break
+        self.flush()
+        return total_read
+
+    # -- reclaiming --------------------------------------------------------
+
+    def drain_own_pending(self) -> int:
+        """Re-process entries delivered to this consumer name but never acknowledged."""
+        handled = 0
+        for stream in self.streams:
+            cursor = "0"
+            for _ in range(MAX_CLAIM_ROUNDS * 10):
+                reply = self.client.xreadgroup(self.group, self.name, {stream: cursor},
+                                               count=self.settings.batch_size)
+                entries = [e for _, es in _stream_replies(reply) for e in es]
+                if not entries:
+                    break
+                cursor = _text(entries[-1][0])
+                counts = self._delivery_counts(stream, entries)
+                self.process(stream, entries, counts)
+                handled += len(entries)
+        self.flush()
+        if handled:
+            logger.info("re-processed %s pending entries of consumer %s", handled, self.name)
+        return handled
+
+    def reclaim(self) -> int:
+        """Claim entries idle past ``claim_min_idle_s`` from other (dead) consumers."""
+        min_idle_ms = int(self.settings.claim_min_idle_s * 1000)
+        claimed = 0
+        for stream in self.streams:
+            self._dead_letter_overdelivered(stream, min_idle_ms)
+            cursor = "0-0"
+            for _ in range(MAX_CLAIM_ROUNDS):
+                reply = self.client.xautoclaim(stream, self.group, self.name, min_idle_ms,
+                                               cursor, count=self.settings.batch_size)
+                start, cursor = cursor, _text(reply[0])
+                # Redis 6.2 answers an entry trimmed meanwhile as (nil, nil); it stays
+                # pending, its delivery count grows and the over-delivery pass
+                # dead-letters it by id.
+                entries = [e for e in reply[1] if e[0] is not None]
+                if len(entries) < len(reply[1]):
+                    self._dead_letter_vanished(stream, start, cursor, entries)
+                if entries:
+                    counts = self._delivery_counts(stream, entries)
+                    self.process(stream, entries, counts)
+                    claimed += len(entries)
+                if cursor in ("0-0", "0"):
+                    break
+        self.flush()
+        if claimed:
+            self.counters.reclaimed += claimed
+            logger.info("claimed %s entries left pending by other consumers", claimed)
+        self._forget_idle_consumers()
+        return claimed
+
+    def _dead_letter_vanished(self, stream: str, start: str, cursor: str,
+                              entries: Sequence[Any]) -> None:
+        """Dead-letter what XAUTOCLAIM claimed but could not return (Redis < 7).
+
+        Redis 6.2 answers an entry deleted while pending as (nil, nil) and
+        keeps it pending; find those ids among this consumer's pending entries
+        of the claimed range, and make sure they are gone before acknowledging.
+        """
+        returned = {_text(e[0]) for e in entries}
+        end = "+" if cursor in ("0-0", "0") else f"({cursor}"
+        rows = self.client.xpending_range(stream, self.group, min=start, max=end,
+                                          count=self.settings.batch_size * 2,
+                                          consumername=self.name)
+        ops = []
+        for row in rows:
+            entry_id = _text(row["message_id"])
+            if entry_id in returned or self.client.xrange(stream, min=entry_id, max=entry_id):
+                continue
+            ops.append(self._dead(stream, entry_id, None, "entry no longer in the stream "
+                                  "(trimmed before it was processed)"))
+        self._execute_now(ops)
+
+    def _delivery_counts(self, stream: str, entries: Sequence[Any]) -> dict[str, int]:
+        ids = [_text(e[0]) for e in entries]
+        rows = self.client.xpending_range(stream, self.group, min=ids[0], max=ids[-1],
+                                          count=len(ids) + 16, consumername=self.name)
+        return {_text(r["message_id"]): int(r["times_delivered"]) for r in rows}
+
+    def _dead_letter_overdelivered(self, stream: str, min_idle_ms: int) -> None:
+        rows = self.client.xpending_range(stream, self.group, min="-", max="+",
+                                          count=self.settings.batch_size, idle=min_idle_ms)
+        over = [r for r in rows if int(r["times_delivered"]) >= self.settings.max_deliveries]
+        if not over:
+            return
+        ops = []
+        for row in over:
+            entry_id = _text(row["message_id"])
+            found = self.client.xrange(stream, min=entry_id, max=entry_id)
+            fields = found[0][1] if found else None
+            reason = (f"delivered {int(row['times_delivered'])} times without "
+                      f"acknowledgement (last to {_text(row['consumer'])})")
+            if fields is None:
+                reason += "; entry no longer in the stream"
+            ops.append(self._dead(stream, entry_id, fields, reason))
+        self._execute_now(ops)
+
+    def _forget_idle_consumers(self) -> None:
+        limit_ms = self.settings.forget_consumer_after_s * 1000
+        for stream in self.streams:
+            try:
+                consumers = self.client.xinfo_consumers(stream, self.group)
+            except redis.ResponseError:
+                continue
+            for consumer in consumers:
+                name = _text(consumer.get("name", ""))
+                if (name != self.name and int(consumer.get("pending") or 0) == 0
+                        and int(consumer.get("idle") or 0) > limit_ms):
+                    self.client.xgroup_delconsumer(stream, self.group, name)
+                    logger.info("removed consumer %s (idle, nothing pending) from %s",
+                                name, stream)
+
+    # -- applying a batch ------------------------------------------------------
+
+    def process(self, stream: str, entries: Sequence[Any],
+                delivered: Mapping[str, int] | None = None) -> None:
+        """Apply one batch of entries of ``stream``, each acknowledged with its write."""
+        decoded: list[tuple[str, Any, Any]] = []
+        reads: list[tuple[str, str]] = []
+        ops: list[_Op] = []
+        for raw_id, fields in entries:
+            entry_id = _text(raw_id)
+            count = delivered.get(entry_id, 1) if delivered else 1
+            if count > self.settings.max_deliveries:
+                ops.append(self._dead(stream, entry_id, fields,
+                                      f"delivered {count} times without acknowledgement"))
+                continue
+            if not fields:
+                # XADD needs a field, so an empty entry is one deleted (trimmed)
+                # while it was pending.
+                ops.append(self._dead(stream, entry_id, None,
+                                      "entry no longer in the stream (trimmed before it was "
+                                      "processed)"))
+                continue
+            try:
+                message = decode_entry(fields)
+            except DecodeError as exc:
+                ops.append(self._dead(stream, entry_id, fields, f"undecodable: {exc.reason}"))
+                continue
+            problem = self._authenticate(message.host, fields)
+            if problem:
+                self.counters.spoofed += 1
+                logger.warning("entry %s of %s: %s", entry_id, stream, problem)
+                ops.append(self._dead(stream, entry_id, fields, problem))
+                continue
+            if isinstance(message, SessionEvent) and needs_merge(message):
+                reads.append((message.host, message.client_id))
+            decoded.append((entry_id, fields, message))
+        stored = self._read_sessions(reads)
+        overlay: dict[tuple[str, str], str | None] = {}
+        for entry_id, fields, message in decoded:
+            try:
+                if isinstance(message, Report):
+                    ops.append(self._report_op(stream, entry_id, message))
+                else:
+                    ops.append(self._session_op(stream, entry_id, message, stored, overlay))
+            except Exception as exc:  # one bad entry must not stop the batch
+                self.counters.errors += 1
+                logger.error("cannot apply entry %s of %s (%s: %s)", entry_id, stream,
+                             type(exc).__name__, exc,
+                             exc_info=logger.isEnabledFor(logging.DEBUG))
+                ops.append(self._dead(stream, entry_id, fields,
+                                      f"collector error: {type(exc).__name__}: {exc}"))
+        # Redis runs this batch's scripts while the caller reads and decodes
+        # the next one; the replies are handled when that one is sent.
+        self.flush()
+        if ops:
+            self._inflight = (rawpipe.send(self.client, [op.script.command(op.keys, op.args)
+                                                         for op in ops]), ops)
+
+    def _authenticate(self, host: str, fields: Mapping[Any, Any]) -> str | None:
+        if self.host_keys is None:
+            return None
+        key = auth.key_for(self.host_keys, host)
+        if key is None:
+            return f"no key for host {host} in the host keys file"
+        payload = fields.get(b"m", fields.get("m"))
+        if isinstance(payload, str):
+            payload = payload.encode("utf-8", "surrogateescape")
+        if not auth.verify(key, payload, fields.get(b"sig", fields.get("sig"))):
+            return f"missing or bad signature for host {host}"
+        return None
+
+    def _read_sessions(self, reads: Iterable[tuple[str, str]]) -> dict[tuple[str, str],
+                                                                        str | None]:
+        wanted = sorted(set(reads))
+        if not wanted:
+            return {}
+        pipe = self.client.pipeline(transaction=False)
+        for host, client_id in wanted:
+            pipe.hget(self.keys.host_sessions(host), client_id)
+        values = pipe.execute()
+        return {k: (_text(v) if v is not None else None)
+                for k, v in zip(wanted, values, strict=True)}
+
+    def _report_op(self, stream: str, entry_id: str, report: Report) -> _Op:
+        entry_ms = entry_id_ms(entry_id)
+        fields = report_fields(report, entry_ms)
+        fields["report_status"] = fields["status"]
+        host = report.host
+        keys = self.keys
+        args: list[Any] = [
+            self.group, entry_id, order_key(report.epoch, report.seq), entry_ms,
+            history_line(report, entry_ms), self.settings.history_length, report.dropped, host,
+        ]
+        for item in fields.items():
+            args.extend(item)
+        return _Op("report", stream, entry_id, REPORT_SCRIPT,
+                   [keys.host(host), keys.hosts_index(), keys.host_history(host), stream],
+                   args, host)
+
+    def _session_op(self, stream: str, entry_id: str, event: SessionEvent,
+                    stored: Mapping[tuple[str, str], str | None],
+                    overlay: dict[tuple[str, str], str | None]) -> _Op:
+        host = event.host
+        keys = [self.keys.host_sessions(host), self.keys.host_sessions_order(host), stream]
+        order = order_key(event.epoch, event.seq)
+        if event.kind == SNAPSHOT:
+            args: list[Any] = [self.group, entry_id, order]
+            for info in event.sessions:
+                args.extend((info.client_id, session_text(info)))
+            # Later events of this batch must expect what the snapshot leaves.
+            for key in list(overlay) + list(stored):
+                if key[0] == host:
+                    overlay[key] = None
+            for info in event.sessions:
+                overlay[(host, info.client_id)] = session_text(info)
+            return _Op("snapshot", stream, entry_id, SNAPSHOT_SCRIPT, keys, args, host, event)
+        key = (host, event.client_id)
+        expect, expected = "any", ""
+        if needs_merge(event):
+            current = overlay[key] if key in overlay else stored.get(key)
+            expect, expected = ("absent", "") if current is None else ("equal", current)
+            text = session_text(merged_session(event, current))
+        elif event.kind == DISCONNECTED:
+            text = ""
+        else:
+            text = session_text(merged_session(event, None))
+        op = "del" if event.kind == DISCONNECTED else "set"
+        overlay[key] = None if op == "del" else text
+        args = [self.group, entry_id, order, op, event.client_id, text, expect, expected,
+                scripts.MAX_ORDER_MARKS]
+        return _Op("session", stream, entry_id, SESSION_SCRIPT, keys, args, host, event)
+
+    def _dead(self, stream: str, entry_id: str, fields: Mapping[Any, Any] | None,
+              reason: str) -> _Op:
+        payload: Any = b""
+        names = ""
+        if fields is not None:
+            payload = fields.get(b"m", fields.get("m", b""))
+            names = ",".join(sorted(_text(k) for k in fields))[:MAX_FIELD_NAMES]
+        if isinstance(payload, str):
+            payload = payload.encode("utf-8", "surrogateescape")
+        if not isinstance(payload, bytes | bytearray):
+            payload = repr(payload).encode()
+        args = [
+            self.group, entry_id, self.settings.dead_letter_maxlen,
+            "reason", reason[:MAX_REASON], "stream", stream, "id", entry_id,
+            "consumer", self.name, "fields", names, "payload_bytes", len(payload),
+            "payload", bytes(payload[: self.settings.dead_letter_payload_bytes]),
+        ]
+        logger.debug("dead-lettering %s of %s: %s", entry_id, stream, reason)
+        return _Op("dead", stream, entry_id, DEAD_LETTER_SCRIPT,
+                   [self.keys.dead_letter_stream(), stream], args)
+
+    def flush(self) -> None:
+        """Wait for the batch in flight and handle its replies."""
+        if self._inflight is None:
+            return
+        inflight, ops = self._inflight
+        self._inflight = None
+        self._handle(ops, inflight.collect())
+
+    def _execute_now(self, ops: list[_Op]) -> None:
+        self.flush()
+        if ops:
+            self._handle(ops, rawpipe.execute(self.client, [op.script.command(op.keys, op.args)
+                                                            for op in ops]))
+
+    def _handle(self, ops: list[_Op], results: list[Any], *, retry_scripts: bool = True) -> None:
+        changed: set[str] = set()
+        missing_scripts: list[_Op] = []
+        conflicts: list[_Op] = []
+        failed = 0
+        for op, result in zip(ops, results, strict=True):
+            if isinstance(result, Exception):
+                if isinstance(result, redis.exceptions.NoScriptError):
+                    missing_scripts.append(op)
+                    continue
+                if isinstance(result, TRANSIENT_ERRORS):
+                    raise result
+                failed += 1
+                logger.error("Redis refused the write of entry %s of %s: %s", op.entry_id,
+                             op.stream, result)
+                continue
+            if result == CONFLICT:
+                conflicts.append(op)
+                continue
+            self.counters.processed += 1
+            if op.kind == "dead":
+                self.counters.dead_lettered += 1
+            elif result == SKIPPED:
+                self.counters.skipped += 1
+            else:
+                self.counters.applied += 1
+                changed.add(op.host)
+        if failed:
+            # Left pending: redelivered by a reclaim, dead-lettered after
+            # max_deliveries attempts.
+            self.counters.errors += failed
+        if missing_scripts:
+            if not retry_scripts:
+                raise redis.exceptions.NoScriptError("scripts vanished from Redis again")
+            logger.info("Redis lost the collector's scripts (restart or SCRIPT FLUSH); "
+                        "reloading them")
+            for script in scripts.ALL:
+                script.load(self.client)
+            self._handle(missing_scripts, rawpipe.execute(
+                self.client, [op.script.command(op.keys, op.args) for op in missing_scripts]),
+                retry_scripts=False)
+        for op in conflicts:
+            if self._retry_merge(op):
+                changed.add(op.host)
+        self._evaluate(changed)
+
+    def _evaluate(self, hosts: set[str]) -> None:
+        if hosts and self.evaluations is not None:
+            self.counters.evaluations += self.evaluations.request(hosts)
+
+    def _retry_merge(self, op: _Op) -> bool:
+        """Re-apply a session event whose stored session changed meanwhile; True if applied."""
+        event = op.event
+        assert event is not None
+        self.counters.conflicts += 1
+        for _ in range(MAX_MERGE_ATTEMPTS):
+            stored = self._read_sessions([(event.host, event.client_id)])
+            fresh = self._session_op(op.stream, op.entry_id, event, stored, {})
+            result = fresh.script.call(self.client, fresh.keys, fresh.args)
+            if result != CONFLICT:
+                self.counters.processed += 1
+                if result == SKIPPED:
+                    self.counters.skipped += 1
+                    return False
+                self.counters.applied += 1
+                return True
+        logger.warning("session %s of host %s kept changing; entry %s left pending",
+                       event.client_id, event.host, op.entry_id)
+        return False
+
+    # -- keepalive and heartbeat ------------------------------------------------
+
+    def sweep(self) -> list[keepalive.Transition]:
+        """Mark silent hosts stale (and clear levels of hosts whose thresholds changed)."""
+        self.flush()
+        now_ms = server_time_ms(self.client)
+        made = keepalive.sweep(self.client, self.keys, self.settings, now_ms)
+        self.counters.stale_transitions += len(made)
+        self._evaluate({t.host for t in made})
+        return made
+
+    def heartbeat(self, state: str = "running") -> None:
+        """Write this collector's heartbeat hash and index entry."""
+        self.flush()
+        now_ms = server_time_ms(self.client)
+        stats = [group_stats(self.client, s, self.group, now_ms) for s in self.streams]
+        fields: dict[str, object] = {
+            "name": self.name,
+            "state": state,
+            "host": socket.gethostname(),
+            "pid": os.getpid(),
+            "started": iso_from_ms(self.started_ms or now_ms),
+            "caught_up": "yes" if self.caught_up else "no",
+        }
+        fields.update(total(stats))
+        fields.update(self.counters.as_fields())
+        write_heartbeat(self.client, self.keys, self.name, now_ms, fields)
+        # Entries of collectors whose hashes expired long ago.
+        self.client.zremrangebyscore(self.keys.collectors_index(), "-inf",
+                                     now_ms - 2 * 86_400_000)
+
+    def _final_heartbeat(self) -> None:
+        try:
+            self.heartbeat("stopped")
+        except redis.RedisError:
+            pass
+
+
+def _stream_replies(reply: Any) -> list[tuple[str, list[Any]]]:
+    """XREADGROUP's answer as (stream, entries) pairs, for RESP2 and RESP3 alike."""
+    if not reply:
+        return []
+    items = reply.items() if isinstance(reply, dict) else reply
+    return [(_text(stream), list(entries or [])) for stream, entries in items]

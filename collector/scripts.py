@@ -1,0 +1,215 @@
+"""The Lua scripts that apply one stream entry to the state, atomically.
+
+Each script checks the ordering key of the message against what is stored,
+writes the state only when the message is newer and acknowledges the stream
+entry, all in one atomic step: an entry is never acknowledged without its
+state write, and two collectors racing on the same host cannot interleave a
+check with a write. (Marking a changed host for evaluation is done once per
+host and batch by the caller, not per entry here.)
+
+Ordering keys are ``epoch:seq`` with both numbers zero-padded to 20 digits,
+so that comparing them as strings orders them exactly (Lua's numbers are
+doubles and would lose precision above 2**53).
+
+Return values: 0 = older or replayed (acknowledged, nothing written),
+1 = applied, -1 = the session being merged changed meanwhile (not
+acknowledged; retry).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from hashlib import sha1
+from typing import Any
+
+SKIPPED = 0
+APPLIED = 1
+CONFLICT = -1
+
+# Marks a host's sessions-order hash keeps before the oldest tombstones of
+# disconnected clients are folded into one floor mark (a reporter that never
+# sends a snapshot would otherwise grow it by one field per connection).
+MAX_ORDER_MARKS = 4096
+
+_COMMON = """
+local function bulk(command, key, items)
+  for i = 1, #items, 1000 do
+    redis.call(command, key, unpack(items, i, math.min(i + 999, #items)))
+  end
+end
+"""
+
+# KEYS: host hash, hosts index, history list, stream
+# ARGV: group, entry id, order, entry ms, history line, history length,
+#       dropped, host id, field, value, field, value, ...
+REPORT = _COMMON + """
+local stored = redis.call('HMGET', KEYS[1], 'epoch', 'seq', 'dropped_total')
+if stored[1] and stored[2] then
+  local order = string.rep('0', 20 - #stored[1]) .. stored[1] .. ':'
+             .. string.rep('0', 20 - #stored[2]) .. stored[2]
+  if order >= ARGV[3] then
+    redis.call('XACK', KEYS[4], ARGV[1], ARGV[2])
+    return 0
+  end
+end
+redis.call('DEL', KEYS[1])
+redis.call('HSET', KEYS[1], 'dropped_total', (tonumber(stored[3]) or 0) + tonumber(ARGV[7]),
+           unpack(ARGV, 9))
+redis.call('ZADD', KEYS[2], ARGV[4], ARGV[8])
+redis.call('LPUSH', KEYS[3], ARGV[5])
+redis.call('LTRIM', KEYS[3], 0, tonumber(ARGV[6]) - 1)
+redis.call('XACK', KEYS[4], ARGV[1], ARGV[2])
+return 1
+"""
+
+# KEYS: sessions hash, sessions-order hash, stream
+# ARGV: group, entry id, order, op ('set' or 'del'), client id, text,
+#       expect ('any', 'absent' or 'equal'), expected text, most order marks
+SESSION = _COMMON + """
+local mark = 'c:' .. ARGV[5]
+local marks = redis.call('HMGET', KEYS[2], 'snapshot', mark, 'floor')
+local last = marks[2] or marks[3]
+if (marks[1] and marks[1] >= ARGV[3]) or (last and last >= ARGV[3]) then
+  redis.call('XACK', KEYS[3], ARGV[1], ARGV[2])
+  return 0
+end
+if ARGV[7] ~= 'any' then
+  local current = redis.call('HGET', KEYS[1], ARGV[5])
+  if ARGV[7] == 'absent' then
+    if current then return -1 end
+  elseif current ~= ARGV[8] then
+    return -1
+  end
+end
+if ARGV[4] == 'set' then
+  redis.call('HSET', KEYS[1], ARGV[5], ARGV[6])
+else
+  redis.call('HDEL', KEYS[1], ARGV[5])
+end
+redis.call('HSET', KEYS[2], mark, ARGV[3])
+if ARGV[4] == 'del' and redis.call('HLEN', KEYS[2]) > tonumber(ARGV[9]) then
+  -- Fold the older half of the tombstones (marks of clients that are gone)
+  -- into one floor: a late event of any absent client at or below it is old.
+  local marks = redis.call('HGETALL', KEYS[2])
+  local tombs = {}
+  for i = 1, #marks, 2 do
+    local field = marks[i]
+    if string.sub(field, 1, 2) == 'c:'
+       and redis.call('HEXISTS', KEYS[1], string.sub(field, 3)) == 0 then
+      tombs[#tombs + 1] = {marks[i + 1], field}
+    end
+  end
+  table.sort(tombs, function(a, b) return a[1] < b[1] end)
+  local drop = {}
+  local floor = redis.call('HGET', KEYS[2], 'floor') or ''
+  for i = 1, math.floor(#tombs / 2) do
+    drop[#drop + 1] = tombs[i][2]
+    if tombs[i][1] > floor then floor = tombs[i][1] end
+  end
+  if #drop > 0 then
+    bulk('HDEL', KEYS[2], drop)
+    redis.call('HSET', KEYS[2], 'floor', floor)
+  end
+end
+redis.call('XACK', KEYS[3], ARGV[1], ARGV[2])
+return 1
+"""
+
+# KEYS: sessions hash, sessions-order hash, stream
+# ARGV: group, entry id, order, client id, text, client id, text, ...
+# A client whose own mark is newer than the snapshot keeps its current state:
+# a parallel collector already applied a later event for it.
+SNAPSHOT = _COMMON + """
+local snap = redis.call('HGET', KEYS[2], 'snapshot')
+if snap and snap >= ARGV[3] then
+  redis.call('XACK', KEYS[3], ARGV[1], ARGV[2])
+  return 0
+end
+local marks = redis.call('HGETALL', KEYS[2])
+local newer = {}
+local drop = {}
+for i = 1, #marks, 2 do
+  local field, value = marks[i], marks[i + 1]
+  if string.sub(field, 1, 2) == 'c:' then
+    if value > ARGV[3] then newer[string.sub(field, 3)] = true else drop[#drop + 1] = field end
+  elseif field == 'floor' and value <= ARGV[3] then
+    drop[#drop + 1] = field
+  end
+end
+local gone = {}
+for _, client in ipairs(redis.call('HKEYS', KEYS[1])) do
+  if not newer[client] then gone[#gone + 1] = client end
+end
+bulk('HDEL', KEYS[1], gone)
+local pairs_ = {}
+for i = 4, #ARGV, 2 do
+  if not newer[ARGV[i]] then
+    pairs_[#pairs_ + 1] = ARGV[i]
+    pairs_[#pairs_ + 1] = ARGV[i + 1]
+  end
+end
+bulk('HSET', KEYS[1], pairs_)
+bulk('HDEL', KEYS[2], drop)
+redis.call('HSET', KEYS[2], 'snapshot', ARGV[3])
+redis.call('XACK', KEYS[3], ARGV[1], ARGV[2])
+return 1
+"""
+
+# KEYS: host hash
+# ARGV: last_seen_ms the sweep judged, new stale level, new status
+# Only when the host has not reported since the sweep read it.
+STALE = """
+local stored = redis.call('HMGET', KEYS[1], 'last_seen_ms', 'stale')
+if stored[1] ~= ARGV[1] or stored[2] == ARGV[2] then return 0 end
+redis.call('HSET', KEYS[1], 'stale', ARGV[2], 'status', ARGV[3])
+return 1
+"""
+
+# KEYS: dead-letter stream, source stream
+# ARGV: group, entry id, maxlen, field, value, ...
+DEAD_LETTER = """
+redis.call('XADD', KEYS[1], 'MAXLEN', '~', ARGV[3], '*', unpack(ARGV, 4))
+redis.call('XACK', KEYS[2], ARGV[1], ARGV[2])
+return 1
+"""
+
+
+@dataclass(frozen=True)
+class LuaScript:
+    """A script's text and SHA1; loaded once, then run by EVALSHA."""
+
+    name: str
+    source: str
+    sha: str = field(init=False)
+
+    def __post_init__(self) -> None:
+        # Redis names a script by the SHA1 of its text.
+        object.__setattr__(self, "sha", sha1(self.source.encode("utf-8")).hexdigest())
+
+    def load(self, client: Any) -> None:
+        """Load the script into Redis (idempotent)."""
+        client.script_load(self.source)
+
+    def call(self, client: Any, keys: Sequence[Any], args: Sequence[Any]) -> Any:
+        """EVALSHA on ``client`` (a client or a pipeline)."""
+        return client.evalsha(self.sha, len(keys), *keys, *args)
+
+    def command(self, keys: Sequence[Any], args: Sequence[Any]) -> tuple[Any, ...]:
+        """The EVALSHA command as a tuple, for :func:`collector.rawpipe.execute`."""
+        return ("EVALSHA", self.sha, len(keys), *keys, *args)
+
+
+ALL = (
+    LuaScript("report", REPORT),
+    LuaScript("session", SESSION),
+    LuaScript("snapshot", SNAPSHOT),
+    LuaScript("stale", STALE),
+    LuaScript("dead_letter", DEAD_LETTER),
+)
+REPORT_SCRIPT, SESSION_SCRIPT, SNAPSHOT_SCRIPT, STALE_SCRIPT, DEAD_LETTER_SCRIPT = ALL
+
+
+def order_key(epoch: int, seq: int) -> str:
+    """The string ordering key of ``(epoch, seq)``."""
+    return f"{epoch:020d}:{seq:020d}"

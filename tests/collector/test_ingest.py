@@ -1,0 +1,474 @@
+"""Ingestion against the real redis-server: state, ordering, idempotency,
+dead letters, signatures, evaluation hand-off and Redis trouble."""
+
+from __future__ import annotations
+
+import json
+import threading
+import time
+from typing import Any
+
+import msgpack
+import pytest
+import redis
+from redis.backoff import NoBackoff
+from redis.retry import Retry
+from rq import Queue
+
+from wire import auth
+from wire.keys import COLLECTOR_GROUP, EVALUATE_JOB, RQ_SERIALIZER
+from wire.messages import MAX_MESSAGE_BYTES, SessionInfo, encode
+from wire.state import STALE_NO, entry_id_ms, iso_from_ms, parse_host_state
+
+
+def pending(client: redis.Redis, stream: str) -> int:
+    return int(client.xpending(stream, COLLECTOR_GROUP)["pending"])
+
+
+def test_aggregates_several_hosts(redis_client: redis.Redis, keys: Any, publish: Any,
+                                  report: Any, make_collector: Any) -> None:
+    ids = {}
+    for index, host in enumerate(["bbs-01", "bbs-02", "bbs-03"]):
+        for seq in (1, 2):
+            ids[host] = publish(report(host, seq, disk=40.0 + index * 30 + seq,
+                                       sessions=index + seq))
+    collector = make_collector()
+    assert collector.drain() == 6
+    assert redis_client.zrange(keys.hosts_index(), 0, -1) == [b"bbs-01", b"bbs-02", b"bbs-03"]
+    for host, entry_id in ids.items():
+        state = parse_host_state(host, redis_client.hgetall(keys.host(host)))
+        assert state.last_seen_ms == entry_id_ms(entry_id)
+        assert redis_client.zscore(keys.hosts_index(), host) == entry_id_ms(entry_id)
+        assert state.raw["seq"] == "2"
+        assert state.stale == STALE_NO
+    statuses = {h: redis_client.hget(keys.host(h), "status") for h in ids}
+    assert statuses == {"bbs-01": b"OK", "bbs-02": b"OK", "bbs-03": b"WARNING"}
+    history = redis_client.lrange(keys.host_history("bbs-02"), 0, -1)
+    assert [line.decode().split(",")[1:] for line in history] == [
+        ["3", "72.0", "45.2"], ["2", "71.0", "45.2"]]
+    assert pending(redis_client, keys.reports_stream()) == 0
+    assert collector.counters.applied == 6
+
+
+def test_fields_are_plain_text_for_redis_cli(redis_client: redis.Redis, keys: Any,
+                                            publish: Any, report: Any, make_collector: Any,
+                                            cli: Any) -> None:
+    entry_id = publish(report("bbs-01", 7, disk=92.5))
+    make_collector().drain()
+    assert cli("HGET", keys.host("bbs-01"), "status").strip() == "WARNING"
+    assert cli("HGET", keys.host("bbs-01"), "disk_space.percent_used").strip() == "92.5"
+    assert cli("HGET", keys.host("bbs-01"), "memory.process_rss_mb").strip() == "45.2"
+    assert cli("HGET", keys.host("bbs-01"), "last_seen").strip() == \
+        iso_from_ms(entry_id_ms(entry_id))
+    pairs = cli("HGETALL", keys.host("bbs-01")).split("\n")
+    fields = dict(zip(pairs[0::2], pairs[1::2], strict=False))
+    assert fields["unhealthy"] == "disk_space"
+    assert fields["sessions.active_sessions"] == "3"
+    assert fields["database.healthy"] == "true"
+    assert "clock_skew_s" in fields
+    assert cli("ZSCORE", keys.hosts_index(), "bbs-01").strip() == str(entry_id_ms(entry_id))
+    line = cli("LINDEX", keys.host_history("bbs-01"), "0").strip()
+    assert line == f"{iso_from_ms(entry_id_ms(entry_id))},3,92.5,45.2"
+
+
+def test_replay_and_older_reports_never_overwrite(redis_client: redis.Redis, keys: Any,
+                                                  publish: Any, report: Any,
+                                                  make_collector: Any) -> None:
+    publish(report("bbs-01", 5, disk=60.0))
+    collector = make_collector()
+    collector.drain()
+    before = redis_client.hgetall(keys.host("bbs-01"))
+    # An older report, then an exact replay of the stored one (at least once).
+    publish(report("bbs-01", 4, disk=99.0))
+    publish(report("bbs-01", 5, disk=99.0))
+    publish(report("bbs-01", 3, epoch=0, disk=99.0))
+    collector.drain()
+    assert redis_client.hgetall(keys.host("bbs-01")) == before
+    assert redis_client.llen(keys.host_history("bbs-01")) == 1
+    assert collector.counters.skipped == 3
+    # A newer epoch wins even with a lower seq (the agent lost its spool).
+    publish(report("bbs-01", 1, epoch=2, disk=70.0))
+    collector.drain()
+    assert redis_client.hget(keys.host("bbs-01"), "disk_space.percent_used") == b"70.0"
+    assert pending(redis_client, keys.reports_stream()) == 0
+
+
+def test_huge_sequence_numbers_order_exactly(redis_client: redis.Redis, keys: Any,
+                                             publish: Any, report: Any,
+                                             make_collector: Any) -> None:
+    # Above 2**53 a double cannot tell these apart; the scripts compare text.
+    big = 2**62
+    publish(report("bbs-01", big + 1, disk=61.0))
+    publish(report("bbs-01", big, disk=62.0))
+    make_collector().drain()
+    assert redis_client.hget(keys.host("bbs-01"), "seq") == str(big + 1).encode()
+
+
+def test_a_check_that_disappears_leaves_no_stale_fields(redis_client: redis.Redis, keys: Any,
+                                                        publish: Any, report: Any,
+                                                        make_collector: Any) -> None:
+    from wire.messages import Report
+
+    publish(report("bbs-01", 1))
+    first = report("bbs-01", 2)
+    publish(Report(host="bbs-01", agent_version="0.1.0", epoch=1, seq=2,
+                   observed_at=first.observed_at, dropped=4,
+                   checks={"database": dict(first.checks["database"])}))
+    make_collector().drain()
+    state = redis_client.hgetall(keys.host("bbs-01"))
+    assert b"disk_space.percent_used" not in state
+    assert state[b"checks"] == b"database"
+    assert state[b"dropped_total"] == b"4"
+
+
+def test_history_is_bounded(redis_client: redis.Redis, keys: Any, publish: Any, report: Any,
+                            make_collector: Any) -> None:
+    for seq in range(1, 8):
+        publish(report("bbs-01", seq, sessions=seq))
+    make_collector(history_length=3).drain()
+    lines = redis_client.lrange(keys.host_history("bbs-01"), 0, -1)
+    assert [line.split(b",")[1] for line in lines] == [b"7", b"6", b"5"]
+
+
+def test_clock_skew_is_recorded_not_trusted(redis_client: redis.Redis, keys: Any, publish: Any,
+                                            report: Any, make_collector: Any) -> None:
+    entry_id = publish(report("bbs-01", 1, observed_at=time.time() - 3600))
+    make_collector().drain()
+    state = parse_host_state("bbs-01", redis_client.hgetall(keys.host("bbs-01")))
+    assert state.last_seen_ms == entry_id_ms(entry_id)
+    assert state.clock_skew_s is not None and -3700 < state.clock_skew_s < -3500
+
+
+def sessions_of(client: redis.Redis, keys: Any, host: str = "bbs-01") -> dict[str, Any]:
+    return {k.decode(): json.loads(v) for k, v in client.hgetall(keys.host_sessions(host)).items()}
+
+
+def test_session_events(redis_client: redis.Redis, keys: Any, publish: Any, event: Any,
+                        make_collector: Any) -> None:
+    start = time.time() - 60
+    publish(event("connected", 1, client_id="192.0.2.1:5000", connected_at=start))
+    publish(event("connected", 2, client_id="192.0.2.2:5001", connected_at=start))
+    # logged_in without connected_at keeps the time of the connection
+    publish(event("logged_in", 3, client_id="192.0.2.1:5000", user_id="alice"))
+    publish(event("disconnected", 4, client_id="192.0.2.2:5001"))
+    collector = make_collector()
+    collector.drain()
+    sessions = sessions_of(redis_client, keys)
+    assert list(sessions) == ["192.0.2.1:5000"]
+    alice = sessions["192.0.2.1:5000"]
+    assert alice["user_id"] == "alice" and alice["state"] == "logged_in"
+    assert alice["connected_at"] == iso_from_ms(start * 1000)[:-1] + \
+        alice["connected_at"][19:]  # same second, milliseconds kept
+    # A late 'connected' of the disconnected client must not resurrect it.
+    publish(event("connected", 2, client_id="192.0.2.2:5001", connected_at=start))
+    collector.drain()
+    assert list(sessions_of(redis_client, keys)) == ["192.0.2.1:5000"]
+
+
+def test_snapshot_replaces_and_heals(redis_client: redis.Redis, keys: Any, publish: Any,
+                                     event: Any, make_collector: Any) -> None:
+    now = time.time()
+    publish(event("connected", 1, client_id="192.0.2.9:1"))
+    publish(event("snapshot", 5, sessions=(
+        SessionInfo("192.0.2.1:5000", "guest", "logged_in", now),
+        SessionInfo("192.0.2.3:5002", None, "connected", now))))
+    # Events older than the snapshot are history; newer ones apply.
+    publish(event("disconnected", 4, client_id="192.0.2.1:5000"))
+    publish(event("logged_in", 6, client_id="192.0.2.3:5002", user_id="bob"))
+    collector = make_collector()
+    collector.drain()
+    sessions = sessions_of(redis_client, keys)
+    assert sorted(sessions) == ["192.0.2.1:5000", "192.0.2.3:5002"]
+    assert sessions["192.0.2.3:5002"]["user_id"] == "bob"
+    # A replayed older snapshot changes nothing.
+    publish(event("snapshot", 5, sessions=()))
+    collector.drain()
+    assert sorted(sessions_of(redis_client, keys)) == ["192.0.2.1:5000", "192.0.2.3:5002"]
+
+
+def test_snapshot_keeps_clients_with_newer_events(redis_client: redis.Redis, keys: Any,
+                                                  publish: Any, event: Any,
+                                                  make_collector: Any) -> None:
+    # Two collectors in parallel: event 12 applied before snapshot 10 arrives.
+    publish(event("connected", 12, client_id="192.0.2.7:7000"))
+    make_collector().drain()
+    publish(event("snapshot", 10, sessions=(
+        SessionInfo("192.0.2.1:5000", "guest", "logged_in", time.time()),)))
+    make_collector().drain()
+    assert sorted(sessions_of(redis_client, keys)) == ["192.0.2.1:5000", "192.0.2.7:7000"]
+
+
+def test_merge_conflict_is_retried(redis_client: redis.Redis, keys: Any, publish: Any,
+                                   event: Any, make_collector: Any) -> None:
+    publish(event("connected", 1, client_id="192.0.2.1:5000", connected_at=time.time() - 5))
+    collector = make_collector()
+    collector.drain()
+    publish(event("state", 2, client_id="192.0.2.1:5000", state="logged_in"))
+    entries = redis_client.xreadgroup(COLLECTOR_GROUP, collector.name,
+                                      {keys.sessions_stream(): ">"})[0][1]
+    # Someone changes the session between the collector's read and its write.
+    stored = collector._read_sessions([("bbs-01", "192.0.2.1:5000")])
+    redis_client.hset(keys.host_sessions("bbs-01"), "192.0.2.1:5000",
+                      json.dumps({"client_id": "192.0.2.1:5000", "user_id": "carol",
+                                  "state": "connected",
+                                  "connected_at": "2026-01-01T00:00:00.000Z"}))
+    op = collector._session_op(keys.sessions_stream(), entries[0][0].decode(),
+                               _decode(entries[0][1]), stored, {})
+    collector._execute_now([op])
+    assert collector.counters.conflicts == 1
+    session = sessions_of(redis_client, keys)["192.0.2.1:5000"]
+    assert (session["user_id"], session["state"]) == ("carol", "logged_in")
+    assert pending(redis_client, keys.sessions_stream()) == 0
+
+
+def _decode(fields: Any) -> Any:
+    from wire.messages import decode_entry
+
+    return decode_entry(fields)
+
+
+GARBAGE: list[tuple[str, dict[str, Any], str]] = [
+    ("raw bytes", {"m": b"\xc1\xff\x00garbage"}, "undecodable"),
+    ("not a map", {"m": msgpack.packb([1, 2, 3])}, "not a map"),
+    ("wrong schema", {"m": msgpack.packb({"v": 99, "t": "report"})}, "schema version"),
+    ("missing m", {"x": b"1"}, "no field 'm'"),
+    ("wrong types", {"m": msgpack.packb({"v": 1, "t": "report", "host": 5, "agent_version": "x",
+                                         "epoch": "1", "seq": 1, "observed_at": 1e9,
+                                         "checks": {}})}, "host is not a string"),
+    ("huge", {"m": b"\x00" * (MAX_MESSAGE_BYTES + 1)}, "exceeds"),
+    ("bad host id", {"m": msgpack.packb({"v": 1, "t": "session", "host": "../etc",
+                                         "epoch": 1, "seq": 1, "observed_at": 1.8e9,
+                                         "kind": "snapshot"})}, "valid host id"),
+]
+
+
+def test_garbage_is_dead_lettered_while_good_messages_flow(
+        redis_client: redis.Redis, keys: Any, publish: Any, report: Any,
+        make_collector: Any) -> None:
+    expected: dict[bytes, str] = {}
+    for seq, (_, fields, reason) in enumerate(GARBAGE, start=1):
+        expected[redis_client.xadd(keys.reports_stream(), fields)] = reason
+        publish(report("bbs-01", seq))
+    redis_client.xadd(keys.sessions_stream(), {"m": encode(report("bbs-02", 1))[:10]})
+    collector = make_collector()
+    collector.drain()
+    assert redis_client.hget(keys.host("bbs-01"), "seq") == str(len(GARBAGE)).encode()
+    letters = redis_client.xrange(keys.dead_letter_stream())
+    assert len(letters) == len(GARBAGE) + 1
+    by_id = {fields[b"id"]: fields for _, fields in letters}
+    for entry_id, reason in expected.items():
+        letter = by_id[entry_id]
+        assert reason in letter[b"reason"].decode(), letter[b"reason"]
+        assert letter[b"stream"] == keys.reports_stream().encode()
+        assert len(letter[b"payload"]) <= 4096
+    assert int(by_id[next(i for i, r in expected.items() if r == "exceeds")]
+               [b"payload_bytes"]) == MAX_MESSAGE_BYTES + 1
+    assert collector.counters.dead_lettered == len(GARBAGE) + 1
+    assert pending(redis_client, keys.reports_stream()) == 0
+    assert pending(redis_client, keys.sessions_stream()) == 0
+
+
+def test_dead_letter_stream_is_trimmed(redis_client: redis.Redis, keys: Any,
+                                       make_collector: Any) -> None:
+    for _ in range(400):
+        redis_client.xadd(keys.reports_stream(), {"m": b"junk"})
+    make_collector(dead_letter_maxlen=100).drain()
+    assert 100 <= redis_client.xlen(keys.dead_letter_stream()) < 400
+
+
+def test_signatures(redis_client: redis.Redis, keys: Any, publish: Any, report: Any,
+                    make_collector: Any) -> None:
+    host_keys = {"bbs-01": b"k" * 32, "bbs-02": b"q" * 32}
+    good = report("bbs-01", 1)
+    publish(good, sig=auth.sign(host_keys["bbs-01"], encode(good)))
+    spoofed = report("bbs-02", 1)  # signed with bbs-01's key
+    publish(spoofed, sig=auth.sign(host_keys["bbs-01"], encode(spoofed)))
+    publish(report("bbs-02", 2))  # unsigned
+    publish(report("bbs-03", 1), sig="00")  # a host without a key
+    collector = make_collector(host_keys=host_keys)
+    collector.drain()
+    assert redis_client.zrange(keys.hosts_index(), 0, -1) == [b"bbs-01"]
+    reasons = sorted(f[b"reason"].decode() for _, f in
+                     redis_client.xrange(keys.dead_letter_stream()))
+    assert reasons == ["missing or bad signature for host bbs-02"] * 2 + [
+        "no key for host bbs-03 in the host keys file"]
+    assert collector.counters.spoofed == 3
+
+
+def test_evaluations_are_coalesced(redis_client: redis.Redis, keys: Any, publish: Any,
+                                   report: Any, event: Any, make_collector: Any) -> None:
+    publish(report("bbs-01", 1))
+    publish(report("bbs-02", 1))
+    collector = make_collector()
+    collector.drain()
+    publish(report("bbs-01", 2))
+    publish(event("connected", 1, client_id="192.0.2.1:1"))
+    collector.drain()
+    queue = Queue(keys.evaluate_queue(), connection=redis_client, serializer=RQ_SERIALIZER)
+    jobs = queue.get_jobs()
+    assert sorted(list(job.args) for job in jobs) == [["bbs-01"], ["bbs-02"]]
+    assert {job.func_name for job in jobs} == {EVALUATE_JOB}
+    assert redis_client.ttl(keys.evaluation_pending("bbs-01")) > 0
+    # The job deletes the mark first thing; the next change enqueues again.
+    redis_client.delete(keys.evaluation_pending("bbs-01"))
+    publish(report("bbs-01", 3))
+    collector.drain()
+    assert sorted(list(job.args) for job in queue.get_jobs()) == [
+        ["bbs-01"], ["bbs-01"], ["bbs-02"]]
+    # An older report changes nothing, so it enqueues nothing.
+    redis_client.delete(keys.evaluation_pending("bbs-02"))
+    publish(report("bbs-02", 1))
+    collector.drain()
+    assert len(queue.get_jobs()) == 3
+    assert collector.counters.evaluations == 3
+
+
+def test_no_evaluations_when_disabled(redis_client: redis.Redis, keys: Any, publish: Any,
+                                      report: Any, make_collector: Any) -> None:
+    publish(report("bbs-01", 1))
+    make_collector(evaluate=False).drain()
+    assert Queue(keys.evaluate_queue(), connection=redis_client).count == 0
+    assert not redis_client.exists(keys.evaluation_pending("bbs-01"))
+
+
+def test_reclaims_entries_of_a_dead_consumer(redis_client: redis.Redis, keys: Any,
+                                            publish: Any, report: Any,
+                                            make_collector: Any) -> None:
+    for index in range(30):
+        publish(report(f"bbs-{index:02d}", 1))
+    dead = make_collector(name="dead")
+    dead.setup()
+    # The dead consumer read a batch and died before applying it.
+    redis_client.xreadgroup(COLLECTOR_GROUP, "dead", {keys.reports_stream(): ">"}, count=20)
+    heir = make_collector(name="heir", batch_size=7)
+    heir.setup()
+    heir.drain()
+    assert redis_client.zcard(keys.hosts_index()) == 10
+    time.sleep(0.25)  # claim_min_idle_s = 0.2
+    assert heir.reclaim() == 20
+    assert redis_client.zcard(keys.hosts_index()) == 30
+    assert pending(redis_client, keys.reports_stream()) == 0
+    assert heir.counters.reclaimed == 20
+
+
+def test_overdelivered_and_trimmed_entries_are_dead_lettered(
+        redis_client: redis.Redis, keys: Any, publish: Any, report: Any,
+        make_collector: Any) -> None:
+    poison = publish(report("bbs-01", 1))
+    gone = publish(report("bbs-02", 1))
+    collector = make_collector(name="heir", max_deliveries=3)
+    collector.setup()
+    for round_ in range(3):
+        redis_client.xreadgroup(COLLECTOR_GROUP, f"crashy-{round_}",
+                                {keys.reports_stream(): "0" if round_ else ">"})
+        if round_:
+            redis_client.xclaim(keys.reports_stream(), COLLECTOR_GROUP, f"crashy-{round_}", 0,
+                                [poison, gone])
+    redis_client.xdel(keys.reports_stream(), gone)
+    time.sleep(0.25)
+    collector.reclaim()
+    letters = {f[b"id"]: f[b"reason"].decode()
+               for _, f in redis_client.xrange(keys.dead_letter_stream())}
+    assert set(letters) == {poison, gone}
+    assert "times without acknowledgement" in letters[poison]
+    assert "no longer in the stream" in letters[gone]
+    assert not redis_client.exists(keys.host("bbs-01"))
+    assert pending(redis_client, keys.reports_stream()) == 0
+
+
+def test_own_pending_entries_are_resumed(redis_client: redis.Redis, keys: Any, publish: Any,
+                                         report: Any, make_collector: Any) -> None:
+    publish(report("bbs-01", 1))
+    publish(report("bbs-02", 1))
+    redis_client.xgroup_create(keys.reports_stream(), COLLECTOR_GROUP, id="0")
+    redis_client.xreadgroup(COLLECTOR_GROUP, "fixed", {keys.reports_stream(): ">"})
+    gone = publish(report("bbs-03", 1))
+    redis_client.xreadgroup(COLLECTOR_GROUP, "fixed", {keys.reports_stream(): ">"})
+    redis_client.xdel(keys.reports_stream(), gone)
+    # Restarted under the same name: its own pending entries come first.
+    make_collector(name="fixed").setup()
+    assert redis_client.zcard(keys.hosts_index()) == 2
+    assert redis_client.xlen(keys.dead_letter_stream()) == 1
+    assert pending(redis_client, keys.reports_stream()) == 0
+
+
+def test_scripts_flushed_are_reloaded(redis_client: redis.Redis, keys: Any, publish: Any,
+                                      report: Any, make_collector: Any) -> None:
+    collector = make_collector()
+    collector.setup()
+    redis_client.script_flush()
+    publish(report("bbs-01", 1))
+    collector.drain()
+    assert redis_client.hget(keys.host("bbs-01"), "seq") == b"1"
+
+
+def test_group_deleted_under_a_running_collector(redis_client: redis.Redis, keys: Any,
+                                                 publish: Any, report: Any,
+                                                 make_collector: Any) -> None:
+    collector = make_collector()
+    stop = threading.Event()
+    worker = threading.Thread(target=collector.run, args=(stop,))
+    worker.start()
+    try:
+        publish(report("bbs-01", 1))
+        _wait(lambda: redis_client.exists(keys.host("bbs-01")))
+        redis_client.delete(keys.reports_stream())
+        publish(report("bbs-02", 1))
+        _wait(lambda: redis_client.exists(keys.host("bbs-02")))
+    finally:
+        stop.set()
+        worker.join(10)
+    assert not worker.is_alive()
+    assert redis_client.hget(keys.collector(collector.name), "state") == b"stopped"
+
+
+def _wait(condition: Any, timeout: float = 10.0) -> None:
+    deadline = time.monotonic() + timeout
+    while not condition():
+        if time.monotonic() > deadline:
+            pytest.fail("condition not met in time")
+        time.sleep(0.02)
+
+
+def test_redis_outage_is_retried(redis_server_factory: Any, keys: Any, report: Any,
+                                 make_collector: Any, caplog: pytest.LogCaptureFixture) -> None:
+    server = redis_server_factory()
+    # Without redis-py's own retries, so that the collector's loop meets the outage.
+    client = server.client(socket_timeout=1, socket_connect_timeout=1,
+                           retry=Retry(NoBackoff(), 0))
+    collector = make_collector(client=client)
+    stop = threading.Event()
+    worker = threading.Thread(target=collector.run, args=(stop,))
+    worker.start()
+    try:
+        client.xadd(keys.reports_stream(), {"m": encode(report("bbs-01", 1))})
+        _wait(lambda: client.exists(keys.host("bbs-01")))
+        server.stop()
+        time.sleep(1.0)
+        assert worker.is_alive()
+        server.start()
+        client.xadd(keys.reports_stream(), {"m": encode(report("bbs-02", 1))})
+        _wait(lambda: client.exists(keys.host("bbs-02")))
+    finally:
+        stop.set()
+        worker.join(10)
+    assert not worker.is_alive()
+    warnings = [r for r in caplog.records if "retrying in" in r.getMessage()]
+    assert warnings and all(r.exc_info is None for r in warnings)
+
+
+def test_heartbeat(redis_client: redis.Redis, keys: Any, publish: Any, report: Any,
+                   make_collector: Any) -> None:
+    publish(report("bbs-01", 1))
+    redis_client.xadd(keys.reports_stream(), {"m": b"junk"})
+    collector = make_collector(name="hb")
+    collector.drain()
+    publish(report("bbs-01", 2))  # not yet delivered: lag 1
+    collector.heartbeat()
+    beat = {k.decode(): v.decode() for k, v in redis_client.hgetall(keys.collector("hb")).items()}
+    assert beat["state"] == "running"
+    assert (beat["processed"], beat["dead_lettered"], beat["lag"]) == ("2", "1", "1")
+    assert beat["pending"] == "0"
+    assert float(beat["lag_s"]) >= 0
+    assert redis_client.zscore(keys.collectors_index(), "hb") == int(beat["heartbeat_ms"])
+    assert redis_client.ttl(keys.collector("hb")) > 0
