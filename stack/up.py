@@ -295,6 +295,8 @@ def _run(plan: Plan, redis: RedisSettings, stack: StackSettings, supervisor: Sup
     for directory in ("agent", "bbs"):
         (plan.data_dir / directory).mkdir(parents=True, exist_ok=True)
     for component in plan.components:
+        if stop.is_set():
+            return 0
         if component.ready_file is not None:
             # Holding the data dir's lock, a leftover is from a killed run.
             component.ready_file.unlink(missing_ok=True)

@@ -11,6 +11,7 @@ import dataclasses
 import io
 import signal
 import socket
+import subprocess
 import sys
 import threading
 from pathlib import Path
@@ -315,3 +316,23 @@ def test_the_embedded_redis_requires_the_configured_password(tmp_path: Path) -> 
         thread.join()
     assert answers == ["refused", True]
     assert "s3cret" not in out.getvalue()
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="PR_SET_PDEATHSIG is Linux's")
+def test_children_die_with_a_killed_supervisor(tmp_path: Path) -> None:
+    """Even a SIGKILLed up leaves nothing behind: the kernel sends SIGTERM."""
+    host = subprocess.Popen([PY, "-c", (
+        "import io, sys, time\n"
+        "from pathlib import Path\n"
+        "from stack.supervisor import Supervisor\n"
+        f"s = Supervisor(io.StringIO(), Path({str(tmp_path)!r}))\n"
+        f"c = s.start('sleeper', [{PY!r}, '-c', 'import time; time.sleep(60)'], {{}})\n"
+        "print(c.pid, flush=True)\n"
+        "time.sleep(60)\n")], stdout=subprocess.PIPE, text=True)
+    assert host.stdout is not None
+    child = int(host.stdout.readline())
+    assert psutil.pid_exists(child)
+    host.kill()
+    host.wait(10)
+    assert wait_until(lambda: not psutil.pid_exists(child)
+                      or psutil.Process(child).status() == psutil.STATUS_ZOMBIE, 10)
