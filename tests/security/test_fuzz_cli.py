@@ -97,6 +97,12 @@ def value_for(action: argparse.Action) -> st.SearchStrategy[str]:
         return st.sampled_from(["127.0.0.1", "::1", "", "localhost"])
     if any(word in dest for word in PATHLIKE):
         return paths()
+    if dest == "timeout":
+        # KNOWN BUG, see test_status_with_a_tiny_timeout_answers_unknown: a
+        # timeout under a millisecond fires before collector status is ready
+        # for it. Drop this floor when that test passes.
+        return (st.floats(min_value=1e-3, max_value=1e6).map(str)
+                | st.sampled_from(["0", "-1", "nan", "x"]))
     if action.type in (int, float):
         return (st.integers(-5, 10**6).map(str) | st.floats(allow_nan=True).map(str)
                 | st.sampled_from(["1", "2323", "0.5"]) | junk)
@@ -176,7 +182,9 @@ def run_main(main: Callable[[Sequence[str] | None], int], argv: list[str]) -> tu
     """main(argv) -> (exit code, stderr text), restoring logging and signal handlers."""
     root = logging.getLogger()
     saved_handlers, saved_level = root.handlers[:], root.level
-    saved_signals = {s: signal.getsignal(s) for s in (signal.SIGTERM, signal.SIGINT)}
+    saved_signals = {s: signal.getsignal(s)
+                     for s in (signal.SIGTERM, signal.SIGINT, signal.SIGALRM)}
+    saved_timer = signal.getitimer(signal.ITIMER_REAL)
     catcher = Tracebacks()
     root.addHandler(catcher)
     err, out = io.StringIO(), io.StringIO()
@@ -191,6 +199,7 @@ def run_main(main: Callable[[Sequence[str] | None], int], argv: list[str]) -> tu
         root.setLevel(saved_level)
         for number, handler in saved_signals.items():
             signal.signal(number, handler)
+        signal.setitimer(signal.ITIMER_REAL, *saved_timer)
     text = err.getvalue()
     for record in catcher.records:
         text += f"\n[logged with traceback] {record.name}: {record.getMessage()}"
@@ -241,3 +250,17 @@ def test_console_script_with_bad_input(cmd: Command, command: Any, tmp_path: Pat
         assert result.returncode in (0, 1, 2, 3), (argv, result.stderr)
         assert "Traceback" not in result.stderr, (argv, result.stderr)
 
+
+
+@pytest.mark.xfail(strict=True, reason="collector.cli.cmd_status arms its SIGALRM timer before "
+                   "entering the try that catches _Timeout (a BaseException); a timeout of a "
+                   "microsecond fires there and escapes guarded as a traceback, exit 1")
+def test_status_with_a_tiny_timeout_answers_unknown(scratch: Path) -> None:
+    main, _ = load(COMMANDS[2])
+    for _ in range(20):
+        try:
+            code, stderr = run_main(main, ["status", "-t", "1e-9"])
+        except BaseException as exc:  # what escaped main() would be a traceback
+            pytest.fail(f"escaped: {type(exc).__name__}")
+        assert code == 3
+        assert "Traceback" not in stderr
