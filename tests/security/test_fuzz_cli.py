@@ -6,7 +6,7 @@ and the wrong type, junk tokens) while Redis is unreachable. The exit code
 must be one of 0-3 (the Nagios scale the project uses everywhere) and
 nothing may print a traceback. Invocations that would run a daemon forever
 are made bounded (``run --once``, ``worker --burst``, ``watch --once``,
-``--init-only``) or left out (``collector run``/``exporter``, ``up``); paths
+``--init-only``) or left out (``collector exporter``, ``up``); paths
 point into a scratch directory and host names at loopback, so nothing leaves
 the test's directory or the machine. A few run as real processes too.
 """
@@ -50,8 +50,8 @@ class Command:
 COMMANDS = [
     Command("mtbbs-health-check", "agent.healthcheck_cli"),
     Command("mtbbs-agent", "agent.cli", bounded={("run",): ("--once", "--no-probe")}),
-    Command("mtbbs-collector", "collector.cli",
-            excluded=frozenset({("run",), ("exporter",)})),
+    Command("mtbbs-collector", "collector.cli", bounded={("run",): ("--once",)},
+            excluded=frozenset({("exporter",)})),
     Command("mtbbs-alerter", "alerter.cli", parser="_parser",
             bounded={("worker",): ("--burst",)}),
     Command("mtbbs-monitor", "stack.cli", bounded={("watch",): ("--once",)},
