@@ -22,10 +22,11 @@ from types import FrameType
 from typing import Any
 
 import redis
+from redis.backoff import NoBackoff
+from redis.retry import Retry
 
 from collector import status as check
 from collector.fleet import FleetView, read_fleet
-from collector.ingest import Collector, default_name
 from collector.nagios import NagiosRange, RangeError, format_number
 from collector.settings import CollectorSettings, ExporterSettings
 from wire import auth
@@ -42,8 +43,12 @@ EXIT_ERROR = int(Status.UNKNOWN)
 DEFAULT_TIMEOUT_S = 10.0
 
 
-class _Timeout(Exception):
-    """The status check ran out of time."""
+class _Timeout(BaseException):
+    """The status check ran out of time.
+
+    A BaseException, so that no ``except Exception`` inside redis-py turns it
+    into a connection error on its way out.
+    """
 
 
 def _safe(text: Any) -> str:
@@ -144,6 +149,11 @@ def _settings(args: argparse.Namespace) -> tuple[dict[str, Any], RedisSettings,
     return document, redis_settings, settings
 
 
+def _query_client(redis_settings: RedisSettings, **extra: Any) -> Any:
+    """A client for one-shot queries: no silent retries, a down Redis is reported at once."""
+    return connect(redis_settings, retry=Retry(NoBackoff(), 0), **extra)
+
+
 def _check_host(host: str) -> None:
     if not valid_host_id(host):
         raise ConfigError("--host", f"{_safe(host)!r} is not a valid host id")
@@ -153,6 +163,9 @@ def _check_host(host: str) -> None:
 
 
 def cmd_run(args: argparse.Namespace) -> int:
+    # Imported here: the query commands need neither rq nor the ingest code.
+    from collector.ingest import Collector, default_name
+
     _, redis_settings, settings = _settings(args)
     host_keys = None
     if settings.host_keys_file is not None:
@@ -200,8 +213,10 @@ def _status_result(args: argparse.Namespace) -> check.CheckResult:
     except ConfigError as exc:
         return check.unknown(f"configuration error: {exc}")
     thresholds = check.Thresholds(args.metric, warning, critical)
-    timeout = min(redis_settings.socket_timeout, args.timeout)
-    client = connect(redis_settings, socket_timeout=timeout, socket_connect_timeout=timeout)
+    # A second beyond -t, so that the alarm (a clear "timed out") fires first.
+    timeout = min(redis_settings.socket_timeout, args.timeout + 1)
+    client = _query_client(redis_settings, socket_timeout=timeout,
+                           socket_connect_timeout=timeout)
     try:
         fleet = read_fleet(client, redis_settings.keys, settings,
                            [args.host] if args.host is not None else None)
@@ -268,7 +283,7 @@ def _age(seconds: float) -> str:
 
 def _fleet(args: argparse.Namespace) -> tuple[FleetView, RedisSettings, CollectorSettings]:
     _, redis_settings, settings = _settings(args)
-    client = connect(redis_settings)
+    client = _query_client(redis_settings)
     return read_fleet(client, redis_settings.keys, settings), redis_settings, settings
 
 
@@ -307,7 +322,7 @@ def _sessions_of(client: Any, keys: KeySpace, host: str) -> list[dict[str, Any]]
 def cmd_sessions(args: argparse.Namespace) -> int:
     _check_host(args.host)
     _, redis_settings, _ = _settings(args)
-    client = connect(redis_settings)
+    client = _query_client(redis_settings)
     keys = redis_settings.keys
     if not (client.exists(keys.host(args.host)) or client.exists(keys.host_sessions(args.host))
             or client.exists(keys.host_sessions_order(args.host))):
@@ -331,7 +346,7 @@ def cmd_history(args: argparse.Namespace) -> int:
     if args.limit is not None and args.limit < 1:
         raise ConfigError("--limit", "must be 1 or more")
     _, redis_settings, _ = _settings(args)
-    client = connect(redis_settings)
+    client = _query_client(redis_settings)
     keys = redis_settings.keys
     end = -1 if args.limit is None else args.limit - 1
     lines = [line.decode("utf-8", "replace")
@@ -356,7 +371,7 @@ def cmd_dead_letters(args: argparse.Namespace) -> int:
     if args.limit < 1:
         raise ConfigError("--limit", "must be 1 or more")
     _, redis_settings, _ = _settings(args)
-    client = connect(redis_settings)
+    client = _query_client(redis_settings)
     entries = client.xrevrange(redis_settings.keys.dead_letter_stream(), count=args.limit)
     letters = []
     for entry_id, fields in entries:
@@ -380,7 +395,7 @@ def cmd_dead_letters(args: argparse.Namespace) -> int:
 def cmd_forget(args: argparse.Namespace) -> int:
     _check_host(args.host)
     _, redis_settings, _ = _settings(args)
-    client = connect(redis_settings)
+    client = _query_client(redis_settings)
     keys = redis_settings.keys
     pipe = client.pipeline(transaction=True)
     pipe.delete(keys.host(args.host), keys.host_sessions(args.host),
@@ -398,7 +413,7 @@ def cmd_exporter(args: argparse.Namespace) -> int:
     document, redis_settings, settings = _settings(args)
     exporter = load_section(ExporterSettings, document, "exporter",
                             overrides={"port": args.port, "bind": args.bind})
-    client = connect(redis_settings)
+    client = _query_client(redis_settings)
     stop = _stop_on_signals()
     try:
         serve(client, redis_settings.keys, settings, exporter.bind, exporter.port, stop)

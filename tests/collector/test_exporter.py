@@ -1,0 +1,118 @@
+"""The Prometheus exporter: fleet state on every scrape, parsed back."""
+
+from __future__ import annotations
+
+import socket
+import subprocess
+import time
+import urllib.request
+from typing import Any
+
+import pytest
+import redis
+from prometheus_client import generate_latest
+from prometheus_client.parser import text_string_to_metric_families
+from redis.backoff import NoBackoff
+from redis.retry import Retry
+
+from collector.exporter import registry_for
+from collector.settings import CollectorSettings
+
+
+def samples(text: str) -> dict[tuple[str, tuple[tuple[str, str], ...]], float]:
+    found = {}
+    for family in text_string_to_metric_families(text):
+        for sample in family.samples:
+            found[(sample.name, tuple(sorted(sample.labels.items())))] = sample.value
+    return found
+
+
+def test_scrape(redis_client: redis.Redis, keys: Any, publish: Any, report: Any,
+                make_collector: Any) -> None:
+    publish(report("bbs-01", 1, disk=92.5, sessions=3, database_ok=False))
+    publish(report("bbs-02", 1, disk=40.0, rss=600.0, sessions=0))
+    collector = make_collector(name="exp")
+    collector.drain()
+    collector.heartbeat()
+    redis_client.xadd(keys.reports_stream(), {"m": b"junk"})  # lag 1
+    registry = registry_for(redis_client, keys, CollectorSettings())
+    found = samples(generate_latest(registry).decode())
+    assert found[("mtbbs_up", ())] == 1
+    assert found[("mtbbs_hosts", ())] == 2
+    assert found[("mtbbs_sessions_active", (("host", "bbs-01"),))] == 3
+    assert found[("mtbbs_disk_usage_percent", (("host", "bbs-01"),))] == 92.5
+    assert found[("mtbbs_memory_process_rss_mb", (("host", "bbs-02"),))] == 600
+    assert found[("mtbbs_component_healthy", (("component", "database"), ("host", "bbs-01")))] == 0
+    assert found[("mtbbs_component_healthy", (("component", "memory"), ("host", "bbs-02")))] == 0
+    assert found[("mtbbs_component_healthy", (("component", "disk_space"),
+                                              ("host", "bbs-02")))] == 1
+    assert found[("mtbbs_host_status", (("host", "bbs-01"),))] == 2
+    assert found[("mtbbs_host_status", (("host", "bbs-02"),))] == 1
+    assert 0 <= found[("mtbbs_last_seen_age_seconds", (("host", "bbs-01"),))] < 60
+    assert found[("mtbbs_collector_lag", ())] == 1
+    assert found[("mtbbs_collector_pending", ())] == 0
+    assert found[("mtbbs_collector_heartbeat_age_seconds", (("collector", "exp"),))] < 60
+    assert found[("mtbbs_collector_processed", (("collector", "exp"),))] == 2
+    assert found[("mtbbs_dead_letters", ())] == 0
+
+
+def test_scrape_without_redis() -> None:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port = sock.getsockname()[1]
+    client = redis.Redis(port=port, socket_connect_timeout=1, retry=Retry(NoBackoff(), 0))
+    from wire.keys import KeySpace
+
+    found = samples(generate_latest(registry_for(client, KeySpace(),
+                                                 CollectorSettings())).decode())
+    assert found == {("mtbbs_up", ()): 0}
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+@pytest.mark.e2e
+def test_exporter_process(command: Any, clean_env: dict[str, str], redis_url: str,
+                          publish: Any, report: Any, make_collector: Any) -> None:
+    publish(report("bbs-01", 1))
+    make_collector().drain()
+    port = free_port()
+    process = subprocess.Popen(
+        [command("mtbbs-collector"), "exporter", "--port", str(port), "--bind", "127.0.0.1"],
+        env={**clean_env, "MTBBS_REDIS_URL": redis_url}, stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE, text=True)
+    try:
+        deadline = time.monotonic() + 15
+        while True:
+            try:
+                with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=5) as r:
+                    text = r.read().decode()
+                break
+            except OSError:
+                assert process.poll() is None, process.stderr.read() if process.stderr else ""
+                assert time.monotonic() < deadline, "exporter did not answer"
+                time.sleep(0.1)
+        found = samples(text)
+        assert found[("mtbbs_up", ())] == 1
+        assert found[("mtbbs_disk_usage_percent", (("host", "bbs-01"),))] == 50.1
+    finally:
+        process.terminate()
+        process.wait(10)
+    assert process.returncode == 0
+    assert "Traceback" not in (process.stderr.read() if process.stderr else "")
+
+
+@pytest.mark.e2e
+def test_exporter_port_in_use(command: Any, clean_env: dict[str, str], redis_url: str) -> None:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        sock.listen(1)
+        port = sock.getsockname()[1]
+        done = subprocess.run([command("mtbbs-collector"), "exporter", "--port", str(port)],
+                              env={**clean_env, "MTBBS_REDIS_URL": redis_url},
+                              capture_output=True, text=True, timeout=30, check=False)
+    assert done.returncode == 3
+    assert done.stderr.strip().startswith("error: cannot listen on 127.0.0.1:")

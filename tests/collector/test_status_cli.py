@@ -1,0 +1,285 @@
+"""The installed ``mtbbs-collector`` query commands: every exit code of
+``status``, its output formats, and the tables."""
+
+from __future__ import annotations
+
+import json
+import re
+import socket
+import subprocess
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+import redis
+
+from wire.messages import SessionInfo
+
+pytestmark = pytest.mark.e2e
+
+FIRST_LINE = re.compile(r"^MTBBS (OK|WARNING|CRITICAL|UNKNOWN) - [^|\n]+( \| ('[^']+'=[-0-9.]+"
+                        r"[a-zA-Z%]*(;[^; ]*){0,4} ?)+)?$")
+
+
+def run(command: Any, env: dict[str, str], *args: str, timeout: float = 30) -> \
+        subprocess.CompletedProcess[str]:
+    return subprocess.run([command("mtbbs-collector"), *args], capture_output=True, text=True,
+                          env=env, timeout=timeout, check=False)
+
+
+@pytest.fixture
+def env(clean_env: dict[str, str], redis_url: str) -> dict[str, str]:
+    return {**clean_env, "MTBBS_REDIS_URL": redis_url}
+
+
+@pytest.fixture
+def fleet(redis_client: redis.Redis, publish: Any, report: Any, event: Any,
+          make_collector: Any) -> Any:
+    """``fleet(*reports)``: ingest them and leave a fresh collector heartbeat."""
+
+    def ingest(*messages: Any) -> None:
+        for message in messages:
+            publish(message)
+        collector = make_collector(name="cli-test")
+        collector.drain()
+        collector.heartbeat()
+
+    return ingest
+
+
+def status(command: Any, env: dict[str, str], *args: str) -> tuple[int, str]:
+    done = run(command, env, "status", *args)
+    assert "Traceback" not in done.stderr + done.stdout
+    return done.returncode, done.stdout
+
+
+def test_ok(command: Any, env: dict[str, str], fleet: Any, report: Any) -> None:
+    fleet(report("bbs-01", 1), report("bbs-02", 1, sessions=4))
+    code, out = status(command, env)
+    assert code == 0, out
+    first = out.splitlines()[0]
+    assert FIRST_LINE.match(first), first
+    assert first.startswith("MTBBS OK - 2 hosts: 2 OK |")
+    assert "'hosts'=2;;;0" in first and "'sessions'=7;;;0" in first
+    assert "'disk_percent_max'=50.1%;90;;0;100" in first
+    code, out = status(command, env, "--host", "bbs-01")
+    assert code == 0
+    assert out.startswith("MTBBS OK - bbs-01: all checks OK (3 sessions, disk 50.1%, RSS 45.2 "
+                          "MB, seen ")
+    assert "'disk_percent'=50.1%;90;;0;100" in out and "'memory_rss'=45.2MB;500;;0" in out
+    assert "'last_seen_age'=" in out and ";180;300;0" in out
+
+
+def test_warning_and_critical(command: Any, env: dict[str, str], fleet: Any,
+                              report: Any) -> None:
+    fleet(report("bbs-01", 1, disk=95.0), report("bbs-02", 1, database_ok=False),
+          report("bbs-03", 1))
+    code, out = status(command, env, "--host", "bbs-01")
+    assert code == 1
+    assert out.startswith("MTBBS WARNING - bbs-01: disk_space WARNING (95% used)")
+    code, out = status(command, env, "--host", "bbs-02")
+    assert code == 2
+    assert out.startswith("MTBBS CRITICAL - bbs-02: database CRITICAL (integrity corrupt)")
+    code, out = status(command, env)
+    assert code == 2
+    assert out.startswith("MTBBS CRITICAL - 3 hosts: 1 OK, 1 WARNING, 1 CRITICAL - bbs-02 "
+                          "database CRITICAL (integrity corrupt), bbs-01 disk_space WARNING")
+    assert "'hosts_critical'=1;;;0" in out
+
+
+def test_stale_state_is_judged_without_a_sweep(command: Any, env: dict[str, str], fleet: Any,
+                                               report: Any, tmp_path: Path) -> None:
+    fleet(report("bbs-01", 1, interval=0.2), report("bbs-02", 1, interval=60))
+    time.sleep(1.1)  # bbs-01 past 5 x 0.2 s; ages only grow, so this cannot flake
+    code, out = status(command, env, "--host", "bbs-01")
+    assert code == 2 and "stale CRITICAL (silent" in out
+    assert status(command, env, "--host", "bbs-02")[0] == 0
+    config = tmp_path / "c.toml"
+    config.write_text("[collector]\nstale_warning_intervals = 3\n"
+                      "stale_critical_intervals = 100000\n")
+    code, out = status(command, env, "--host", "bbs-01", "--config", str(config))
+    assert code == 1 and "stale WARNING (silent" in out
+    code, out = status(command, env)
+    assert code == 2 and "1 OK, 1 CRITICAL" in out and "'hosts_stale'=1;;;0" in out
+
+
+def test_thresholds_override_the_agents_verdict(command: Any, env: dict[str, str],
+                                                fleet: Any, report: Any) -> None:
+    fleet(report("bbs-01", 1, disk=85.0))
+    assert status(command, env, "--host", "bbs-01")[0] == 0
+    code, out = status(command, env, "--host", "bbs-01", "-w", "80", "-c", "90")
+    assert code == 1
+    assert "'disk_percent'=85%;80;90;0;100" in out
+    assert status(command, env, "--host", "bbs-01", "-w", "80", "-c", "84")[0] == 2
+    assert status(command, env, "--host", "bbs-01", "-c", "@80:90")[0] == 2
+    assert status(command, env, "-w", "~:95")[0] == 0
+    code, out = status(command, env, "--host", "bbs-01", "--metric", "sessions", "-w", "2")
+    assert code == 1 and "sessions WARNING (3)" in out
+    code, out = status(command, env, "--host", "bbs-01", "--metric", "age", "-c", "0:0.001")
+    assert code == 2 and "stale CRITICAL" in out
+
+
+def test_verbose_and_json(command: Any, env: dict[str, str], fleet: Any, report: Any) -> None:
+    fleet(report("bbs-01", 1, disk=95.0), report("bbs-02", 1))
+    code, out = status(command, env, "-v")
+    lines = out.splitlines()
+    assert code == 1
+    assert "|" in lines[0] and all("|" not in line for line in lines[1:])
+    assert any(line.startswith("bbs-01: WARNING - last seen") for line in lines)
+    assert "  disk_space: WARNING - 95% used, 249.5 GB free of 500.0 GB" in lines
+    assert "  database: OK - integrity ok, size 5.23 MB, 8 tables" in lines
+    assert any(line.startswith("collector cli-test: running, heartbeat") for line in lines)
+    code, out = status(command, env, "--json")
+    doc = json.loads(out)
+    assert (code, doc["status"], doc["exit_code"]) == (1, "WARNING", 1)
+    hosts = {h["host"]: h for h in doc["hosts"]}
+    assert hosts["bbs-01"]["checks"]["disk_space"]["percent_used"] == 95.0
+    assert hosts["bbs-01"]["checks"]["disk_space"]["status"] == "WARNING"
+    assert hosts["bbs-01"]["problems"] == ["disk_space WARNING (95% used)"]
+    assert doc["collectors"][0]["name"] == "cli-test" and doc["collectors"][0]["alive"]
+
+
+def test_unknown_host_and_empty_fleet(command: Any, env: dict[str, str], fleet: Any,
+                                      report: Any) -> None:
+    code, out = status(command, env)
+    assert code == 3 and out.startswith("MTBBS UNKNOWN - no host has reported yet")
+    fleet(report("bbs-01", 1))
+    code, out = status(command, env, "--host", "bbs-99")
+    assert (code, out.strip()) == (3, "MTBBS UNKNOWN - host bbs-99 has never reported (no "
+                                   "state in Redis)")
+    code, out = status(command, env, "--host", "bad host!")
+    assert code == 3 and out.startswith("MTBBS UNKNOWN - configuration error: --host")
+    code, out = status(command, env, "--json", "--host", "bbs-99")
+    assert code == 3 and json.loads(out)["status"] == "UNKNOWN"
+
+
+def test_stalled_collector_is_a_warning(command: Any, env: dict[str, str],
+                                        redis_client: redis.Redis, keys: Any, fleet: Any,
+                                        report: Any, tmp_path: Path) -> None:
+    fleet(report("bbs-01", 1))
+    config = tmp_path / "c.toml"
+    config.write_text("[collector]\nstall_after_s = 0.5\n")
+    time.sleep(0.7)
+    code, out = status(command, env, "--config", str(config))
+    assert code == 1
+    assert "collector stalled (newest heartbeat" in out
+    redis_client.delete(keys.collectors_index())
+    code, out = status(command, env)
+    assert code == 1 and "no collector has ever sent a heartbeat" in out
+
+
+def test_unreachable_redis(command: Any, clean_env: dict[str, str]) -> None:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port = sock.getsockname()[1]
+    env = {**clean_env, "MTBBS_REDIS_URL": f"redis://:secret@127.0.0.1:{port}/0"}
+    code, out = status(command, env)
+    assert code == 3
+    assert out.strip() == (f"MTBBS UNKNOWN - cannot reach Redis at redis://:***@127.0.0.1:{port}/0 "
+                           "(ConnectionError)")
+    assert "secret" not in out
+    for args in (["hosts"], ["history", "--host", "bbs-01", "--csv"]):
+        done = run(command, env, *args)
+        assert done.returncode == 3 and "Traceback" not in done.stderr
+        assert len(done.stderr.strip().splitlines()) == 1
+
+
+@pytest.fixture
+def silent_server() -> Iterator[int]:
+    """A TCP port that accepts connections and never answers."""
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        sock.listen(8)
+        yield sock.getsockname()[1]
+
+
+def test_timeout(command: Any, clean_env: dict[str, str], silent_server: int) -> None:
+    env = {**clean_env, "MTBBS_REDIS_URL": f"redis://127.0.0.1:{silent_server}/0"}
+    code, out = status(command, env, "-t", "0.5")
+    assert (code, out.strip()) == (3, "MTBBS UNKNOWN - timed out after 0.5 s")
+
+
+@pytest.mark.parametrize(
+    ("args", "needle"),
+    [
+        (["status", "--bogus"], "unrecognized arguments"),
+        (["status", "-t", "soon"], "invalid float value"),
+        (["status", "--metric", "cpu"], "invalid choice"),
+        ([], "required"),
+    ],
+)
+def test_usage_errors_exit_3(command: Any, env: dict[str, str], args: list[str],
+                             needle: str) -> None:
+    done = run(command, env, *args)
+    assert done.returncode == 3
+    assert needle in done.stderr and "Traceback" not in done.stderr
+
+
+def test_bad_ranges_and_config_are_unknown(command: Any, env: dict[str, str],
+                                           tmp_path: Path) -> None:
+    code, out = status(command, env, "-w", "20:10")
+    assert code == 3 and out.startswith("MTBBS UNKNOWN - invalid threshold: '20:10'")
+    config = tmp_path / "bad.toml"
+    config.write_text("[collector]\nstale_warning_intervals = 'soon'\n")
+    code, out = status(command, env, "--config", str(config))
+    assert code == 3
+    assert out.startswith("MTBBS UNKNOWN - configuration error: "
+                          "collector.stale_warning_intervals")
+
+
+def test_hosts_sessions_history(command: Any, env: dict[str, str], fleet: Any, report: Any,
+                                event: Any, redis_client: redis.Redis, keys: Any) -> None:
+    now = time.time()
+    fleet(report("bbs-01", 1, disk=60.0, sessions=1),
+          report("bbs-01", 2, disk=61.5, rss=50.0, sessions=2),
+          report("bbs-02", 1, disk=95.0),
+          event("snapshot", 1, sessions=(SessionInfo("192.0.2.1:5000", "alice", "logged_in", now),
+                                         SessionInfo("192.0.2.2:5001", "\x1b[31mevil", "connected",
+                                                     now))))
+    done = run(command, env, "hosts")
+    assert done.returncode == 0
+    lines = done.stdout.splitlines()
+    assert lines[0].split() == ["HOST", "STATUS", "LAST", "SEEN", "AGE", "STALE", "SESSIONS"]
+    assert lines[1].split()[:2] == ["bbs-01", "OK"] and lines[1].split()[-2:] == ["no", "2"]
+    assert lines[2].split()[:2] == ["bbs-02", "WARNING"]
+    hosts = json.loads(run(command, env, "hosts", "--json").stdout)
+    assert [h["host"] for h in hosts] == ["bbs-01", "bbs-02"]
+
+    done = run(command, env, "sessions", "--host", "bbs-01")
+    assert done.returncode == 0
+    assert "192.0.2.1:5000" in done.stdout and "alice" in done.stdout
+    assert "\x1b" not in done.stdout and "\\x1b[31mevil" in done.stdout
+    sessions = json.loads(run(command, env, "sessions", "--host", "bbs-01", "--json").stdout)
+    assert sessions[1]["user_id"] == "\x1b[31mevil"
+
+    done = run(command, env, "history", "--host", "bbs-01", "--csv")
+    assert done.returncode == 0
+    rows = [line.split(",") for line in done.stdout.splitlines()]
+    assert [r[1:] for r in rows] == [["1", "60.0", "45.2"], ["2", "61.5", "50.0"]]
+    assert all(re.match(r"^\d{4}-\d\d-\d\dT\d\d:\d\d:\d\dZ$", r[0]) for r in rows)
+    done = run(command, env, "history", "--host", "bbs-01", "--csv", "--header", "--limit", "1")
+    assert done.stdout.splitlines()[0] == "timestamp,sessions,disk_percent,memory_mb"
+    assert len(done.stdout.splitlines()) == 2 and done.stdout.splitlines()[1].endswith("61.5,50.0")
+
+    for args in (["sessions", "--host", "nope"], ["history", "--host", "nope"]):
+        done = run(command, env, *args)
+        assert done.returncode == 3 and "never reported" in done.stderr
+
+    done = run(command, env, "forget", "--host", "bbs-02")
+    assert done.returncode == 0
+    assert redis_client.zrange(keys.hosts_index(), 0, -1) == [b"bbs-01"]
+    assert not redis_client.exists(keys.host("bbs-02"), keys.host_history("bbs-02"))
+
+
+def test_dead_letters_command(command: Any, env: dict[str, str], redis_client: redis.Redis,
+                              keys: Any, make_collector: Any) -> None:
+    redis_client.xadd(keys.reports_stream(), {"m": b"\x00junk"})
+    make_collector().drain()
+    done = run(command, env, "dead-letters")
+    assert done.returncode == 0
+    assert done.stdout.startswith("1 dead letter(s); newest 1:")
+    assert "undecodable" in done.stdout
+    letters = json.loads(run(command, env, "dead-letters", "--json").stdout)
+    assert letters[0]["payload_hex"] == "006a756e6b"
