@@ -181,7 +181,8 @@ def _alerter(keys: KeySpace, host: str | None) -> _Spec:
 def _readonly(keys: KeySpace, host: str | None) -> _Spec:
     patterns = ((f"{keys.prefix}*", "R"), (f"{_rq_queue(keys.prefix)}*", "R"),
                 (f"{RQ_PREFIX}queues", "R"))
-    commands = ("+@read", "-@dangerous", "+ping", "+select", "+client|setname")
+    # TIME: readers judge staleness by the server clock, as the collector does.
+    commands = ("+@read", "-@dangerous", "+time", "+ping", "+select", "+client|setname")
     return _Spec(patterns, (), commands, "read-only: status CLI, exporter, watch")
 
 
