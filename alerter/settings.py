@@ -175,8 +175,16 @@ class MailSettings:
         if self.username and self.security == "plain" and not is_loopback(self.host or ""):
             raise ConfigError("mail.username", "authentication over a plain connection would "
                               "send the password in clear; set mail.security to starttls or ssl")
-        if self.username and self.resolved_password() is None:
-            raise ConfigError("mail.password", "must be set (or password_file) with a username")
+        if self.username:
+            password = self.resolved_password()
+            if password is None:
+                raise ConfigError("mail.password", "must be set (or password_file) with a "
+                                  "username")
+            # smtplib encodes AUTH credentials as ASCII.
+            if not self.username.isascii():
+                raise ConfigError("mail.username", "must be ASCII for SMTP AUTH")
+            if not password.isascii():
+                raise ConfigError("mail.password", "must be ASCII for SMTP AUTH")
 
 
 @dataclass(frozen=True)

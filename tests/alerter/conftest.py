@@ -420,3 +420,22 @@ def workers(tmp_path: Path, command: Callable[[str], str],
     for worker in started:
         if worker.process.poll() is None:
             worker.kill()
+
+
+@pytest.fixture
+def make_context(redis_url: str) -> Iterator[Callable[..., Any]]:
+    """``make_context(doc)``: an AlerterContext (installed for jobs) on the test's Redis."""
+    from alerter.context import build_context, set_context
+    from wire.config import RedisSettings
+
+    def make(document: dict[str, Any] | None = None) -> Any:
+        doc: dict[str, Any] = {"alerter": {"digest_window": 0.0, "retry_intervals": ["1"]}}
+        for section, values in (document or {}).items():
+            doc[section] = {**doc.get(section, {}), **values} if isinstance(values, dict) \
+                else values
+        ctx = build_context(doc, RedisSettings(url=redis_url), env={})
+        set_context(ctx)
+        return ctx
+
+    yield make
+    set_context(None)
