@@ -26,9 +26,9 @@ from typing import Any
 from redis.backoff import NoBackoff
 from redis.retry import Retry
 
-from agent.checks import CheckSettings, run_checks
+from agent.checks import CheckSettings
 from agent.checks.settings import SECTION as CHECKS_SECTION
-from agent.daemon import Daemon, Notify, exit_status
+from agent.daemon import Daemon, HostChecks, Notify, exit_status
 from agent.publisher import Backoff, Publisher
 from agent.settings import AgentSettings, ProbeSettings
 from agent.spool import Spool, SpoolError, SpoolStatus, inspect
@@ -44,7 +44,6 @@ from wire.cli import (
 from wire.config import connect, load_section
 from wire.errors import ConfigError
 from wire.keys import KeySpace
-from wire.messages import FieldValue
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -181,10 +180,7 @@ def run(args: argparse.Namespace, env: Mapping[str, str]) -> int:
     keys: KeySpace = redis_settings.keys
     # Our own backoff paces the retries; redis-py's would stall a cycle.
     client = connect(redis_settings, retry=Retry(NoBackoff(), 0))
-
-    def checks(integrity: bool, previous: str | None) -> dict[str, dict[str, FieldValue]]:
-        return run_checks(check_settings, redis_client=client, keys=keys,
-                          run_integrity=integrity, previous_integrity=previous)
+    checks = HostChecks(check_settings, redis_client=client, keys=keys)
 
     with Spool(settings.spool_path, max_reports=settings.spool_max_reports,
                synchronous=settings.spool_sync) as spool:

@@ -15,6 +15,7 @@ the settings it owns; the CLI binds :func:`agent.checks.run_checks` to its
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import threading
 import time
@@ -25,12 +26,14 @@ from typing import Any
 import psutil
 
 import agent
+from agent.checks import CheckSettings, check_memory, run_checks
 from agent.checks.telnet import CHECK_NAME as TELNET
 from agent.checks.telnet import probe_telnet
 from agent.publisher import Publisher
 from agent.settings import AgentSettings, ProbeSettings
 from agent.spool import Spool
 from wire.errors import DecodeError
+from wire.keys import KeySpace
 from wire.messages import FieldValue, Report, encode
 from wire.state import report_status
 from wire.status import Status
@@ -77,6 +80,69 @@ def uptime_fields(memory: Mapping[str, FieldValue] | None, *, now: float, boot_t
         "bbs_started_at": _iso(started) if started is not None else None,
         "bbs_uptime_seconds": int(max(0.0, now - started)) if started is not None else None,
     }
+
+
+class HostChecks:
+    """:func:`agent.checks.run_checks` bound to ``[checks]`` settings, for a daemon.
+
+    Found by its program name, the BBS costs a scan of every process (a few
+    milliseconds per cycle, more on a busy host). The daemon runs the checks
+    every cycle, so once a scan found the BBS, later cycles go to the same
+    process by pid for as long as a process with that pid *and the same
+    start time* exists (a reused pid is another process); otherwise the scan
+    runs again. The report still says ``found_by: match``.
+    """
+
+    def __init__(self, settings: CheckSettings, *, redis_client: Any, keys: KeySpace,
+                 start_time: Callable[[int], float | None] = process_start_time) -> None:
+        self.settings = settings
+        self.redis_client = redis_client
+        self.keys = keys
+        self.start_time = start_time
+        self._cached: tuple[int, float] | None = None
+        self._cacheable = (settings.bbs_pid is None and settings.bbs_pidfile is None
+                           and bool(settings.bbs_match))
+
+    def _settings(self) -> CheckSettings:
+        if self._cached is None:
+            return self.settings
+        pid, started = self._cached
+        if self.start_time(pid) != started:
+            self._cached = None
+            return self.settings
+        return dataclasses.replace(self.settings, bbs_pid=pid)
+
+    def __call__(self, run_integrity: bool,
+                 previous_integrity: str | None) -> dict[str, dict[str, FieldValue]]:
+        settings = self._settings() if self._cacheable else self.settings
+        checks = run_checks(settings, redis_client=self.redis_client, keys=self.keys,
+                            run_integrity=run_integrity, previous_integrity=previous_integrity)
+        if not self._cacheable:
+            return checks
+        memory = checks.get("memory", {})
+        if settings is not self.settings:
+            if memory.get("pid") is None:
+                # Gone between the look and the measurement: scan after all.
+                self._cached = None
+                checks["memory"] = self._scan()
+            else:
+                memory["found_by"] = "match"
+            return checks
+        self._remember(memory)
+        return checks
+
+    def _scan(self) -> dict[str, FieldValue]:
+        s = self.settings
+        memory = check_memory(match=s.bbs_match, rss_threshold_mb=s.process_rss_mb,
+                              system_threshold_percent=s.system_memory_percent).to_fields()
+        self._remember(memory)
+        return memory
+
+    def _remember(self, memory: Mapping[str, FieldValue]) -> None:
+        pid = memory.get("pid")
+        if isinstance(pid, int) and not isinstance(pid, bool):
+            started = self.start_time(pid)
+            self._cached = (pid, started) if started is not None else None
 
 
 def _short(value: Any) -> Any:

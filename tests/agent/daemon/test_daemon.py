@@ -11,11 +11,12 @@ from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
+import psutil
 import pytest
 import redis
 
 from agent.checks import CheckSettings
-from agent.daemon import Daemon, exit_status, log_health, uptime_fields
+from agent.daemon import Daemon, HostChecks, exit_status, log_health, uptime_fields
 from agent.publisher import Publisher
 from agent.settings import AgentSettings, ProbeSettings
 from agent.spool import Spool
@@ -180,3 +181,41 @@ def test_exit_status_follows_the_seed_codes() -> None:
     assert exit_status(report({"telnet": {"healthy": False}})) == Status.WARNING
     assert exit_status(report({"database": {"healthy": False},
                                "telnet": {"healthy": False}})) == Status.CRITICAL
+
+
+def test_the_bbs_found_by_name_is_looked_up_by_pid_until_it_changes(
+        tmp_path: Path, bbs_db: Path, redis_url: str,
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    script = tmp_path / "fake_bbs_for_cache_test.py"
+    script.write_text("import time\ntime.sleep(60)\n")
+    scans = []
+    real_iter = psutil.process_iter
+
+    def counting_iter(*args: Any, **kwargs: Any) -> Any:
+        scans.append(1)
+        return real_iter(*args, **kwargs)
+
+    monkeypatch.setattr(psutil, "process_iter", counting_iter)
+    settings = CheckSettings(host="bbs-test", db=bbs_db, data_dir=bbs_db.parent,
+                             bbs_match="fake_bbs_for_cache_test")
+    checks = HostChecks(settings, redis_client=redis.Redis.from_url(redis_url),
+                        keys=KeySpace())
+    first = subprocess.Popen([sys.executable, str(script)])
+    second = None
+    try:
+        a = checks(False, None)["memory"]
+        b = checks(False, None)["memory"]
+        assert a["pid"] == b["pid"] == first.pid
+        assert a["found_by"] == b["found_by"] == "match"
+        assert len(scans) == 1
+        first.kill()
+        first.wait(10)
+        second = subprocess.Popen([sys.executable, str(script)])
+        c = checks(False, None)["memory"]
+        assert c["pid"] == second.pid and c["found_by"] == "match"
+        assert len(scans) == 2
+    finally:
+        for process in (first, second):
+            if process is not None:
+                process.kill()
+                process.wait(10)
