@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import signal
+import socket
 import subprocess
 import sys
 from collections.abc import Callable, Iterator
@@ -166,3 +167,18 @@ def test_bad_input_exits_3_with_one_line(
                              text=True, timeout=30)
     assert missing.returncode == 3
     assert "does not exist" in missing.stderr
+
+
+def test_systemd_hears_ready_watchdog_and_stopping(
+        redis_url: str, agent_cmd: Callable[..., list[str]], clean_env: dict[str, str],
+        tmp_path: Path) -> None:
+    path = tmp_path / "notify.sock"
+    with socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM) as listener:
+        listener.bind(str(path))
+        listener.settimeout(10)
+        done = subprocess.run(agent_cmd(redis_url, "--once"),
+                              env=dict(clean_env, NOTIFY_SOCKET=str(path)),
+                              capture_output=True, text=True, timeout=60)
+        assert done.returncode == 0, done.stderr
+        messages = [listener.recv(256).decode() for _ in range(3)]
+    assert messages == ["READY=1", "WATCHDOG=1", "STOPPING=1"]
