@@ -223,6 +223,7 @@ class Collector:
         self.caught_up = False
         self.started_ms = 0
         self._inflight: tuple[rawpipe.InFlight, list[_Op]] | None = None
+        self._changed: set[str] = set()  # hosts whose state changed, not yet evaluated
         now = clock()
         self._next_claim = now
         self._next_sweep = now + settings.sweep_interval_s
@@ -232,7 +233,10 @@ class Collector:
 
     def setup(self) -> None:
         """Load the scripts, create the group, resume this consumer's own pending entries."""
-        self._inflight = None  # whatever was in flight stays pending and is re-read below
+        if self._inflight is not None:
+            # Whatever was in flight stays pending and is re-read below.
+            self._inflight[0].abandon()
+            self._inflight = None
         for script in scripts.ALL:
             script.load(self.client)
         self.ensure_groups()
@@ -342,6 +346,7 @@ class Collector:
             read += len(entries)
             full = full or len(entries) >= self.settings.batch_size
             self.process(stream, entries)
+        self._evaluate_changed()
         self.caught_up = not full
         return read
 
@@ -525,7 +530,7 @@ class Collector:
                                       f"collector error: {type(exc).__name__}: {exc}"))
         # Redis runs this batch's scripts while the caller reads and decodes
         # the next one; the replies are handled when that one is sent.
-        self.flush()
+        self.flush(evaluate=False)
         if ops:
             self._inflight = (rawpipe.send(self.client, [op.script.command(op.keys, op.args)
                                                          for op in ops]), ops)
@@ -579,14 +584,14 @@ class Collector:
         order = order_key(event.epoch, event.seq)
         if event.kind == SNAPSHOT:
             args: list[Any] = [self.group, entry_id, order]
-            for info in event.sessions:
-                args.extend((info.client_id, session_text(info)))
             # Later events of this batch must expect what the snapshot leaves.
             for key in list(overlay) + list(stored):
                 if key[0] == host:
                     overlay[key] = None
             for info in event.sessions:
-                overlay[(host, info.client_id)] = session_text(info)
+                text = session_text(info)
+                args.extend((info.client_id, text))
+                overlay[(host, info.client_id)] = text
             return _Op("snapshot", stream, entry_id, SNAPSHOT_SCRIPT, keys, args, host, event)
         key = (host, event.client_id)
         expect, expected = "any", ""
@@ -625,13 +630,14 @@ class Collector:
         return _Op("dead", stream, entry_id, DEAD_LETTER_SCRIPT,
                    [self.keys.dead_letter_stream(), stream], args)
 
-    def flush(self) -> None:
-        """Wait for the batch in flight and handle its replies."""
-        if self._inflight is None:
-            return
-        inflight, ops = self._inflight
-        self._inflight = None
-        self._handle(ops, inflight.collect())
+    def flush(self, *, evaluate: bool = True) -> None:
+        """Wait for the batch in flight, handle its replies and request evaluations."""
+        if self._inflight is not None:
+            inflight, ops = self._inflight
+            self._inflight = None
+            self._handle(ops, inflight.collect())
+        if evaluate:
+            self._evaluate_changed()
 
     def _execute_now(self, ops: list[_Op]) -> None:
         self.flush()
@@ -640,7 +646,7 @@ class Collector:
                                                             for op in ops]))
 
     def _handle(self, ops: list[_Op], results: list[Any], *, retry_scripts: bool = True) -> None:
-        changed: set[str] = set()
+        changed = self._changed
         missing_scripts: list[_Op] = []
         conflicts: list[_Op] = []
         failed = 0
@@ -683,9 +689,11 @@ class Collector:
         for op in conflicts:
             if self._retry_merge(op):
                 changed.add(op.host)
-        self._evaluate(changed)
 
-    def _evaluate(self, hosts: set[str]) -> None:
+    def _evaluate_changed(self) -> None:
+        # Hosts changed by the batches of one read (both streams) are marked
+        # and enqueued together: one SET per host rather than per entry.
+        hosts, self._changed = self._changed, set()
         if hosts and self.evaluations is not None:
             self.counters.evaluations += self.evaluations.request(hosts)
 
@@ -717,7 +725,8 @@ class Collector:
         now_ms = server_time_ms(self.client)
         made = keepalive.sweep(self.client, self.keys, self.settings, now_ms)
         self.counters.stale_transitions += len(made)
-        self._evaluate({t.host for t in made})
+        self._changed.update(t.host for t in made)
+        self._evaluate_changed()
         return made
 
     def heartbeat(self, state: str = "running") -> None:

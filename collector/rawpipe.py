@@ -41,7 +41,7 @@ class InFlight:
                 packed = self.connection.pack_commands(commands)
             self.connection.send_packed_command(packed)
         except BaseException:
-            self._abandon()
+            self.abandon()
             raise
 
     def collect(self) -> list[Any]:
@@ -56,14 +56,14 @@ class InFlight:
                 except redis.ResponseError as exc:
                     replies.append(exc)
         except BaseException:
-            self._abandon()
+            self.abandon()
             raise
         self.pool.release(self.connection)
         self.connection = None
         return replies
 
-    def _abandon(self) -> None:
-        # The connection's state is unknown after a failure half-way.
+    def abandon(self) -> None:
+        """Drop the replies: close the connection (its state is unknown) and release it."""
         connection, self.connection = self.connection, None
         if connection is not None:
             connection.disconnect()
