@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import dataclasses
 import logging
+import sqlite3
 import threading
 import time
 from collections.abc import Callable, Mapping
@@ -276,6 +277,7 @@ class Daemon:
     def run(self, *, once: bool = False, max_cycles: int | None = None) -> Report | None:
         """Cycle until stopped (or once); return the last report made."""
         last: Report | None = None
+        attempts = 0
         next_cycle = self.clock()
         logger.info("Agent started: host=%s, interval=%gs, integrity every %gs, spool=%s "
                     "(epoch %d, %d waiting)", self.host, self.settings.interval,
@@ -285,32 +287,51 @@ class Daemon:
         while not self.stopping:
             now = self.clock()
             if now >= next_cycle:
-                last = self.cycle()
+                attempts += 1
+                try:
+                    last = self.cycle()
+                except sqlite3.Error as exc:
+                    # A full disk must not stop the monitor that would report it.
+                    logger.error("Cannot write this cycle's report to the spool (%s); it is "
+                                 "lost", exc)
                 next_cycle += self.settings.interval
                 if next_cycle <= self.clock():
                     # A cycle overran (slow check, slow Redis): skip, do not pile up.
                     next_cycle = self.clock() + self.settings.interval
-                self.publisher.flush(force=once)
+                self._flush(force=once)
                 self.notify("WATCHDOG=1")
-                if once or (max_cycles is not None and self.cycles >= max_cycles):
+                if once or (max_cycles is not None and attempts >= max_cycles):
                     break
             elif self.publisher.backing_off:
-                self.publisher.flush()
+                self._flush()
             wake = next_cycle
             if self.publisher.backing_off:
                 wake = min(wake, self.publisher.next_attempt)
             self._stop.wait(max(0.0, wake - self.clock()))
         self.notify("STOPPING=1")
-        if not once:
+        if once:
+            waiting = len(self.spool)
+            if waiting:
+                logger.warning("%d reports stay in the spool for the next run", waiting)
+        else:
             logger.info("Agent stopping after %d cycles", self.cycles)
             self.finish()
         return last
+
+    def _flush(self, *, force: bool = False) -> int:
+        try:
+            return self.publisher.flush(force=force)
+        except sqlite3.Error as exc:
+            # Sent but not yet forgotten: the reports go again later, and the
+            # send script keeps them from showing twice.
+            logger.error("Cannot update the spool after sending (%s)", exc)
+            return 0
 
     def finish(self) -> None:
         """One last delivery attempt for whatever is still spooled."""
         if len(self.spool) == 0:
             return
-        delivered = self.publisher.flush(force=True)
+        delivered = self._flush(force=True)
         left = len(self.spool)
         if left:
             logger.warning("Stopping with %d reports spooled; they are sent at the next start",

@@ -140,6 +140,7 @@ def test_spool_command_shows_what_waits(
                           env=clean_env, capture_output=True, text=True, timeout=60)
     assert once.returncode == 0, once.stderr
     assert "Redis unreachable" in once.stderr
+    assert "1 reports stay in the spool for the next run" in once.stderr
     spool = str(tmp_path / "spool.db")
     shown = subprocess.run([command("mtbbs-agent"), "spool", "--spool", spool, "--json"],
                            env=clean_env, capture_output=True, text=True, timeout=30)

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import logging
 import math
+import sqlite3
 import subprocess
 import sys
 from collections.abc import Callable, Iterator
@@ -219,3 +220,20 @@ def test_the_bbs_found_by_name_is_looked_up_by_pid_until_it_changes(
             if process is not None:
                 process.kill()
                 process.wait(10)
+
+
+def test_a_spool_that_cannot_be_written_does_not_stop_the_agent(
+        tmp_path: Path, caplog: pytest.LogCaptureFixture,
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    daemon, spool = _daemon(tmp_path, lambda i, p: {"disk_space": {"healthy": False}})
+
+    def full(make: Any) -> Report:
+        raise sqlite3.OperationalError("database or disk is full")
+
+    monkeypatch.setattr(spool, "add", full)
+    with spool, caplog.at_level(logging.ERROR, logger="agent.daemon"):
+        daemon.settings = AgentSettings(interval=0.1)
+        assert daemon.run(max_cycles=3) is None
+    errors = [r.getMessage() for r in caplog.records if r.levelno == logging.ERROR]
+    assert len(errors) == 3
+    assert "database or disk is full" in errors[0]
