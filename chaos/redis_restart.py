@@ -50,7 +50,7 @@ def scenario(workdir: Path, *, agents: int, interval: float, before: float, down
     hosts = [f"bbs-{i:02d}" for i in range(agents)]
     with processes(workdir / "logs") as group:
         server = group.redis_server(aof=True)
-        client = server.client()
+        client: Any = server.client()
         # The agents retry more slowly than the collector reconnects, as with
         # the defaults (60 s against 30 s): the collector sees Redis first.
         agent_env = clean_env({"MTBBS_AGENT_BACKOFF_INITIAL": str(agent_backoff),
