@@ -173,6 +173,50 @@ def console_scripts() -> dict[str, str]:
     return ours
 
 
+class _Parser(BaseException):
+    """Carries the parser out of a ``main`` that was only asked to build it."""
+
+    def __init__(self, parser: argparse.ArgumentParser) -> None:
+        super().__init__("parser")
+        self.parser = parser
+
+
+def parser_of(name: str) -> argparse.ArgumentParser:
+    """The top-level argument parser of our console script ``name``.
+
+    ``build_parser()`` when the module has one; otherwise ``main`` is run
+    and stopped the moment it asks its parser to parse anything.
+    """
+    scripts = console_scripts()
+    module_name, _, function = scripts[name].partition(":")
+    module = importlib.import_module(module_name)
+    build = getattr(module, "build_parser", None)
+    if build is not None:
+        parser: argparse.ArgumentParser = build()
+        return parser
+    original = argparse.ArgumentParser.parse_args
+
+    def capture(self: argparse.ArgumentParser, *a: Any, **k: Any) -> Any:
+        raise _Parser(self)
+
+    argparse.ArgumentParser.parse_args = capture  # type: ignore[method-assign]
+    try:
+        getattr(module, function)([])
+    except _Parser as found:
+        return found.parser
+    finally:
+        argparse.ArgumentParser.parse_args = original  # type: ignore[method-assign]
+    pytest.fail(f"{name}: main() never parsed its arguments with argparse")
+
+
+def subcommands(parser: argparse.ArgumentParser) -> list[str]:
+    """The first-level sub-commands of ``parser`` ([] when it has none)."""
+    for action in parser._actions:
+        if isinstance(action, argparse._SubParsersAction):
+            return list(action.choices)
+    return []
+
+
 def check_invocation(argv: Sequence[str]) -> argparse.Namespace | None:
     """Fail the test unless our CLI ``argv[0]`` accepts the arguments ``argv[1:]``.
 
@@ -224,9 +268,13 @@ def valid_invocation() -> Callable[[Sequence[str]], argparse.Namespace | None]:
 
 
 @pytest.fixture
-def our_commands() -> dict[str, str]:
-    """Our console scripts: name -> ``module:function``."""
-    return console_scripts()
+def our_commands() -> list[tuple[str, str | None]]:
+    """(console script, sub-command or None) of every command we install."""
+    listed: list[tuple[str, str | None]] = []
+    for script in sorted(console_scripts()):
+        subs = subcommands(parser_of(script))
+        listed += [(script, sub) for sub in subs] if subs else [(script, None)]
+    return listed
 
 
 @pytest.fixture
