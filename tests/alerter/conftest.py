@@ -156,15 +156,16 @@ class HttpSink:
     replies: list[Reply] = field(default_factory=list)  # consumed in order, then `default`
     default: Reply = field(default_factory=Reply)
     lock: threading.Lock = field(default_factory=threading.Lock)
-    arrivals: list[float] = field(default_factory=list)
+    arrivals: list[float] = field(default_factory=list)  # noted before any stall
 
     @property
     def url(self) -> str:
         return f"http://127.0.0.1:{self.server.server_port}/services/T000/B000/secret-token"
 
     def ok_requests(self) -> list[dict[str, Any]]:
+        """Requests answered 200 (a stalled one's answer may have found nobody)."""
         with self.lock:
-            return [r for r in self.requests if r["status"] == 200]
+            return [r for r in self.requests if r["status"] == 200 and not r["stalled"]]
 
     def all_requests(self) -> list[dict[str, Any]]:
         with self.lock:
@@ -182,6 +183,7 @@ def _make_handler(sink: HttpSink) -> type[BaseHTTPRequestHandler]:
             body = self.rfile.read(length)
             with sink.lock:
                 reply = sink.replies.pop(0) if sink.replies else sink.default
+                sink.arrivals.append(arrived)
             if reply.stall is not None:
                 reply.stall.wait(30)
             try:
@@ -191,8 +193,7 @@ def _make_handler(sink: HttpSink) -> type[BaseHTTPRequestHandler]:
             with sink.lock:
                 sink.requests.append({"path": self.path, "headers": dict(self.headers),
                                       "body": body, "json": parsed, "status": reply.status,
-                                      "arrived": arrived})
-                sink.arrivals.append(arrived)
+                                      "arrived": arrived, "stalled": reply.stall is not None})
             try:
                 self.send_response(reply.status)
                 for name, value in reply.headers.items():
@@ -250,7 +251,8 @@ class Hosts:
 
     def write(self, host: str, *, disk: float | None = None, database: bool | None = None,
               stale: str = "no", extra: dict[str, dict[str, Any]] | None = None,
-              checks: dict[str, dict[str, Any]] | None = None) -> None:
+              checks: dict[str, dict[str, Any]] | None = None) -> int:
+        """Write the host hash; returns its ``last_seen_ms`` (Redis time)."""
         self.seq += 1
         body = checks if checks is not None else healthy_checks()
         if disk is not None:
@@ -270,6 +272,7 @@ class Hosts:
             pipe.delete(key)
             pipe.hset(key, mapping=fields)
             pipe.execute()
+        return int(now_ms)
 
     def enqueue(self, host: str) -> bool:
         if not self.client.set(self.keys.evaluation_pending(host), 1, nx=True, ex=60):
@@ -278,9 +281,16 @@ class Hosts:
               serializer=RQ_SERIALIZER).enqueue(EVALUATE_JOB, host)
         return True
 
-    def report(self, host: str, **kwargs: Any) -> bool:
-        self.write(host, **kwargs)
-        return self.enqueue(host)
+    def report(self, host: str, **kwargs: Any) -> int:
+        """Write and enqueue like the collector; returns the report's ``last_seen_ms``."""
+        seen = self.write(host, **kwargs)
+        self.enqueue(host)
+        return seen
+
+    def judged(self, host: str, check: str, seen: int, stale: str = "no") -> bool:
+        """True once the alert of (host, check) has taken the report ``seen`` in."""
+        mark = self.client.hget(self.keys.alert(host, check), "mark")
+        return mark == f"{seen}:{stale}".encode()
 
 
 @pytest.fixture
@@ -439,3 +449,28 @@ def make_context(redis_url: str) -> Iterator[Callable[..., Any]]:
 
     yield make
     set_context(None)
+
+
+def quiet(client: redis.Redis, keys: KeySpace) -> bool:
+    """Nothing queued, running, scheduled or buffered: the alerter has caught up."""
+    from rq.registry import ScheduledJobRegistry, StartedJobRegistry
+
+    for name in (keys.evaluate_queue(), keys.notify_queue()):
+        if client.llen(f"rq:queue:{name}"):
+            return False
+        # ZCARD, not .count: counting would run rq's cleanup from the test.
+        if client.zcard(StartedJobRegistry(name, connection=client).key):
+            return False
+        if client.zcard(ScheduledJobRegistry(name, connection=client).key):
+            return False
+    return not any(client.llen(keys.digest_buffer(c)) for c in ("mail", "slack", "webhook"))
+
+
+@pytest.fixture
+def settled(redis_client: redis.Redis, keys: KeySpace) -> Callable[..., None]:
+    """``settled(timeout)``: wait until the alerter has nothing left to do."""
+
+    def wait(timeout: float = 15.0) -> None:
+        _wait_for(lambda: quiet(redis_client, keys), timeout, message="the alerter to settle")
+
+    return wait

@@ -1,0 +1,257 @@
+"""End to end: ``mtbbs-alerter worker`` processes, redis-server, aiosmtpd and an HTTP sink.
+
+Host state is written and evaluations enqueued exactly as the collector does
+(``hosts`` fixture), so these tests exercise the contract, rq's workers and
+scheduler, the channels and crash recovery for real.
+"""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import threading
+import time
+from typing import Any
+
+import pytest
+import redis
+from rq.job import Job
+
+from wire.keys import RQ_SERIALIZER, KeySpace
+
+pytestmark = pytest.mark.e2e
+
+
+def channels(sink: Any, smtp: Any | None = None, **alerter: Any) -> dict[str, Any]:
+    document: dict[str, Any] = {"slack": {"webhook_url": sink.url}}
+    if smtp is not None:
+        document["mail"] = {"host": "127.0.0.1", "port": smtp.port, "security": "plain",
+                            "to": ["ops@example.org"], "from_addr": "monitor@example.org"}
+    if alerter:
+        document["alerter"] = alerter
+    return document
+
+
+def slack_notes(sink: Any) -> list[dict[str, Any]]:
+    """(title, footer id) of every delivered Slack attachment, in arrival order."""
+    return sink.attachments()
+
+
+def titles(sink: Any) -> list[str]:
+    return [a["title"] for a in slack_notes(sink)]
+
+
+def test_a_threshold_crossing_sends_one_mail_and_one_slack_message(
+        alerter_config: Any, workers: Any, hosts: Any, sink: Any, smtp: Any, wait_for: Any,
+        settled: Any, redis_client: redis.Redis, keys: KeySpace) -> None:
+    config = alerter_config(channels(sink, smtp))
+    workers(config)
+    workers(config)  # several workers may run; nothing is sent twice
+    hosts.report("bbs-01")
+    hosts.report("bbs-01", disk=93.5)
+    wait_for(lambda: smtp.messages and sink.ok_requests(), message="mail and slack")
+    for _ in range(3):  # still breaching: no new message
+        hosts.report("bbs-01", disk=94.0)
+        settled()
+    [mail] = smtp.parsed()
+    assert mail["Subject"] == "[MTBBS] WARNING bbs-01 disk_space"
+    assert mail["From"] == "monitor@example.org" and mail["To"] == "ops@example.org"
+    body = mail.get_content()
+    assert "MTBBS Health Alert" in body
+    assert "disk_space.percent_used = 93.5 (>= 90)" in body
+    assert "RETENTION_DAYS" in body  # the seed's troubleshooting hint
+    [request] = sink.ok_requests()
+    [attachment] = request["json"]["attachments"]
+    assert attachment["title"] == "WARNING bbs-01 disk_space"
+    assert attachment["color"] == "#f9a825"
+    fields = {f["title"]: f["value"] for f in attachment["fields"]}
+    assert fields["Host"] == "bbs-01" and fields["Check"] == "disk_space"
+    assert "disk_space.percent_used: 93.5" in fields["Figures"]
+    assert "logrotate" in attachment["text"]
+
+    hosts.report("bbs-01", disk=40.0)
+    wait_for(lambda: len(smtp.messages) == 2 and len(sink.ok_requests()) == 2,
+             message="the resolved notices")
+    settled()
+    assert smtp.parsed()[1]["Subject"] == "[MTBBS] RESOLVED bbs-01 disk_space"
+    assert titles(sink) == ["WARNING bbs-01 disk_space", "RESOLVED bbs-01 disk_space"]
+    assert slack_notes(sink)[1]["color"] == "#2e7d32"
+    assert len(smtp.messages) == 2 and len(sink.all_requests()) == 2
+
+
+def test_repeats_follow_the_interval(alerter_config: Any, workers: Any, hosts: Any, sink: Any,
+                                     wait_for: Any) -> None:
+    config = alerter_config({**channels(sink), "rules": {"database": {"repeat": "2s"}}})
+    workers(config)
+    hosts.report("bbs-01", database=False)
+    # No further reports: the periodic re-evaluation drives the reminders.
+    wait_for(lambda: len(sink.ok_requests()) >= 4, timeout=20, message="three reminders")
+    requests = sink.ok_requests()[:4]
+    assert [r["json"]["attachments"][0]["title"] for r in requests] == [
+        "CRITICAL bbs-01 database",
+        "CRITICAL bbs-01 database (still firing, reminder 1)",
+        "CRITICAL bbs-01 database (still firing, reminder 2)",
+        "CRITICAL bbs-01 database (still firing, reminder 3)",
+    ]
+    gaps = [b["arrived"] - a["arrived"] for a, b in zip(requests, requests[1:], strict=False)]
+    assert all(1.8 <= gap <= 4.5 for gap in gaps), gaps
+
+
+def test_flapping_sends_one_notice_not_a_storm(alerter_config: Any, workers: Any, hosts: Any,
+                                               sink: Any, settled: Any, wait_for: Any,
+                                               redis_client: redis.Redis, keys: KeySpace
+                                               ) -> None:
+    config = alerter_config({**channels(sink, rate_limit=1000)})
+    workers(config)
+    for index in range(16):
+        seen = hosts.report("bbs-01", disk=95.0 if index % 2 == 0 else 40.0)
+        wait_for(lambda seen=seen: hosts.judged("bbs-01", "disk_space", seen),
+                 message=f"report {index} to be judged")
+    settled()
+    got = titles(sink)
+    assert got.count("FLAPPING bbs-01 disk_space") == 1
+    flap = got.index("FLAPPING bbs-01 disk_space")
+    assert flap <= 6 and got[flap + 1:] == []
+    assert set(got[:flap]) <= {"WARNING bbs-01 disk_space", "RESOLVED bbs-01 disk_space"}
+    state = redis_client.hgetall(keys.alert("bbs-01", "disk_space"))
+    assert state[b"flapping"] == b"yes" and float(state[b"flap_percent"]) >= 20
+
+
+def test_silences_suppress(alerter_config: Any, workers: Any, hosts: Any, sink: Any,
+                           smtp: Any, settled: Any, wait_for: Any, command: Any,
+                           clean_env: dict[str, str], redis_client: redis.Redis,
+                           keys: KeySpace) -> None:
+    config = alerter_config(channels(sink, smtp))
+    cli = [command("mtbbs-alerter")]
+    added = subprocess.run([*cli, "silence", "add", "--host", "bbs-0*", "--duration", "1h",
+                            "--reason", "planned maintenance", "--config", str(config)],
+                           capture_output=True, text=True, env=clean_env, timeout=30)
+    assert added.returncode == 0, added.stderr
+    silence_id = added.stdout.strip()
+    workers(config)
+    hosts.report("bbs-01", database=False)
+    settled()
+    time.sleep(1.5)  # a maintenance round and a tick pass: still nothing
+    settled()
+    assert sink.all_requests() == [] and smtp.messages == []
+    log = [json.loads(x) for x in redis_client.lrange(keys.notification_log(), 0, -1)]
+    assert [(e["outcome"], e["check"]) for e in log] == [("suppressed", "database")]
+    assert log[0]["detail"] == f"silence {silence_id}"
+    removed = subprocess.run([*cli, "silence", "remove", silence_id, "--config", str(config)],
+                             capture_output=True, text=True, env=clean_env, timeout=30)
+    assert removed.returncode == 0
+    # The alert still fires: the channels hear of it now (the tick re-evaluates it).
+    wait_for(lambda: sink.ok_requests() and smtp.messages, message="the unsilenced alert")
+    assert titles(sink) == ["CRITICAL bbs-01 database"]
+
+
+def test_mail_waits_for_a_server_that_comes_back(alerter_config: Any, workers: Any,
+                                                 hosts: Any, sink: Any, smtp_down: Any,
+                                                 wait_for: Any, redis_client: redis.Redis,
+                                                 keys: KeySpace) -> None:
+    config = alerter_config(channels(sink, smtp_down, retry_max=20, retry_intervals=["1"]))
+    workers(config)
+    hosts.report("bbs-01", database=False)
+    wait_for(lambda: sink.ok_requests(), message="the slack message")
+
+    def retrying() -> bool:
+        log = [json.loads(x) for x in redis_client.lrange(keys.notification_log(), 0, -1)]
+        return any(e["outcome"] == "retrying" and e["channel"] == "mail" for e in log)
+
+    wait_for(retrying, message="a failed mail attempt")
+    smtp_down.start()
+    wait_for(lambda: smtp_down.messages, timeout=15, message="the mail after a retry")
+    assert smtp_down.parsed()[0]["Subject"] == "[MTBBS] CRITICAL bbs-01 database"
+    assert redis_client.hlen(keys.notifications_failed()) == 0
+
+
+def test_slack_500_is_retried_and_404_is_not(alerter_config: Any, workers: Any, hosts: Any,
+                                             sink: Any, settled: Any, wait_for: Any,
+                                             redis_client: redis.Redis, keys: KeySpace) -> None:
+    reply = type(sink.default)
+    sink.replies.extend([reply(status=500, body="boom"), reply(status=502)])
+    config = alerter_config(channels(sink, retry_max=5, retry_intervals=["1"]))
+    workers(config)
+    hosts.report("bbs-01", database=False)
+    wait_for(lambda: sink.ok_requests(), timeout=15, message="the message after two 5xx")
+    assert [r["status"] for r in sink.all_requests()] == [500, 502, 200]
+    bodies = {json.dumps(r["json"]["attachments"][0]["title"]) for r in sink.all_requests()}
+    assert len(bodies) == 1  # the same message each time
+
+    sink.default = reply(status=404, body="no_service")
+    hosts.report("bbs-02", database=False)
+    wait_for(lambda: redis_client.hlen(keys.notifications_failed()), message="the failure")
+    settled()
+    time.sleep(2.5)  # longer than the retry interval: no second attempt comes
+    assert [r["status"] for r in sink.all_requests()] == [500, 502, 200, 404]
+    [record] = [json.loads(v) for v in redis_client.hvals(keys.notifications_failed())]
+    assert record["permanent"] and record["attempts"] == 1 and "404" in record["error"]
+
+
+def test_a_worker_killed_mid_delivery_does_not_lose_the_notice(
+        alerter_config: Any, workers: Any, hosts: Any, sink: Any, wait_for: Any,
+        redis_client: redis.Redis, keys: KeySpace) -> None:
+    stall = threading.Event()
+    sink.replies.append(type(sink.default)(stall=stall))
+    config = alerter_config(channels(sink, delivery_timeout=3, abandoned_grace=1.0))
+    first = workers(config)
+    hosts.report("bbs-01", database=False)
+    wait_for(lambda: sink.arrivals, message="the first (stalled) request")
+    first.kill()
+    stall.set()
+    workers(config)
+    delivered = wait_for(lambda: sink.ok_requests(), timeout=20,
+                         message="the delivery re-run by another worker")
+    titles_seen = [r["json"]["attachments"][0]["title"] for r in delivered]
+    assert titles_seen == ["CRITICAL bbs-01 database"]
+    note_id = delivered[0]["json"]["attachments"][0]["footer"]
+    sent = redis_client.get(keys.notification_sent(f"slack/{note_id}"))
+    assert sent is not None and sent.startswith(b"sent:")
+    # It was rq's abandoned-job handling that ran it again: one retry spent.
+    delivery_id = sent.decode().rsplit(":", 1)[1]
+    job = Job.fetch(f"slack-{delivery_id}", connection=redis_client, serializer=RQ_SERIALIZER)
+    assert job.retries_left == 2
+
+
+def test_japanese_and_hostile_text_arrive_safely(alerter_config: Any, workers: Any,
+                                                 hosts: Any, sink: Any, smtp: Any,
+                                                 wait_for: Any, settled: Any) -> None:
+    hostile = "破損しています\r\nBcc: victim@example.org\r\n<!channel> & <@U0001>"
+    config = alerter_config({
+        **channels(sink, smtp),
+        "rules": {"database": {"hint": "サーバーを停止し、バックアップから復元してください。"}},
+    })
+    workers(config)
+    # A job argument no collector would send: refused, and the worker carries on.
+    hosts.enqueue("bbs-01\r\nBcc: victim@example.org")
+    hosts.report("bbs-01", database=False, extra={"database": {"error": hostile}})
+    wait_for(lambda: smtp.messages and sink.ok_requests(), message="mail and slack")
+    settled()
+    [envelope] = smtp.messages
+    assert envelope["to"] == ["ops@example.org"]
+    [mail] = smtp.parsed()
+    assert mail["Subject"] == "[MTBBS] CRITICAL bbs-01 database" and mail["Bcc"] is None
+    body = mail.get_content()
+    assert "サーバーを停止し、バックアップから復元してください。" in body
+    assert "database.error: 破損しています Bcc: victim@example.org <!channel>" in body
+    headers = envelope["data"].split(b"\r\n\r\n", 1)[0]
+    assert b"victim" not in headers
+    [attachment] = sink.ok_requests()[0]["json"]["attachments"]
+    everything = json.dumps(attachment, ensure_ascii=False)
+    assert "<!channel>" not in everything and "<@U0001>" not in everything
+    assert "&lt;!channel&gt; &amp; &lt;@U0001&gt;" in everything
+    assert "サーバーを停止し" in attachment["text"]
+
+
+def test_a_storm_becomes_one_digest(alerter_config: Any, workers: Any, hosts: Any, sink: Any,
+                                    wait_for: Any, settled: Any) -> None:
+    config = alerter_config(channels(sink, digest_window=1.0))
+    workers(config)
+    for index in range(25):
+        hosts.report(f"bbs-{index:02d}", stale="critical")
+    wait_for(lambda: len(sink.attachments()) == 25, timeout=15, message="all 25 notices")
+    settled()
+    requests = sink.ok_requests()
+    assert 2 <= len(requests) <= 3, [len(r["json"]["attachments"]) for r in requests]
+    assert sorted(a["title"] for a in sink.attachments()) == \
+        sorted(f"CRITICAL bbs-{i:02d} stale" for i in range(25))
