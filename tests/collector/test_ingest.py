@@ -472,3 +472,24 @@ def test_heartbeat(redis_client: redis.Redis, keys: Any, publish: Any, report: A
     assert float(beat["lag_s"]) >= 0
     assert redis_client.zscore(keys.collectors_index(), "hb") == int(beat["heartbeat_ms"])
     assert redis_client.ttl(keys.collector("hb")) > 0
+
+
+def test_an_entry_redis_refuses_ends_as_a_dead_letter(redis_client: redis.Redis, keys: Any,
+                                                      publish: Any, report: Any,
+                                                      make_collector: Any) -> None:
+    # Someone made the host's key a string: the script fails for that entry only.
+    redis_client.set(keys.host("bbs-01"), "not a hash")
+    poison = publish(report("bbs-01", 1))
+    publish(report("bbs-02", 1))
+    collector = make_collector(max_deliveries=2)
+    collector.drain()
+    assert redis_client.exists(keys.host("bbs-02"))
+    assert collector.counters.errors == 1
+    assert pending(redis_client, keys.reports_stream()) == 1
+    for _ in range(2):
+        time.sleep(0.25)  # claim_min_idle_s = 0.2
+        collector.reclaim()
+    letters = redis_client.xrange(keys.dead_letter_stream())
+    assert [f[b"id"] for _, f in letters] == [poison]
+    assert b"delivered 2 times" in letters[0][1][b"reason"]
+    assert pending(redis_client, keys.reports_stream()) == 0
