@@ -245,7 +245,7 @@ def _host_long(verdict: HostVerdict) -> list[str]:
     head = (f"{view.host}: {verdict.status.name} - last seen {format_number(round(view.age_s))}"
             f" s ago (reports every {format_number(view.interval_s)} s, stale {view.stale})")
     if view.sessions is not None:
-        head += f", {view.sessions} sessions"
+        head += f", {view.sessions} session{'' if view.sessions == 1 else 's'}"
     if skew is not None:
         head += f", clock skew {format_number(skew)} s"
     lines = [head]
@@ -306,7 +306,7 @@ def host_result(fleet: FleetView, thresholds: Thresholds, settings: CollectorSet
     status = Status.worst([verdict.status, collector_status])
     figures = []
     if view.sessions is not None:
-        figures.append(f"{view.sessions} sessions")
+        figures.append(f"{view.sessions} session{'' if view.sessions == 1 else 's'}")
     disk = view.figure("disk_space", "percent_used")
     if disk is not None:
         figures.append(f"disk {format_number(disk)}%")
