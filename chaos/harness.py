@@ -320,3 +320,172 @@ def stream_messages(client: redis.Redis, stream: str) -> list[tuple[bytes, Any]]
             out.append((entry_id, decode_entry(fields)))
         # Redis 6.2 reads "(id" as an exclusive bound.
         low = "(" + batch[-1][0].decode()
+
+
+# -- notification endpoints (stand-ins for an SMTP server and Slack) -------------
+#
+# Each records what it *accepted*: a mail once its DATA was answered 250, a
+# Slack message once its request was answered 200 to a client still there.
+# Either can be down (not listening) and can stall its next conversation until
+# released, which is where a scenario kills the worker.
+
+
+class SmtpSink:
+    """An aiosmtpd server on loopback that records accepted mails."""
+
+    def __init__(self, port: int | None = None) -> None:
+        import threading
+
+        self.port = port or free_port()
+        self.accepted: list[dict[str, Any]] = []
+        self.arrivals = 0  # conversations that reached RCPT
+        self.stall_next: Any = None  # a threading.Event: hold the next RCPT until set
+        self.lock = threading.Lock()
+        self.controller: Any = None
+
+    def start(self) -> None:
+        from aiosmtpd.controller import Controller
+
+        sink = self
+
+        class Handler:
+            async def handle_RCPT(self, server: Any, session: Any, envelope: Any,
+                                  address: str, options: Any) -> str:
+                import asyncio
+
+                with sink.lock:
+                    sink.arrivals += 1
+                    stall, sink.stall_next = sink.stall_next, None
+                if stall is not None:
+                    # Wait without blocking the server's loop.
+                    while not stall.is_set():
+                        await asyncio.sleep(0.05)
+                envelope.rcpt_tos.append(address)
+                return "250 OK"
+
+            async def handle_DATA(self, server: Any, session: Any, envelope: Any) -> str:
+                from email import message_from_bytes, policy
+
+                message = message_from_bytes(bytes(envelope.original_content or
+                                                   envelope.content), policy=policy.default)
+                with sink.lock:
+                    sink.accepted.append({"subject": str(message["Subject"]),
+                                          "ids": str(message["X-MTBBS-Notifications"] or "")
+                                          .split()})
+                return "250 OK"
+
+        self.controller = Controller(Handler(), hostname="127.0.0.1", port=self.port)
+        self.controller.start()
+
+    def stop(self) -> None:
+        if self.controller is not None:
+            self.controller.stop()
+            self.controller = None
+
+    def notification_ids(self) -> list[str]:
+        with self.lock:
+            return [i for mail in self.accepted for i in mail["ids"]]
+
+
+class HttpSink:
+    """A threaded HTTP server on loopback standing in for a Slack webhook."""
+
+    def __init__(self, port: int | None = None) -> None:
+        import threading
+
+        self.port = port or free_port()
+        self.accepted: list[dict[str, Any]] = []
+        self.arrivals = 0
+        self.cut_off = 0  # answered to a client that was gone
+        self.stall_next: Any = None
+        self.lock = threading.Lock()
+        self.server: Any = None
+
+    @property
+    def url(self) -> str:
+        return f"http://127.0.0.1:{self.port}/services/T0/B0/chaos"
+
+    def start(self) -> None:
+        import threading
+        from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+
+        sink = self
+
+        class Handler(BaseHTTPRequestHandler):
+            def do_POST(self) -> None:
+                with sink.lock:
+                    sink.arrivals += 1
+                    stall, sink.stall_next = sink.stall_next, None
+                if stall is not None:
+                    stall.wait(60)
+                body = self.rfile.read(int(self.headers.get("Content-Length", "0")))
+                # A client killed while we held it has closed its end: the
+                # answer would reach nobody, so the message is not accepted.
+                if stall is not None and self._client_gone():
+                    with sink.lock:
+                        sink.cut_off += 1
+                    return
+                try:
+                    self.send_response(200)
+                    self.send_header("Content-Length", "2")
+                    self.end_headers()
+                    self.wfile.write(b"ok")
+                    self.wfile.flush()
+                except OSError:
+                    with sink.lock:
+                        sink.cut_off += 1
+                    return
+                document = json.loads(body)
+                with sink.lock:
+                    sink.accepted.append(document)
+
+            def _client_gone(self) -> bool:
+                import select
+
+                readable, _, _ = select.select([self.connection], [], [], 0)
+                if not readable:
+                    return False
+                try:
+                    return self.connection.recv(1, socket.MSG_PEEK) == b""
+                except OSError:
+                    return True
+
+            def log_message(self, *args: Any) -> None:
+                pass
+
+        self.server = ThreadingHTTPServer(("127.0.0.1", self.port), Handler)
+        self.server.daemon_threads = True
+        threading.Thread(target=self.server.serve_forever, kwargs={"poll_interval": 0.05},
+                         daemon=True).start()
+
+    def stop(self) -> None:
+        if self.server is not None:
+            self.server.shutdown()
+            self.server.server_close()
+            self.server = None
+
+    def notification_ids(self) -> list[str]:
+        with self.lock:
+            return [str(a.get("footer", "")) for doc in self.accepted
+                    for a in doc.get("attachments", [])]
+
+
+def write_toml(path: Path, document: Mapping[str, Mapping[str, Any]]) -> Path:
+    """A configuration file of tables of scalars and lists of strings."""
+
+    def value(item: Any) -> str:
+        if isinstance(item, bool):
+            return "true" if item else "false"
+        if isinstance(item, int | float):
+            return repr(item)
+        if isinstance(item, list | tuple):
+            return "[" + ", ".join(value(v) for v in item) + "]"
+        return json.dumps(str(item))
+
+    lines = []
+    for section, table in document.items():
+        lines.append(f"[{section}]")
+        lines.extend(f"{key} = {value(item)}" for key, item in table.items())
+        lines.append("")
+    path.write_text("\n".join(lines), encoding="utf-8")
+    return path

@@ -1,0 +1,24 @@
+"""An alerter worker SIGKILLed during a notification: each endpoint gets it once."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import pytest
+
+
+@pytest.mark.e2e
+@pytest.mark.parametrize("hold", ["mail", "slack"])
+def test_worker_killed_mid_notification(run_scenario: Any, hold: str) -> None:
+    figures = run_scenario("notify_worker_kill.py", "--hold", hold, "--settle", "3")
+    assert figures["alert_state"] == "firing"
+    assert figures["killed_during"] == hold
+    for channel in ("mail", "slack"):
+        assert figures[f"{channel}_accepted"] == figures[f"{channel}_expected"] == 1
+        assert figures[f"{channel}_duplicates"] == 0
+    # The held conversation was really cut off and really tried again.
+    if hold == "mail":
+        assert figures["smtp_conversations"] == 2
+    else:
+        assert figures["slack_requests"] == 2
+        assert figures["slack_answers_cut_off_by_the_kill"] == 1
