@@ -8,6 +8,7 @@ client logged in as a role; the admin client stays the default user.
 
 from __future__ import annotations
 
+import json
 import secrets
 import shutil
 import socket
@@ -197,3 +198,43 @@ def tls_proxy(certificates: tuple[Path, Path, Path]) -> Iterator[Callable[[int],
     yield start
     for listener in listeners:
         listener.close()
+
+
+@dataclass
+class WebhookRecorder:
+    """A loopback HTTP server that answers 200 and records JSON bodies (Slack stand-in)."""
+
+    server: Any
+    bodies: list[Any] = field(default_factory=list)
+
+    @property
+    def url(self) -> str:
+        return f"http://127.0.0.1:{self.server.server_port}/services/T0/B0/test"
+
+
+@pytest.fixture
+def webhook() -> Iterator[WebhookRecorder]:
+    from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+
+    recorder = WebhookRecorder(server=None)
+
+    class Handler(BaseHTTPRequestHandler):
+        def do_POST(self) -> None:
+            body = self.rfile.read(int(self.headers.get("Content-Length", "0")))
+            recorder.bodies.append(json.loads(body))
+            self.send_response(200)
+            self.send_header("Content-Length", "2")
+            self.end_headers()
+            self.wfile.write(b"ok")
+
+        def log_message(self, *args: Any) -> None:
+            pass
+
+    server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+    server.daemon_threads = True
+    recorder.server = server
+    threading.Thread(target=server.serve_forever, kwargs={"poll_interval": 0.05},
+                     daemon=True).start()
+    yield recorder
+    server.shutdown()
+    server.server_close()

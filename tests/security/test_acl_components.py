@@ -160,3 +160,38 @@ def test_agent_once_as_its_host_user(locked: redis.Redis, acl_redis: Any, as_use
                     "--spool", str(tmp_path / "spool-b.db"))
     assert other.returncode in (0, 1, 2, 3)
     assert len(locked.xrange(KEYS.reports_stream())) == 1
+
+
+@pytest.mark.e2e
+def test_alerter_worker_and_admin_commands_as_their_users(locked: redis.Redis, acl_redis: Any,
+                                                          as_user: Any, webhook: Any,
+                                                          tmp_path: Path) -> None:
+    config = tmp_path / "alerter.toml"
+    config.write_text(f'[slack]\nwebhook_url = "{webhook.url}"\n'
+                      '[alerter]\ndigest_window = 0.0\n')
+    acl_redis.client("mtbbs-agent-bbs-a").xadd(KEYS.reports_stream(), {"m": encode(Report(
+        host="bbs-a", agent_version="test", epoch=1, seq=1, observed_at=NOW,
+        checks={"database": {"healthy": False, "error": "Database file not found"}}))})
+    assert as_user("mtbbs-collector", "mtbbs-collector", "run", "--once").returncode == 0
+    assert locked.llen(f"rq:queue:{KEYS.evaluate_queue()}") == 1
+    # The worker runs the evaluation the collector enqueued, then the delivery.
+    deadline = time.monotonic() + 30
+    while not webhook.bodies and time.monotonic() < deadline:
+        worker = as_user("mtbbs-alerter", "mtbbs-alerter", "worker", "--burst",
+                         "--config", str(config))
+        assert worker.returncode == 0, worker.stderr
+    assert locked.hget(KEYS.alert("bbs-a", "database"), "state") == b"firing"
+    [body] = webhook.bodies
+    assert body["attachments"][0]["title"] == "CRITICAL bbs-a database"
+
+    silence = as_user("mtbbs-alerter", "mtbbs-alerter", "silence", "add", "--host", "bbs-a",
+                      "--reason", "maintenance", "--duration", "1h", "--config", str(config))
+    assert silence.returncode == 0, silence.stderr
+    assert locked.hlen(KEYS.silences()) == 1
+    for argv in (["silence", "list"], ["failed"], ["alerts"], ["log"]):
+        result = as_user("mtbbs-alerter", "mtbbs-alerter", *argv, "--config", str(config))
+        assert result.returncode == 0, (argv, result.stderr)
+    # Reading alerts is read-only work.
+    alerts = as_user("mtbbs-readonly", "mtbbs-alerter", "alerts", "--json")
+    assert alerts.returncode == 0, alerts.stderr
+    assert json.loads(alerts.stdout)[0]["state"] == "firing"
