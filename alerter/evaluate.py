@@ -28,7 +28,7 @@ from redis.exceptions import WatchError
 from alerter import silences as silence_store
 from alerter.dispatch import drain, log_entry, now_ms, push_log
 from alerter.notify import Notification
-from alerter.rules import OK, Evaluation, Rule, evaluate_rule
+from alerter.rules import OK, Evaluation, Rule, collect_figures, evaluate_rule
 from alerter.state import (
     FIRING_NOTICE,
     FLAPPING_NOTICE,
@@ -93,7 +93,7 @@ def _notification(notice: Notice, rule: Rule, host_state: HostState, new: AlertS
     return Notification(
         id=notice.id, kind=notice.kind, host=host_state.host, check=rule.name,
         severity=notice.severity, summary=summary, since_ms=notice.since_ms, at_ms=now,
-        figures=evaluation.figures, hint=rule.hint, state=new.state,
+        figures=collect_figures(rule, host_state), hint=rule.hint, state=new.state,
         flap_percent=new.flap_percent, repeats=new.repeats,
         host_status=host_state.status.name,
     )
@@ -180,6 +180,9 @@ def evaluate_hosts(ctx: AlerterContext, hosts: Iterable[str], *, drain_channels:
         return outcome
     client, keys = ctx.client, ctx.keys
     plans = [(host, ctx.policy.rules_for(host)) for host in wanted]
+    # Only the fields the rules read: most evaluations end here, and a host
+    # hash holds several times more. A host with a change is read whole.
+    fields = ctx.policy.fields
     reader = client.pipeline(transaction=False)
     reader.time()
     reader.hgetall(keys.silences())
@@ -187,7 +190,7 @@ def evaluate_hosts(ctx: AlerterContext, hosts: Iterable[str], *, drain_channels:
         # First thing: free the mark so a report arriving from now on
         # enqueues a new evaluation instead of being folded into this one.
         reader.delete(keys.evaluation_pending(host))
-        reader.hgetall(keys.host(host))
+        reader.hmget(keys.host(host), fields)
     for host, rules in plans:
         for rule, _ in rules:
             reader.hgetall(keys.alert(host, rule.name))
@@ -196,21 +199,28 @@ def evaluate_hosts(ctx: AlerterContext, hosts: Iterable[str], *, drain_channels:
     silences = [s for s in silence_store.parse_all(results[1]) if not s.expired(now)]
     host_raws = results[3:2 + 2 * len(plans):2]
     alert_raws = iter(results[2 + 2 * len(plans):])
-    for (host, rules), raw_host in zip(plans, host_raws, strict=True):
+    for (host, rules), values in zip(plans, host_raws, strict=True):
         raws = [next(alert_raws) for _ in rules]
-        if not raw_host:
+        if values[fields.index("last_seen_ms")] is None:
             outcome.missing += 1
             continue
         outcome.hosts += 1
-        host_state = parse_host_state(host, raw_host)
+        host_state = parse_host_state(host, {f: v for f, v in zip(fields, values, strict=True)
+                                             if v is not None})
+        stale = host_state.stale not in ("", STALE_NO)
         changed = []
         for (rule, applies), raw in zip(rules, raws, strict=True):
+            if not raw and (not applies or (stale and not rule.reads_staleness)):
+                continue  # nothing stored, nothing to judge
+            if not raw and evaluate_rule(rule, host_state).level == OK:
+                continue  # never breached and fine now: the common case
             prev = AlertState.from_hash(raw)
             new, notices, _ = _decide(rule, applies, host_state, prev, now, silences)
             if new != prev or notices:
                 changed.append((rule, applies))
         if changed:
-            _commit_host(ctx, host_state, changed, silences, outcome)
+            full = parse_host_state(host, client.hgetall(keys.host(host)))
+            _commit_host(ctx, full, changed, silences, outcome)
     if drain_channels:
         for channel in sorted(outcome.channels):
             drain(ctx, channel)

@@ -278,11 +278,10 @@ class Rule:
 
 @dataclass(frozen=True)
 class Evaluation:
-    """The outcome of one rule on one host state."""
+    """The outcome of one rule on one host state (figures are collected only for notices)."""
 
     level: int
     summary: str
-    figures: dict[str, str] = field(default_factory=dict)
     missing: bool = False
 
 
@@ -302,13 +301,12 @@ def evaluate_rule(rule: Rule, state: HostState) -> Evaluation:
                 if condition.ref:
                     shown = f"{condition.ref} ({_show(expected)})"
                 matched.append(f"{condition.field} = {_show(observed)} ({condition.op} {shown})")
-    figures = collect_figures(rule, state)
     if not present and rule.missing == "breach" and state.raw.get("checks") is not None:
         return Evaluation(level=rule.level, summary=f"no {rule.name} data in the host's report",
-                          figures=figures, missing=True)
+                          missing=True)
     if level == OK:
-        return Evaluation(level=OK, summary="ok", figures=figures)
-    return Evaluation(level=level, summary="; ".join(dict.fromkeys(matched)), figures=figures)
+        return Evaluation(level=OK, summary="ok")
+    return Evaluation(level=level, summary="; ".join(dict.fromkeys(matched)))
 
 
 def _show(value: Any) -> str:
@@ -389,6 +387,18 @@ class Policy:
     def names(self) -> tuple[str, ...]:
         """Rule names, in order."""
         return tuple(r.name for r in self.rules)
+
+    @property
+    def fields(self) -> tuple[str, ...]:
+        """Every host-state field any rule or override reads, plus what evaluation needs."""
+        seen: dict[str, None] = dict.fromkeys(("status", "last_seen_ms", "stale", "checks"))
+        conditions = [c for r in self.rules for c in (*r.when, *r.critical_when)]
+        for override in self.overrides:
+            for key in ("when", "critical_when"):
+                conditions.extend(override.changes.get(key, ()))
+        for condition in conditions:
+            seen.update(dict.fromkeys(condition.fields))
+        return tuple(seen)
 
     def rule(self, name: str) -> Rule | None:
         """The base rule called ``name``."""

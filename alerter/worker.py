@@ -35,6 +35,7 @@ import math
 import os
 import socket
 import time
+from collections.abc import Sequence
 from typing import Any
 
 from rq import Queue, SimpleWorker, Worker
@@ -72,11 +73,18 @@ def maintenance(ctx: AlerterContext, worker_name: str) -> None:
 
 
 def take_evaluations(ctx: AlerterContext, connection: Any, queue: Queue, batch: int,
-                     serializer: Any) -> int:
-    """Evaluate up to ``batch`` queued evaluation jobs at a time; how many were taken."""
+                     serializer: Any, other_queues: Sequence[str] = ()) -> int:
+    """Evaluate up to ``batch`` queued evaluation jobs at a time; how many were taken.
+
+    Stops when the queue is empty, after ``_DRAIN_BUDGET_S``, or as soon as
+    one of ``other_queues`` (the notify queue) has work: a notification
+    never waits behind a backlog of evaluations.
+    """
     taken = 0
     deadline = time.monotonic() + _DRAIN_BUDGET_S
     while batch > 0 and time.monotonic() < deadline:
+        if other_queues and any(connection.llen(key) for key in other_queues):
+            break
         raw_ids = connection.lpop(queue.key, batch)
         if not raw_ids:
             break
@@ -121,6 +129,7 @@ class _AlerterWorkerMixin:
     name: str
     connection: Any
     serializer: Any
+    queues: list[Queue]
 
     def __init__(self, *args: Any, alerter_context: AlerterContext, **kwargs: Any) -> None:
         # Set before rq's __init__, which already asks for dequeue_timeout.
@@ -147,8 +156,9 @@ class _AlerterWorkerMixin:
         ctx = self.alerter_context
         if queue.name == ctx.keys.evaluate_queue() and ctx.settings.evaluate_batch > 0:
             try:
+                others = [q.key for q in self.queues if q.name != queue.name]
                 taken = take_evaluations(ctx, self.connection, queue, ctx.settings.evaluate_batch,
-                                         self.serializer)
+                                         self.serializer, others)
                 if taken:
                     logger.debug("evaluated %d queued host(s) in a batch", taken)
             except Exception:

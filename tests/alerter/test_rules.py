@@ -12,6 +12,7 @@ from alerter.rules import (
     OK,
     WARNING,
     Condition,
+    collect_figures,
     evaluate_rule,
     load_policy,
     load_rules,
@@ -97,8 +98,12 @@ def test_summary_and_figures_name_the_breaching_values() -> None:
     checks["disk_space"] = {"healthy": False, "percent_used": 92.5, "total_gb": 500.0}
     result = evaluate_rule(rule, state(checks))
     assert result.summary == "disk_space.percent_used = 92.5 (>= 90)"
-    assert result.figures["disk_space.percent_used"] == "92.5"
-    assert result.figures["disk_space.total_gb"] == "500.0"
+    figures = collect_figures(rule, state(checks))
+    assert figures["disk_space.percent_used"] == "92.5"
+    assert figures["disk_space.total_gb"] == "500.0"
+    stale = policy.rule("stale")
+    assert stale is not None
+    assert set(collect_figures(stale, state(checks, "critical"))) == {"stale", "last_seen"}
     sessions = policy.rule("sessions")
     assert sessions is not None
     checks["sessions"] = {"healthy": True, "active_sessions": 120, "max_sessions": 100}
@@ -242,3 +247,11 @@ def test_a_rules_file_holds_only_rules_tables(tmp_path: Path) -> None:
         load_rules({}, broken)
     with pytest.raises(ConfigError, match="does not exist"):
         load_rules({}, tmp_path / "absent.toml")
+
+
+def test_the_policy_knows_every_field_it_reads() -> None:
+    policy = load_policy({"overrides": [{"hosts": ["x"], "when": ["memory.process_vms_mb > 9"]}]})
+    fields = policy.fields
+    assert {"last_seen_ms", "stale", "checks", "status", "disk_space.percent_used",
+            "sessions.max_sessions", "memory.process_vms_mb"} <= set(fields)
+    assert len(fields) == len(set(fields))
