@@ -56,6 +56,47 @@ _NO_TIMEOUT_TTL = 420
 _DRAIN_BUDGET_S = 0.5
 
 
+# The only functions this worker runs. rq imports whatever function path a
+# queued job names; anyone able to write to our queues could otherwise run
+# code in the alerter.
+ALLOWED_JOBS = frozenset({EVALUATE_JOB, dispatch.DELIVER_JOB, dispatch.FLUSH_JOB})
+
+
+class RefusedJob(Exception):
+    """A queued job that is not one of the alerter's; it fails without running."""
+
+
+class AlerterJob(Job):
+    """rq's Job limited to :data:`ALLOWED_JOBS`, without callbacks or webhooks.
+
+    Our jobs use neither; a job that names them was not enqueued by us, and
+    rq would import a callback by name or POST to a webhook URL for it.
+    """
+
+    @property
+    def success_callback(self) -> None:
+        return None
+
+    @property
+    def failure_callback(self) -> None:
+        return None
+
+    @property
+    def stopped_callback(self) -> None:
+        return None
+
+    def send_webhooks(self, status: Any, *, exc_string: str | None = None) -> None:
+        return None
+
+    def perform(self) -> Any:
+        """Run the job if it is one of ours, else raise RefusedJob."""
+        if self.func_name not in ALLOWED_JOBS or self.instance is not None:
+            name = str(self.func_name)[:100]
+            logger.error("refusing job %s: %r is not an alerter job", self.id, name)
+            raise RefusedJob(f"{name!r} is not an alerter job; refused")
+        return super().perform()
+
+
 def maintenance(ctx: AlerterContext, worker_name: str) -> None:
     """Our part of a maintenance round (never raises)."""
     try:
@@ -202,7 +243,7 @@ def build_worker(ctx: AlerterContext, *, name: str | None = None,
     worker = cls(names, connection=connection, name=name or default_worker_name(),
                  serializer=RQ_SERIALIZER, maintenance_interval=interval,
                  job_monitoring_interval=min(30, interval), log_job_description=False,
-                 alerter_context=ctx)
+                 job_class=AlerterJob, alerter_context=ctx)
     worker.log_result_lifespan = False
     return worker
 

@@ -255,3 +255,23 @@ def test_a_storm_becomes_one_digest(alerter_config: Any, workers: Any, hosts: An
     assert 2 <= len(requests) <= 3, [len(r["json"]["attachments"]) for r in requests]
     assert sorted(a["title"] for a in sink.attachments()) == \
         sorted(f"CRITICAL bbs-{i:02d} stale" for i in range(25))
+
+
+def test_jobs_that_are_not_the_alerters_are_refused(alerter_config: Any, workers: Any,
+                                                    hosts: Any, sink: Any, wait_for: Any,
+                                                    tmp_path: Any, redis_client: redis.Redis,
+                                                    keys: KeySpace) -> None:
+    from rq import Queue
+    from rq.registry import FailedJobRegistry
+
+    config = alerter_config(channels(sink))
+    workers(config)
+    trap = tmp_path / "should-not-exist"
+    queue = Queue(keys.evaluate_queue(), connection=redis_client, serializer=RQ_SERIALIZER)
+    job = queue.enqueue("os.makedirs", str(trap))
+    hosts.report("bbs-01", database=False)
+    wait_for(lambda: sink.ok_requests(), message="the alert after the refused job")
+    failed = FailedJobRegistry(keys.evaluate_queue(), connection=redis_client,
+                               serializer=RQ_SERIALIZER)
+    wait_for(lambda: job.id in failed.get_job_ids(), message="the refused job to fail")
+    assert not trap.exists()
