@@ -203,6 +203,13 @@ def evaluate_hosts(ctx: AlerterContext, hosts: Iterable[str], *, drain_channels:
         raws = [next(alert_raws) for _ in rules]
         if values[fields.index("last_seen_ms")] is None:
             outcome.missing += 1
+            stored = [rule.name for (rule, _), raw in zip(rules, raws, strict=True) if raw]
+            if stored and not client.exists(keys.host(host)):
+                # The host was forgotten (its state deleted): so are its alerts.
+                client.delete(*(keys.alert(host, name) for name in stored))
+                client.srem(keys.alerts_index(), *(alert_member(host, n) for n in stored))
+                logger.info("%s: no host state any more; dropped its alert states (%s)", host,
+                            ", ".join(stored))
             continue
         outcome.hosts += 1
         host_state = parse_host_state(host, {f: v for f, v in zip(fields, values, strict=True)

@@ -319,3 +319,15 @@ def test_evaluation_time_is_redis_time(make_context: Any, hosts: Any, redis_clie
     since = int(alert(redis_client, keys, "bbs-01", "database")["since_ms"])
     assert before <= since <= dispatch.now_ms(redis_client)
     assert abs(since - time.time() * 1000) < 60_000
+
+
+def test_a_forgotten_host_loses_its_alerts(make_context: Any, sink: Any, hosts: Any,
+                                           redis_client: redis.Redis, keys: KeySpace) -> None:
+    ctx = make_context(slack_doc(sink))
+    hosts.write("bbs-01", disk=95.0)
+    evaluate_hosts(ctx, ["bbs-01"], drain_channels=False)
+    assert active_hosts(ctx) == ["bbs-01"]
+    redis_client.delete(keys.host("bbs-01"))  # mtbbs-collector forget
+    evaluate_hosts(ctx, ["bbs-01"], drain_channels=False)
+    assert not redis_client.exists(keys.alert("bbs-01", "disk_space"))
+    assert active_hosts(ctx) == []
