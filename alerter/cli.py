@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import secrets
 import socket
 import sys
 import time
@@ -250,7 +251,7 @@ def _failed(args: argparse.Namespace, document: Mapping[str, Any],
                 continue
             delivery = {"id": failure_id, "notifications": record.get("notifications", [])}
             job = enqueue_delivery(ctx, channel, delivery,
-                                   job_id=f"{channel}-{failure_id}-retry-{int(time.time())}")
+                                   job_id=f"{channel}-{failure_id}-retry-{secrets.token_hex(3)}")
             client.hdel(key, failure_id)
             print(f"re-enqueued {failure_id} on {channel} (job {job.id})")
         return EXIT_OK

@@ -33,11 +33,13 @@ from __future__ import annotations
 import logging
 import math
 import os
+import signal
 import socket
 import time
 from collections.abc import Sequence
 from typing import Any
 
+import redis
 from rq import Queue, SimpleWorker, Worker
 from rq.job import Job
 
@@ -188,7 +190,13 @@ class _AlerterWorkerMixin:
 
     def run_maintenance_tasks(self) -> None:
         """rq's registry cleaning (abandoned jobs), then ours."""
-        super().run_maintenance_tasks()  # type: ignore[misc]
+        try:
+            super().run_maintenance_tasks()  # type: ignore[misc]
+        except (redis.ConnectionError, redis.TimeoutError) as exc:
+            # rq would end the worker on this; the dequeue loop already waits
+            # for Redis to come back, so skip this round instead.
+            logger.warning("maintenance skipped, Redis unreachable: %s", exc)
+            return
         maintenance(self.alerter_context, self.name)
 
     def execute_job(self, job: Job, queue: Queue) -> None:
@@ -258,9 +266,25 @@ def run_worker(ctx: AlerterContext, *, burst: bool = False, name: str | None = N
     rq_level = root_level if root_level <= logging.DEBUG else max(root_level, logging.WARNING)
     for logger_name in ("rq.worker", "rq.job", "rq.scheduler", "rq.queue"):
         logging.getLogger(logger_name).setLevel(rq_level)
-    worker = build_worker(ctx, name=name, queues=queues, worker_class=worker_class)
-    logger.info("alerter worker %s on %s (%s; channels: %s)", worker.name,
-                ", ".join(q.name for q in worker.queues), worker_class or ctx.settings.worker_class,
-                ", ".join(n.describe() for n in ctx.notifiers.values()) or "none configured")
-    worker.work(burst=burst, with_scheduler=True, logging_level=logging.getLevelName(rq_level))
-    return 0
+    delay = 1.0
+    while True:
+        worker = build_worker(ctx, name=name, queues=queues, worker_class=worker_class)
+        logger.info("alerter worker %s on %s (%s; channels: %s)", worker.name,
+                    ", ".join(q.name for q in worker.queues),
+                    worker_class or ctx.settings.worker_class,
+                    ", ".join(n.describe() for n in ctx.notifiers.values()) or "none configured")
+        started = time.monotonic()
+        worker.work(burst=burst, with_scheduler=True,
+                    logging_level=logging.getLevelName(rq_level))
+        if burst or getattr(worker, "_stop_requested", True):
+            return 0
+        # rq gives up on errors it does not expect (a Redis timeout in the
+        # middle of its loop): start a fresh worker rather than exit, and
+        # let a signal during the pause end the process at once.
+        signal.signal(signal.SIGTERM, signal.SIG_DFL)
+        signal.signal(signal.SIGINT, signal.default_int_handler)
+        if time.monotonic() - started > 60:
+            delay = 1.0  # it had been running well: a fresh problem
+        logger.error("the rq worker stopped unexpectedly; starting again in %.0fs", delay)
+        time.sleep(delay)
+        delay = min(delay * 2, 30.0)

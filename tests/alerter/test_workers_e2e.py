@@ -275,3 +275,15 @@ def test_jobs_that_are_not_the_alerters_are_refused(alerter_config: Any, workers
                                serializer=RQ_SERIALIZER)
     wait_for(lambda: job.id in failed.get_job_ids(), message="the refused job to fail")
     assert not trap.exists()
+
+
+def test_the_forking_worker_class_works_too(alerter_config: Any, workers: Any, hosts: Any,
+                                            sink: Any, wait_for: Any, settled: Any) -> None:
+    config = alerter_config(channels(sink))
+    workers(config, "--worker-class", "fork")
+    hosts.report("bbs-01", disk=95.0)
+    wait_for(lambda: sink.ok_requests(), message="the firing notice")
+    hosts.report("bbs-01", disk=10.0)
+    wait_for(lambda: len(sink.ok_requests()) == 2, message="the resolved notice")
+    settled()
+    assert titles(sink) == ["WARNING bbs-01 disk_space", "RESOLVED bbs-01 disk_space"]
