@@ -162,12 +162,14 @@ def scenario(workdir: Path, *, rate: float, duration: float, max_queue: int,
                                     "queue": reporter.stats()["queue"]}
             server.start()
             sent_before = reporter.sent
+            dropped_before_back = reporter.dropped
             back, index, peak_back = flood(reporter, rate=rate, duration=duration,
                                            start_index=index)
             reporter.flush(15)
             phases["redis_back"] = {**summary(back, rate),
                                     "rss_growth_mb": round((peak_back - baseline) / MB, 1),
-                                    "sent": reporter.sent - sent_before}
+                                    "sent": reporter.sent - sent_before,
+                                    "dropped": reporter.dropped - dropped_before_back}
             stats = reporter.stats()
         finally:
             reporter.close(10)
@@ -196,7 +198,9 @@ def scenario(workdir: Path, *, rate: float, duration: float, max_queue: int,
         "events_queued": stats["queued"],
         "events_sent": stats["sent"],
         "events_dropped": stats["dropped"],
+        "dropped_while_up": phases["redis_up"]["dropped"],
         "dropped_while_down": phases["redis_down"]["dropped"],
+        "dropped_after_restart": phases["redis_back"]["dropped"],
         "queue_bound": max_queue,
         "queue_at_end_of_outage": phases["redis_down"]["queue"],
         "snapshots": stats["snapshots"],
