@@ -191,23 +191,26 @@ def stream_fields(message: Message) -> dict[str, bytes]:
 # -- decode ----------------------------------------------------------------
 
 
+_unpackb = msgpack.unpackb
+_UNPACK_OPTIONS: dict[str, Any] = {
+    "raw": False,
+    "strict_map_key": True,
+    "use_list": True,
+    "max_str_len": MAX_MESSAGE_BYTES,
+    "max_bin_len": 0,
+    "max_array_len": MAX_LIST_ITEMS,
+    "max_map_len": max(MAX_FIELDS_PER_CHECK, 64),
+    "max_ext_len": 0,
+}
+
+
 def _unpack(data: object) -> Any:
     if not isinstance(data, bytes | bytearray | memoryview):
         raise DecodeError("payload is not bytes")
     if len(data) > MAX_MESSAGE_BYTES:
         raise DecodeError(f"payload of {len(data)} bytes exceeds {MAX_MESSAGE_BYTES}")
     try:
-        return msgpack.unpackb(
-            bytes(data),
-            raw=False,
-            strict_map_key=True,
-            use_list=True,
-            max_str_len=MAX_MESSAGE_BYTES,
-            max_bin_len=0,
-            max_array_len=MAX_LIST_ITEMS,
-            max_map_len=max(MAX_FIELDS_PER_CHECK, 64),
-            max_ext_len=0,
-        )
+        return _unpackb(bytes(data), **_UNPACK_OPTIONS)
     except Exception as exc:  # noqa: BLE001 - msgpack raises many types on garbage
         raise DecodeError(f"not msgpack: {type(exc).__name__}") from None
 
@@ -350,7 +353,7 @@ def _decode_session(doc: Mapping[str, Any]) -> SessionEvent:
     kind = _get(doc, "kind")
     if not isinstance(kind, str) or kind not in SESSION_KINDS:
         raise DecodeError("kind is not a session event kind")
-    raw_sessions = doc.get("sessions") or []
+    raw_sessions: Any = doc.get("sessions") or []
     if not isinstance(raw_sessions, list):
         raise DecodeError("sessions is not a list")
     if kind != SNAPSHOT and raw_sessions:
@@ -372,6 +375,179 @@ def _decode_session(doc: Mapping[str, Any]) -> SessionEvent:
     )
 
 
+# -- the fast path ----------------------------------------------------------
+#
+# Almost every message a collector sees is well formed and of a few plain
+# shapes, and the careful validators above cost more than msgpack itself.
+# The functions below accept only that plain case, with exact type tests
+# (msgpack builds exact int/float/str/bool/list/dict, never subclasses) and
+# bounded caches of the names and host ids already found valid. On anything
+# else they return None and the careful path decides, so the set of accepted
+# messages, the decoded values and every refusal reason are exactly those of
+# the careful path (tests/wire compares the two on random input).
+
+_NAME_CACHE_LIMIT = 4096
+_HOST_CACHE_LIMIT = 16384
+_valid_names: set[str] = set()
+_valid_hosts: set[str] = set()
+_match_name = CHECK_NAME_PATTERN.match
+
+
+def _learn_name(name: str) -> bool:
+    if not _match_name(name):
+        return False
+    if len(_valid_names) < _NAME_CACHE_LIMIT:
+        _valid_names.add(name)
+    return True
+
+
+def _learn_host(host: str) -> bool:
+    if len(host) > 64 or not valid_host_id(host):
+        return False
+    if len(_valid_hosts) < _HOST_CACHE_LIMIT:
+        _valid_hosts.add(host)
+    return True
+
+
+def _fast_items(value: list[Any]) -> tuple[dict[str, Scalar], ...] | None:
+    """A list field (small maps of scalars) as decoded, or None."""
+    for item in value:
+        if type(item) is not dict or len(item) > 16:
+            return None
+        for key, scalar in item.items():
+            if type(key) is not str or len(key) > 64:
+                return None
+            kind = type(scalar)
+            if kind is str:
+                if len(scalar) > MAX_STRING:
+                    return None
+            elif kind is float:
+                if scalar - scalar != 0.0:  # inf or nan
+                    return None
+            elif kind is int:
+                if not -MAX_SEQ <= scalar <= MAX_SEQ:
+                    return None
+            elif scalar is not None and kind is not bool:
+                return None
+    return tuple(value)
+
+
+def _fast_checks(value: Any) -> dict[str, dict[str, FieldValue]] | None:
+    """The checks map, validated in place (it is ours: msgpack just built it), or None."""
+    if type(value) is not dict or len(value) > MAX_CHECKS:
+        return None
+    names = _valid_names
+    # List values become tuples only once everything passed: on a refusal
+    # the careful path must see the document as msgpack built it.
+    tuples: list[tuple[dict[str, Any], str, tuple[dict[str, Scalar], ...]]] = []
+    for name, fields in value.items():
+        if (type(name) is not str or (name not in names and not _learn_name(name))
+                or type(fields) is not dict or len(fields) > MAX_FIELDS_PER_CHECK
+                or type(fields.get("healthy")) is not bool):
+            return None
+        for key, item in fields.items():
+            if type(key) is not str or (key not in names and not _learn_name(key)):
+                return None
+            kind = type(item)
+            if kind is str:
+                if len(item) > MAX_STRING:
+                    return None
+            elif kind is float:
+                if item - item != 0.0:  # inf or nan
+                    return None
+            elif kind is int:
+                if not -MAX_SEQ <= item <= MAX_SEQ:
+                    return None
+            elif kind is list:
+                items = _fast_items(item)
+                if items is None:
+                    return None
+                tuples.append((fields, key, items))
+            elif item is not None and kind is not bool:
+                return None
+    for fields, key, items in tuples:
+        fields[key] = items
+    return value
+
+
+_NUMBERS = (int, float)
+
+
+def _report(doc: dict[str, Any]) -> Report:
+    host: Any = doc.get("host")
+    agent_version: Any = doc.get("agent_version")
+    epoch: Any = doc.get("epoch")
+    seq: Any = doc.get("seq")
+    observed_at: Any = doc.get("observed_at")
+    dropped: Any = doc.get("dropped", 0)
+    interval: Any = doc.get("interval", 60.0)
+    if (type(host) is str and (host in _valid_hosts or _learn_host(host))
+            and type(agent_version) is str and len(agent_version) <= 64
+            and type(epoch) is int and 0 <= epoch <= MAX_SEQ
+            and type(seq) is int and 0 <= seq <= MAX_SEQ
+            and type(observed_at) in _NUMBERS and MIN_TIME <= observed_at <= MAX_TIME
+            and type(dropped) is int and 0 <= dropped <= MAX_SEQ
+            and type(interval) in _NUMBERS and 0.1 <= interval <= 86_400):
+        checks = _fast_checks(doc.get("checks"))
+        if checks is not None:
+            return Report(host, agent_version, epoch, seq, float(observed_at), checks,
+                          dropped, float(interval))
+    return _decode_report(doc)
+
+
+def _fast_sessions(value: list[Any]) -> tuple[SessionInfo, ...] | None:
+    infos = []
+    for item in value:
+        if type(item) is not dict:
+            return None
+        client_id: Any = item.get("client_id")
+        user_id: Any = item.get("user_id")
+        state: Any = item.get("state")
+        connected_at: Any = item.get("connected_at")
+        if (type(client_id) is not str or len(client_id) > 128
+                or (user_id is not None and (type(user_id) is not str or len(user_id) > 128))
+                or type(state) is not str or state not in SESSION_STATES
+                or type(connected_at) not in _NUMBERS
+                or not MIN_TIME <= connected_at <= MAX_TIME):
+            return None
+        infos.append(SessionInfo(client_id, user_id, state, float(connected_at)))
+    return tuple(infos)
+
+
+def _session(doc: dict[str, Any]) -> SessionEvent:
+    kind: Any = doc.get("kind")
+    host: Any = doc.get("host")
+    epoch: Any = doc.get("epoch")
+    seq: Any = doc.get("seq")
+    observed_at: Any = doc.get("observed_at")
+    client_id: Any = doc.get("client_id", "")
+    user_id: Any = doc.get("user_id")
+    state: Any = doc.get("state")
+    connected_at: Any = doc.get("connected_at")
+    raw_sessions: Any = doc.get("sessions")
+    if (type(kind) is str and kind in SESSION_KINDS
+            and type(host) is str and (host in _valid_hosts or _learn_host(host))
+            and type(epoch) is int and 0 <= epoch <= MAX_SEQ
+            and type(seq) is int and 0 <= seq <= MAX_SEQ
+            and type(observed_at) in _NUMBERS and MIN_TIME <= observed_at <= MAX_TIME
+            and type(client_id) is str and len(client_id) <= 128
+            and (client_id or kind == SNAPSHOT)
+            and (user_id is None or (type(user_id) is str and len(user_id) <= 128))
+            and (state is None or (type(state) is str and state in SESSION_STATES))
+            and (connected_at is None or (type(connected_at) in _NUMBERS
+                                          and MIN_TIME <= connected_at <= MAX_TIME))):
+        sessions: tuple[SessionInfo, ...] | None = ()
+        if raw_sessions:
+            # Only a snapshot carries sessions; anything else is for the careful path.
+            sessions = (_fast_sessions(raw_sessions)
+                        if type(raw_sessions) is list and kind == SNAPSHOT else None)
+        if sessions is not None:
+            return SessionEvent(host, epoch, seq, float(observed_at), kind, client_id, user_id,
+                                state, None if connected_at is None else float(connected_at),
+                                sessions)
+    return _decode_session(doc)
+
+
 def decode(data: object) -> Message:
     """Validate and decode one message; raise DecodeError on anything else."""
     doc = _unpack(data)
@@ -380,13 +556,13 @@ def decode(data: object) -> Message:
     version = doc.get("v")
     if isinstance(version, bool) or version != SCHEMA_VERSION:
         raise DecodeError(f"unsupported schema version {version!r}")
-    kind = doc.get("t")
+    kind: Any = doc.get("t")
     if not isinstance(kind, str):
         raise DecodeError("message type is not a string")
     if kind == REPORT:
-        return _decode_report(doc)
+        return _report(doc)
     if kind == SESSION:
-        return _decode_session(doc)
+        return _session(doc)
     raise DecodeError(f"unknown message type {kind!r}"[:80])
 
 

@@ -50,13 +50,45 @@ def stale_status(stale: str) -> Status:
     return {STALE_WARNING: Status.WARNING, STALE_CRITICAL: Status.CRITICAL}.get(stale, Status.OK)
 
 
+# Formatting times is on the collector's hot path (several per entry) and
+# strftime is slow: the text of each whole second is computed once and kept
+# in a small cache, the milliseconds are appended. The result is exactly
+# strftime's (tests/wire compares them).
+_SECOND_CACHE_LIMIT = 4096
+_second_texts: dict[int, str] = {}
+# Years 1970..9999, where the cached form and strftime's agree.
+_LAST_CACHED_SECOND = 253_402_300_799
+
+
+def _second_text(second: int) -> str:
+    text = _second_texts.get(second)
+    if text is None:
+        text = datetime.fromtimestamp(second, UTC).strftime("%Y-%m-%dT%H:%M:%S")
+        if len(_second_texts) >= _SECOND_CACHE_LIMIT:
+            _second_texts.clear()
+        _second_texts[second] = text
+    return text
+
+
 def iso_from_ms(ms: int | float) -> str:
     """``2026-11-28T10:30:45Z`` (UTC, second precision) from unix milliseconds."""
+    if type(ms) is int and 0 <= ms <= _LAST_CACHED_SECOND * 1000:
+        return _second_text(ms // 1000) + "Z"
     return datetime.fromtimestamp(ms / 1000, UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
 
 
 def iso_from_seconds(seconds: float) -> str:
     """ISO text of unix seconds, with milliseconds, in UTC."""
+    if type(seconds) is float and 0.0 <= seconds < _LAST_CACHED_SECOND:
+        # The same rounding as datetime.fromtimestamp: to microseconds, half
+        # to even, then truncated to milliseconds as the %f text was.
+        fraction, whole = math.modf(seconds)
+        micros = round(fraction * 1e6)
+        second = int(whole)
+        if micros >= 1_000_000:
+            micros -= 1_000_000
+            second += 1
+        return f"{_second_text(second)}.{micros // 1000:03d}Z"
     return datetime.fromtimestamp(seconds, UTC).strftime("%Y-%m-%dT%H:%M:%S.%f")[:-3] + "Z"
 
 
@@ -86,44 +118,83 @@ def flatten_checks(checks: Mapping[str, Mapping[str, FieldValue]]) -> dict[str, 
     hash, and a host hash of one line per figure stays readable.
     """
     flat: dict[str, str] = {}
-    for name, fields in checks.items():
-        for key, value in fields.items():
-            if isinstance(value, tuple | list):
-                continue
-            flat[f"{name}.{key}"] = format_value(value)
+    _flatten_into(flat, checks)
     return flat
+
+
+def _flatten_into(flat: dict[str, str], checks: Mapping[str, Mapping[str, Any]]) -> None:
+    # format_value inlined for the exact types a decoded report holds; any
+    # other type takes format_value itself.
+    for name, fields in checks.items():
+        prefix = f"{name}."
+        for key, value in fields.items():
+            kind = type(value)
+            if kind is str:
+                flat[f"{prefix}{key}"] = value
+            elif kind is float:
+                flat[f"{prefix}{key}"] = repr(round(value, 3)) if value - value == 0.0 else ""
+            elif kind is bool:
+                flat[f"{prefix}{key}"] = "true" if value else "false"
+            elif kind is int:
+                flat[f"{prefix}{key}"] = str(value)
+            elif value is None:
+                flat[f"{prefix}{key}"] = ""
+            elif not isinstance(value, tuple | list):
+                flat[f"{name}.{key}"] = format_value(value)
 
 
 def report_fields(report: Report, entry_ms: int, stale: str = STALE_NO) -> dict[str, str]:
     """The host hash written for ``report`` received at Redis time ``entry_ms``."""
-    status = report_status(report.checks)
-    status = Status.worst([status, stale_status(stale)])
-    unhealthy = [n for n, f in report.checks.items() if not f.get("healthy")]
+    checks = report.checks
+    unhealthy = [n for n, f in checks.items() if not f.get("healthy")]
+    # report_status: a check is unhealthy iff not bool(healthy); the worst of
+    # its statuses, then the staleness.
+    if not unhealthy:
+        status = Status.OK
+    elif CRITICAL_CHECKS.isdisjoint(unhealthy):
+        status = Status.WARNING
+    else:
+        status = Status.CRITICAL
+    if stale != STALE_NO:
+        status = max(status, stale_status(stale))
+    observed_at = report.observed_at
     fields = {
         "status": status.name,
         "last_seen": iso_from_ms(entry_ms),
         "last_seen_ms": str(entry_ms),
-        "observed_at": iso_from_seconds(report.observed_at),
+        "observed_at": iso_from_seconds(observed_at),
         "epoch": str(report.epoch),
         "seq": str(report.seq),
         "agent_version": report.agent_version,
-        "clock_skew_s": format_value(round(report.observed_at - entry_ms / 1000, 3)),
+        "clock_skew_s": format_value(round(observed_at - entry_ms / 1000, 3)),
         "stale": stale,
         "interval_s": format_value(report.interval),
-        "checks": ",".join(sorted(report.checks)),
+        "checks": ",".join(sorted(checks)),
         "unhealthy": ",".join(sorted(unhealthy)),
     }
-    fields.update(flatten_checks(report.checks))
+    _flatten_into(fields, checks)
     return fields
+
+
+_json_string = json.encoder.encode_basestring  # what json.dumps(ensure_ascii=False) uses
 
 
 def session_text(info: SessionInfo) -> str:
     """The JSON text stored per session in the host's sessions hash."""
+    client_id, user_id, state = info.client_id, info.user_id, info.state
+    if type(client_id) is str and type(state) is str and (user_id is None
+                                                          or type(user_id) is str):
+        # json.dumps(..., ensure_ascii=False, sort_keys=True) written out:
+        # the same text, without building a dict and an encoder per call.
+        return (f'{{"client_id": {_json_string(client_id)}, "connected_at": '
+                f'{_json_string(iso_from_seconds(info.connected_at))}, "state": '
+                f'{_json_string(state)}, "user_id": '
+                f'{"null" if user_id is None else _json_string(user_id)}}}')
     return json.dumps(
         {
-            "client_id": info.client_id,
-            "user_id": info.user_id,
-            "state": info.state,
+            "client_id": client_id,
+            "user_id": user_id,
+            "state": state,
             "connected_at": iso_from_seconds(info.connected_at),
         },
         ensure_ascii=False,
