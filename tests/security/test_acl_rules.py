@@ -301,3 +301,23 @@ def test_setuser_lines_piped_to_redis_cli(redis_server_factory: Any) -> None:
     client = redis.Redis(port=server.port, username="mtbbs-agent",
                          password="pw-agent-0123456789")
     client.xadd(KEYS.reports_stream(), {"m": b"x"})
+
+
+def test_every_key_of_the_key_space_has_a_writer_and_is_readable() -> None:
+    """A key added to KeySpace without an owning role fails here, not in production."""
+    import inspect
+
+    writers = [role_rule(r) for r in ("agent", "reporter", "collector", "alerter")]
+    readonly = role_rule("readonly")
+    checked = 0
+    for name, method in inspect.getmembers(KEYS, inspect.ismethod):
+        if name.startswith("_") or name == "streams":
+            continue
+        params = list(inspect.signature(method).parameters)
+        key = method(*[f"sample-{p}" for p in params])
+        if name.endswith("_queue"):
+            key = f"rq:queue:{key}"  # rq's name for a queue's list
+        assert any(matches(w.key_patterns, key) for w in writers), (name, key)
+        assert matches(readonly.key_patterns, key), (name, key)
+        checked += 1
+    assert checked >= 20
