@@ -195,3 +195,19 @@ def test_alerter_worker_and_admin_commands_as_their_users(locked: redis.Redis, a
     alerts = as_user("mtbbs-readonly", "mtbbs-alerter", "alerts", "--json")
     assert alerts.returncode == 0, alerts.stderr
     assert json.loads(alerts.stdout)[0]["state"] == "firing"
+
+
+@pytest.mark.e2e
+def test_health_check_reads_sessions_as_the_agent_user(locked: redis.Redis, acl_redis: Any,
+                                                       as_user: Any, tmp_path: Path) -> None:
+    db = tmp_path / "mtbbs.db"
+    with sqlite3.connect(db) as conn:
+        conn.execute("CREATE TABLE t (x)")
+    locked.hset(KEYS.host_sessions("bbs-a"), "10.0.0.9:1", json.dumps(
+        {"client_id": "10.0.0.9:1", "user_id": "guest", "state": "logged_in",
+         "connected_at": "2026-01-01T00:00:00.000Z"}))
+    result = as_user("mtbbs-agent-bbs-a", "mtbbs-health-check", "--json", "--host", "bbs-a",
+                     "--db", str(db), "--data-dir", str(tmp_path))
+    assert result.returncode in (0, 1), result.stderr
+    document = json.loads(result.stdout)
+    assert document["health"]["sessions"]["active_sessions"] == 1
