@@ -49,6 +49,22 @@ logger = logging.getLogger(__name__)
 
 MAX_ATTEMPTS = 10
 
+# KEYS: n pending marks, n host hashes, then alert hashes. ARGV: n, fields.
+_READ_BATCH = """
+local n = tonumber(ARGV[1])
+local fields = {}
+for i = 2, #ARGV do fields[#fields + 1] = ARGV[i] end
+local hosts, alerts = {}, {}
+for i = 1, n do redis.call('DEL', KEYS[i]) end
+for i = 1, n do hosts[i] = redis.call('HMGET', KEYS[n + i], unpack(fields)) end
+for i = 2 * n + 1, #KEYS do alerts[#alerts + 1] = redis.call('HGETALL', KEYS[i]) end
+return {hosts, alerts}
+"""
+
+
+def _pairs(flat: list[Any]) -> dict[Any, Any]:
+    return dict(zip(flat[::2], flat[1::2], strict=True))
+
 
 @dataclass
 class Outcome:
@@ -183,22 +199,21 @@ def evaluate_hosts(ctx: AlerterContext, hosts: Iterable[str], *, drain_channels:
     # Only the fields the rules read: most evaluations end here, and a host
     # hash holds several times more. A host with a change is read whole.
     fields = ctx.policy.fields
+    alert_keys = [keys.alert(host, rule.name) for host, rules in plans for rule, _ in rules]
     reader = client.pipeline(transaction=False)
     reader.time()
     reader.hgetall(keys.silences())
-    for host, _ in plans:
-        # First thing: free the mark so a report arriving from now on
-        # enqueues a new evaluation instead of being folded into this one.
-        reader.delete(keys.evaluation_pending(host))
-        reader.hmget(keys.host(host), fields)
-    for host, rules in plans:
-        for rule, _ in rules:
-            reader.hgetall(keys.alert(host, rule.name))
-    results = reader.execute()
-    now = int(results[0][0]) * 1000 + int(results[0][1]) // 1000
-    silences = [s for s in silence_store.parse_all(results[1]) if not s.expired(now)]
-    host_raws = results[3:2 + 2 * len(plans):2]
-    alert_raws = iter(results[2 + 2 * len(plans):])
+    # One script reads the whole batch: a command per key would cost more in
+    # the client than the evaluation itself. It deletes the pending marks
+    # first thing, so a report arriving from now on enqueues a new evaluation
+    # instead of being folded into this one.
+    reader.eval(_READ_BATCH, 2 * len(plans) + len(alert_keys),
+                *(keys.evaluation_pending(host) for host, _ in plans),
+                *(keys.host(host) for host, _ in plans), *alert_keys, len(plans), *fields)
+    clock, raw_silences, (host_raws, flat_alerts) = reader.execute()
+    now = int(clock[0]) * 1000 + int(clock[1]) // 1000
+    silences = [s for s in silence_store.parse_all(raw_silences) if not s.expired(now)]
+    alert_raws = iter(_pairs(flat) for flat in flat_alerts)
     for (host, rules), values in zip(plans, host_raws, strict=True):
         raws = [next(alert_raws) for _ in rules]
         if values[fields.index("last_seen_ms")] is None:

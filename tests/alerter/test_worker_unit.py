@@ -62,3 +62,22 @@ def test_only_the_alerters_jobs_run(make_context: Any) -> None:
     ours = AlerterJob.create(EVALUATE_JOB, args=("bbs-01",), connection=ctx.client,
                              serializer=RQ_SERIALIZER)
     assert ours.perform() == {"hosts": 0, "missing": 1, "transitions": 0, "notices": []}
+
+
+def test_evaluation_jobs_are_read_from_their_stored_call(make_context: Any) -> None:
+    import zlib
+
+    from rq.serializers import resolve_serializer
+
+    from alerter.worker import evaluation_host
+
+    serializer = resolve_serializer(RQ_SERIALIZER)
+    job = AlerterJob.create(EVALUATE_JOB, args=("bbs-01",), connection=make_context().client,
+                            serializer=RQ_SERIALIZER)
+    stored = job.to_dict()["data"]
+    assert evaluation_host(stored, serializer) == "bbs-01"
+    assert evaluation_host(job.data, serializer) == "bbs-01"  # not compressed
+    for call in (["os.system", None, ["bbs-01"], {}], [EVALUATE_JOB, None, ["a", "b"], {}],
+                 [EVALUATE_JOB, None, [1], {}], [EVALUATE_JOB, None, ["a"], {"x": 1}]):
+        assert evaluation_host(zlib.compress(serializer.dumps(call)), serializer) is None
+    assert evaluation_host(b"\x80\x04garbage", serializer) is None
