@@ -3,11 +3,14 @@
 One :class:`Collector` is one consumer of group :data:`wire.keys.COLLECTOR_GROUP`
 on the report and session streams; several may run and share the load.
 Per batch it decodes every entry, verifies its signature when host keys are
-configured, and sends one script call per entry in a single pipeline: the
-script (see :mod:`collector.scripts`) writes the state only when the message
-is newer than what is stored and acknowledges the entry in the same atomic
-step. Entries that cannot be used go to the dead-letter stream with the
-reason, acknowledged in the same step too. Between batches the loop reclaims
+configured, and sends the entries' writes in a few calls of the batch
+script (see :mod:`collector.scripts`): for each entry it writes the state
+only when the message is newer than what is stored and acknowledges the
+entry in the same atomic step, then takes the evaluation marks of the hosts
+that changed. Entries that cannot be used go to the dead-letter stream with
+the reason, acknowledged in the same step too. While working off a backlog
+the next XREADGROUP is sent ahead of a batch's scripts, so that Redis runs
+them while this process decodes the next batch. Between batches the loop reclaims
 entries a dead consumer left pending (XAUTOCLAIM), sweeps for stale hosts,
 writes its heartbeat, and hands changed hosts to the alerter.
 
@@ -27,6 +30,7 @@ import time
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
+from itertools import chain
 from typing import Any
 
 import redis
@@ -34,6 +38,7 @@ import redis
 from collector import keepalive, rawpipe, scripts
 from collector.evaluate import Evaluations
 from collector.scripts import (
+    BATCH_SCRIPT,
     CONFLICT,
     DEAD_LETTER_SCRIPT,
     REPORT_SCRIPT,
@@ -74,6 +79,10 @@ MAX_CLAIM_ROUNDS = 10
 MAX_MERGE_ATTEMPTS = 3
 MAX_REASON = 200
 MAX_FIELD_NAMES = 200
+# Entries per batch script call: Redis runs one call without serving other
+# clients, so a call is kept to a few milliseconds.
+BATCH_ENTRIES = 200
+MAX_CACHED_HOSTS = 100_000
 
 
 def default_name() -> str:
@@ -117,6 +126,25 @@ class _Op:
     args: list[Any]
     host: str = ""
     event: SessionEvent | None = None
+    mark: str | None = None  # the host's evaluation-pending key, taken in the batch script
+
+
+class _Overlay(dict[tuple[str, str], str | None]):
+    """(host, client id) -> the session text a batch's earlier events leave.
+
+    Seeded with the stored sessions read for the batch; indexed by host so
+    that a snapshot resets its host's clients without scanning the batch.
+    """
+
+    def __init__(self, stored: Mapping[tuple[str, str], str | None]) -> None:
+        super().__init__()
+        self.clients: dict[str, set[str]] = {}
+        for key, text in stored.items():
+            self[key] = text
+
+    def __setitem__(self, key: tuple[str, str], text: str | None) -> None:
+        super().__setitem__(key, text)
+        self.clients.setdefault(key[0], set()).add(key[1])
 
 
 def history_line(report: Report, entry_ms: int) -> str:
@@ -222,8 +250,14 @@ class Collector:
         self.ready = False
         self.caught_up = False
         self.started_ms = 0
-        self._inflight: tuple[rawpipe.InFlight, list[_Op]] | None = None
+        # The batch whose scripts Redis runs while the next one is decoded;
+        # True when an XREADGROUP for the next batch went ahead of them.
+        self._inflight: tuple[rawpipe.InFlight, list[_Op], bool] | None = None
+        self._prefetched: list[tuple[str, list[Any]]] | None = None
         self._changed: set[str] = set()  # hosts whose state changed, not yet evaluated
+        self._marked: set[str] = set()  # hosts whose mark a batch script took, not enqueued
+        self._host_keys: dict[str, tuple[str, ...]] = {}
+        self._mark_ttl = settings.evaluation_ttl_s if settings.evaluate else 0
         now = clock()
         self._next_claim = now
         self._next_sweep = now + settings.sweep_interval_s
@@ -237,6 +271,7 @@ class Collector:
             # Whatever was in flight stays pending and is re-read below.
             self._inflight[0].abandon()
             self._inflight = None
+        self._prefetched = None  # delivered to this consumer: re-read below too
         for script in scripts.ALL:
             script.load(self.client)
         self.ensure_groups()
@@ -338,14 +373,19 @@ class Collector:
 
     def read(self, block_ms: int | None) -> int:
         """Read and apply one batch of new entries; the number read."""
-        reply = self.client.xreadgroup(self.group, self.name, dict.fromkeys(self.streams, ">"),
-                                       count=self.settings.batch_size, block=block_ms)
+        batches = self._take_prefetched()
+        if not batches:
+            reply = self.client.xreadgroup(self.group, self.name,
+                                           dict.fromkeys(self.streams, ">"),
+                                           count=self.settings.batch_size, block=block_ms)
+            batches = _stream_replies(reply)
         read = 0
-        full = False
-        for stream, entries in _stream_replies(reply):
+        full = any(len(entries) >= self.settings.batch_size for _, entries in batches)
+        for index, (stream, entries) in enumerate(batches):
             read += len(entries)
-            full = full or len(entries) >= self.settings.batch_size
-            self.process(stream, entries)
+            # Working off a backlog: the next read goes ahead of this batch's
+            # scripts, so Redis runs them while this process decodes it.
+            self.process(stream, entries, prefetch=full and index == len(batches) - 1)
         self._evaluate_changed()
         self.caught_up = not full
         return read
@@ -480,7 +520,7 @@ class Collector:
     # -- applying a batch ------------------------------------------------------
 
     def process(self, stream: str, entries: Sequence[Any],
-                delivered: Mapping[str, int] | None = None) -> None:
+                delivered: Mapping[str, int] | None = None, *, prefetch: bool = False) -> None:
         """Apply one batch of entries of ``stream``, each acknowledged with its write."""
         decoded: list[tuple[str, Any, Any]] = []
         reads: list[tuple[str, str]] = []
@@ -513,14 +553,13 @@ class Collector:
             if isinstance(message, SessionEvent) and needs_merge(message):
                 reads.append((message.host, message.client_id))
             decoded.append((entry_id, fields, message))
-        stored = self._read_sessions(reads)
-        overlay: dict[tuple[str, str], str | None] = {}
+        overlay = _Overlay(self._read_sessions(reads))
         for entry_id, fields, message in decoded:
             try:
                 if isinstance(message, Report):
                     ops.append(self._report_op(stream, entry_id, message))
                 else:
-                    ops.append(self._session_op(stream, entry_id, message, stored, overlay))
+                    ops.append(self._session_op(stream, entry_id, message, overlay, overlay))
             except Exception as exc:  # one bad entry must not stop the batch
                 self.counters.errors += 1
                 logger.error("cannot apply entry %s of %s (%s: %s)", entry_id, stream,
@@ -531,9 +570,50 @@ class Collector:
         # Redis runs this batch's scripts while the caller reads and decodes
         # the next one; the replies are handled when that one is sent.
         self.flush(evaluate=False)
-        if ops:
-            self._inflight = (rawpipe.send(self.client, [op.script.command(op.keys, op.args)
-                                                         for op in ops]), ops)
+        commands = self._batch_commands(ops)
+        if prefetch:
+            commands.insert(0, ("XREADGROUP", "GROUP", self.group, self.name, "COUNT",
+                                self.settings.batch_size, "STREAMS", *self.streams,
+                                *([">"] * len(self.streams))))
+        if commands:
+            self._inflight = (rawpipe.send(self.client, commands), ops, prefetch)
+
+    def _take_prefetched(self) -> list[tuple[str, list[Any]]]:
+        """The entries an XREADGROUP sent ahead of the last batch returned."""
+        if self._inflight is not None and self._inflight[2]:
+            inflight, ops, _ = self._inflight
+            self._inflight = (inflight, ops, False)
+            self._prefetched = _raw_stream_replies(inflight.first())
+        batches, self._prefetched = self._prefetched, None
+        return batches or []
+
+    def _batch_commands(self, ops: Sequence[_Op]) -> list[tuple[Any, ...]]:
+        """The batch script calls applying ``ops``, at most BATCH_ENTRIES entries each."""
+        commands = []
+        for start in range(0, len(ops), BATCH_ENTRIES):
+            keys: list[Any] = []
+            args: list[Any] = [self._mark_ttl]
+            for op in ops[start:start + BATCH_ENTRIES]:
+                keys += op.keys
+                if op.mark is not None:
+                    keys.append(op.mark)
+                args += (op.script.name, len(op.keys), 0 if op.mark is None else 1,
+                         len(op.args))
+                args += op.args
+            commands.append(("EVALSHA", BATCH_SCRIPT.sha, len(keys), *keys, *args))
+        return commands
+
+    def _keys_of(self, host: str) -> tuple[str, ...]:
+        """host, history, sessions, sessions-order and evaluation-pending keys of ``host``."""
+        names = self._host_keys.get(host)
+        if names is None:
+            keys = self.keys
+            names = (keys.host(host), keys.host_history(host), keys.host_sessions(host),
+                     keys.host_sessions_order(host), keys.evaluation_pending(host))
+            if len(self._host_keys) >= MAX_CACHED_HOSTS:
+                self._host_keys.clear()
+            self._host_keys[host] = names
+        return names
 
     def _authenticate(self, host: str, fields: Mapping[Any, Any]) -> str | None:
         if self.host_keys is None:
@@ -553,10 +633,11 @@ class Collector:
         wanted = sorted(set(reads))
         if not wanted:
             return {}
-        pipe = self.client.pipeline(transaction=False)
-        for host, client_id in wanted:
-            pipe.hget(self.keys.host_sessions(host), client_id)
-        values = pipe.execute()
+        values = rawpipe.execute(self.client, [("HGET", self._keys_of(host)[2], client_id)
+                                               for host, client_id in wanted])
+        for value in values:
+            if isinstance(value, Exception):
+                raise value
         return {k: (_text(v) if v is not None else None)
                 for k, v in zip(wanted, values, strict=True)}
 
@@ -565,38 +646,42 @@ class Collector:
         fields = report_fields(report, entry_ms)
         fields["report_status"] = fields["status"]
         host = report.host
-        keys = self.keys
+        names = self._keys_of(host)
         args: list[Any] = [
             self.group, entry_id, order_key(report.epoch, report.seq), entry_ms,
             history_line(report, entry_ms), self.settings.history_length, report.dropped, host,
         ]
-        for item in fields.items():
-            args.extend(item)
+        args += chain.from_iterable(fields.items())
         return _Op("report", stream, entry_id, REPORT_SCRIPT,
-                   [keys.host(host), keys.hosts_index(), keys.host_history(host), stream],
-                   args, host)
+                   [names[0], self.keys.hosts_index(), names[1], stream], args, host,
+                   mark=names[4])
 
     def _session_op(self, stream: str, entry_id: str, event: SessionEvent,
                     stored: Mapping[tuple[str, str], str | None],
-                    overlay: dict[tuple[str, str], str | None]) -> _Op:
+                    overlay: Mapping[tuple[str, str], str | None]) -> _Op:
+        """The script call for ``event``; ``overlay`` (what earlier events of the
+        batch leave) takes precedence over ``stored`` (what Redis held)."""
+        if not isinstance(overlay, _Overlay):
+            overlay = _Overlay({**stored, **overlay})
         host = event.host
-        keys = [self.keys.host_sessions(host), self.keys.host_sessions_order(host), stream]
+        names = self._keys_of(host)
+        keys = [names[2], names[3], stream]
         order = order_key(event.epoch, event.seq)
         if event.kind == SNAPSHOT:
             args: list[Any] = [self.group, entry_id, order]
             # Later events of this batch must expect what the snapshot leaves.
-            for key in list(overlay) + list(stored):
-                if key[0] == host:
-                    overlay[key] = None
+            for client_id in list(overlay.clients.get(host, ())):
+                overlay[(host, client_id)] = None
             for info in event.sessions:
                 text = session_text(info)
                 args.extend((info.client_id, text))
                 overlay[(host, info.client_id)] = text
-            return _Op("snapshot", stream, entry_id, SNAPSHOT_SCRIPT, keys, args, host, event)
+            return _Op("snapshot", stream, entry_id, SNAPSHOT_SCRIPT, keys, args, host, event,
+                       mark=names[4])
         key = (host, event.client_id)
         expect, expected = "any", ""
         if needs_merge(event):
-            current = overlay[key] if key in overlay else stored.get(key)
+            current = overlay.get(key)
             expect, expected = ("absent", "") if current is None else ("equal", current)
             text = session_text(merged_session(event, current))
         elif event.kind == DISCONNECTED:
@@ -607,7 +692,8 @@ class Collector:
         overlay[key] = None if op == "del" else text
         args = [self.group, entry_id, order, op, event.client_id, text, expect, expected,
                 scripts.MAX_ORDER_MARKS]
-        return _Op("session", stream, entry_id, SESSION_SCRIPT, keys, args, host, event)
+        return _Op("session", stream, entry_id, SESSION_SCRIPT, keys, args, host, event,
+                   mark=names[4])
 
     def _dead(self, stream: str, entry_id: str, fields: Mapping[Any, Any] | None,
               reason: str) -> _Op:
@@ -633,49 +719,73 @@ class Collector:
     def flush(self, *, evaluate: bool = True) -> None:
         """Wait for the batch in flight, handle its replies and request evaluations."""
         if self._inflight is not None:
-            inflight, ops = self._inflight
+            inflight, ops, prefetched = self._inflight
             self._inflight = None
+            first = inflight.first() if prefetched else None
             self._handle(ops, inflight.collect())
+            if prefetched:
+                # Kept for the next read (they are delivered to this consumer).
+                self._prefetched = _raw_stream_replies(first)
         if evaluate:
             self._evaluate_changed()
 
     def _execute_now(self, ops: list[_Op]) -> None:
         self.flush()
         if ops:
-            self._handle(ops, rawpipe.execute(self.client, [op.script.command(op.keys, op.args)
-                                                            for op in ops]))
+            self._handle(ops, rawpipe.execute(self.client, self._batch_commands(ops)))
 
-    def _handle(self, ops: list[_Op], results: list[Any], *, retry_scripts: bool = True) -> None:
+    def _handle(self, ops: list[_Op], replies: list[Any], *, retry_scripts: bool = True) -> None:
+        """Count the batch scripts' results, enqueue the evaluations their marks allow."""
         changed = self._changed
         missing_scripts: list[_Op] = []
         conflicts: list[_Op] = []
+        marked: list[str] = []
         failed = 0
-        for op, result in zip(ops, results, strict=True):
-            if isinstance(result, Exception):
-                if isinstance(result, redis.exceptions.NoScriptError):
-                    missing_scripts.append(op)
+        stop: Exception | None = None
+        chunks = [ops[i:i + BATCH_ENTRIES] for i in range(0, len(ops), BATCH_ENTRIES)]
+        for chunk, reply in zip(chunks, replies, strict=True):
+            if isinstance(reply, Exception):
+                if isinstance(reply, redis.exceptions.NoScriptError):
+                    missing_scripts += chunk
                     continue
-                if isinstance(result, TRANSIENT_ERRORS):
-                    raise result
-                failed += 1
-                logger.error("Redis refused the write of entry %s of %s: %s", op.entry_id,
-                             op.stream, result)
-                continue
-            if result == CONFLICT:
-                conflicts.append(op)
-                continue
-            self.counters.processed += 1
-            if op.kind == "dead":
-                self.counters.dead_lettered += 1
-            elif result == SKIPPED:
-                self.counters.skipped += 1
+                results: list[Any] = [reply] * len(chunk)
             else:
-                self.counters.applied += 1
-                changed.add(op.host)
+                results = [_entry_error(r) if isinstance(r, bytes) else r for r in reply[0]]
+                marked += [chunk[index - 1].host for index in reply[1]]
+                # The script stops at an error that concerns the whole server
+                # (a replica, a loading dataset): the entries after it are
+                # left pending, like the one that failed.
+            for op, result in zip(chunk, results, strict=False):
+                if isinstance(result, Exception):
+                    if isinstance(result, TRANSIENT_ERRORS):
+                        stop = stop or result
+                        continue
+                    failed += 1
+                    logger.error("Redis refused the write of entry %s of %s: %s", op.entry_id,
+                                 op.stream, result)
+                    continue
+                if result == CONFLICT:
+                    conflicts.append(op)
+                    continue
+                self.counters.processed += 1
+                if op.kind == "dead":
+                    self.counters.dead_lettered += 1
+                elif result == SKIPPED:
+                    self.counters.skipped += 1
+                else:
+                    self.counters.applied += 1
+                    if op.mark is None:
+                        changed.add(op.host)
         if failed:
             # Left pending: redelivered by a reclaim, dead-lettered after
             # max_deliveries attempts.
             self.counters.errors += failed
+        if marked and self.evaluations is not None:
+            # The scripts took these hosts' marks: enqueue at once, so that a
+            # mark without its job lasts no longer than it did before.
+            self.counters.evaluations += self.evaluations.enqueue(marked)
+        if stop is not None:
+            raise stop
         if missing_scripts:
             if not retry_scripts:
                 raise redis.exceptions.NoScriptError("scripts vanished from Redis again")
@@ -684,8 +794,7 @@ class Collector:
             for script in scripts.ALL:
                 script.load(self.client)
             self._handle(missing_scripts, rawpipe.execute(
-                self.client, [op.script.command(op.keys, op.args) for op in missing_scripts]),
-                retry_scripts=False)
+                self.client, self._batch_commands(missing_scripts)), retry_scripts=False)
         for op in conflicts:
             if self._retry_merge(op):
                 changed.add(op.host)
@@ -754,6 +863,29 @@ class Collector:
             self.heartbeat("stopped")
         except redis.RedisError:
             pass
+
+
+def _entry_error(message: bytes) -> Exception:
+    """The error one entry's script met, as redis-py would have raised it."""
+    text = message.decode("utf-8", "replace").removeprefix("ERR ")
+    if "READONLY " in text:
+        return redis.ReadOnlyError(text)
+    if "LOADING " in text:
+        return redis.exceptions.BusyLoadingError(text)
+    return redis.ResponseError(text)
+
+
+def _raw_stream_replies(reply: Any) -> list[tuple[str, list[Any]]]:
+    """A raw XREADGROUP reply (as rawpipe returns it; a map under RESP3) as
+    (stream, [(id, fields)])."""
+    if isinstance(reply, Exception):
+        raise reply
+    if not reply:
+        return []
+    return [(_text(stream), [(entry_id, dict(zip(flat[::2], flat[1::2], strict=True))
+                              if flat is not None else None)
+                             for entry_id, flat in entries or []])
+            for stream, entries in (reply.items() if isinstance(reply, dict) else reply)]
 
 
 def _stream_replies(reply: Any) -> list[tuple[str, list[Any]]]:

@@ -44,6 +44,21 @@ class InFlight:
             self.abandon()
             raise
 
+    def first(self) -> Any:
+        """The first reply not read yet (an error reply as its exception), read alone."""
+        if self.connection is None or self.count == 0:
+            raise RuntimeError("no reply left to read")
+        try:
+            try:
+                reply = self.connection.read_response()
+            except redis.ResponseError as exc:
+                reply = exc
+        except BaseException:
+            self.abandon()
+            raise
+        self.count -= 1
+        return reply
+
     def collect(self) -> list[Any]:
         """The replies, in order; the connection goes back to the pool."""
         if self.connection is None:

@@ -4,8 +4,9 @@ Each script checks the ordering key of the message against what is stored,
 writes the state only when the message is newer and acknowledges the stream
 entry, all in one atomic step: an entry is never acknowledged without its
 state write, and two collectors racing on the same host cannot interleave a
-check with a write. (Marking a changed host for evaluation is done once per
-host and batch by the caller, not per entry here.)
+check with a write. The collector runs them through :data:`BATCH`, one call
+for many entries, which also takes the evaluation mark of each changed host
+once per call.
 
 Ordering keys are ``epoch:seq`` with both numbers zero-padded to 20 digits,
 so that comparing them as strings orders them exactly (Lua's numbers are
@@ -18,6 +19,7 @@ acknowledged; retry).
 
 from __future__ import annotations
 
+import re
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from hashlib import sha1
@@ -175,6 +177,61 @@ return 1
 """
 
 
+def _as_function(name: str, source: str) -> str:
+    """One entry script as a Lua function of its keys ``K`` and arguments ``A``."""
+    body = re.sub(r"\bKEYS\b", "K", source.replace(_COMMON, ""))
+    body = re.sub(r"\bARGV\b", "A", body)
+    return f"local function {name}(K, A)\n{body}\nend\n"
+
+
+# One call for a whole batch: each entry's own script (the functions above,
+# unchanged) applied in turn, then the evaluation marks of the hosts that
+# changed. A Redis error in one entry (pcall) is that entry's result and
+# leaves it unacknowledged, as it did with one script call per entry.
+# KEYS: every entry's keys in turn, each entry's followed by its host's
+#       evaluation-pending key when it has one
+# ARGV: mark TTL in seconds (0: no marks), then per entry: script name, key
+#       count, 1 if a mark key follows its keys else 0, argument count, its
+#       arguments
+# Returns {results, entries (1-based) whose host's mark this call took};
+# a result is the entry script's return value or an 'ERR ...' string.
+BATCH = (_COMMON + _as_function("report", REPORT) + _as_function("session", SESSION)
+         + _as_function("snapshot", SNAPSHOT) + _as_function("dead_letter", DEAD_LETTER) + """
+local run = {report = report, session = session, snapshot = snapshot, dead_letter = dead_letter}
+local ttl = tonumber(ARGV[1])
+local results, marked, seen = {}, {}, {}
+local k, a, n = 1, 2, 0
+while a <= #ARGV do
+  local fn, nk, nm, na = run[ARGV[a]], tonumber(ARGV[a + 1]), tonumber(ARGV[a + 2]),
+                         tonumber(ARGV[a + 3])
+  local K, A = {}, {}
+  for i = 1, nk do K[i] = KEYS[k + i - 1] end
+  for i = 1, na do A[i] = ARGV[a + 3 + i] end
+  n = n + 1
+  local ok, result = pcall(fn, K, A)
+  if ok then
+    results[n] = result
+    if result == 1 and nm == 1 and ttl > 0 and not seen[KEYS[k + nk]] then
+      seen[KEYS[k + nk]] = true
+      if redis.call('SET', KEYS[k + nk], '1', 'NX', 'EX', ttl) then
+        marked[#marked + 1] = n
+      end
+    end
+  else
+    if type(result) == 'table' and result.err then result = result.err end
+    results[n] = 'ERR ' .. tostring(result)
+    if string.find(results[n], 'READONLY ', 1, true)
+       or string.find(results[n], 'LOADING ', 1, true) then
+      break
+    end
+  end
+  k = k + nk + nm
+  a = a + 4 + na
+end
+return {results, marked}
+""")
+
+
 @dataclass(frozen=True)
 class LuaScript:
     """A script's text and SHA1; loaded once, then run by EVALSHA."""
@@ -206,8 +263,9 @@ ALL = (
     LuaScript("snapshot", SNAPSHOT),
     LuaScript("stale", STALE),
     LuaScript("dead_letter", DEAD_LETTER),
+    LuaScript("batch", BATCH),
 )
-REPORT_SCRIPT, SESSION_SCRIPT, SNAPSHOT_SCRIPT, STALE_SCRIPT, DEAD_LETTER_SCRIPT = ALL
+REPORT_SCRIPT, SESSION_SCRIPT, SNAPSHOT_SCRIPT, STALE_SCRIPT, DEAD_LETTER_SCRIPT, BATCH_SCRIPT = ALL
 
 
 def order_key(epoch: int, seq: int) -> str:

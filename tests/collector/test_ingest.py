@@ -493,3 +493,76 @@ def test_an_entry_redis_refuses_ends_as_a_dead_letter(redis_client: redis.Redis,
     assert [f[b"id"] for _, f in letters] == [poison]
     assert b"delivered 2 times" in letters[0][1][b"reason"]
     assert pending(redis_client, keys.reports_stream()) == 0
+
+
+def _backlog(publish: Any, report: Any, event: Any, hosts: int, reports: int) -> int:
+    count = 0
+    for seq in range(1, reports + 1):
+        for index in range(hosts):
+            host = f"bbs-{index:03d}"
+            publish(report(host, seq, disk=40.0 + seq))
+            publish(event("connected", seq, host=host, client_id=f"192.0.2.{seq}:5000",
+                          connected_at=time.time()))
+            count += 2
+    return count
+
+
+def _assert_backlog_applied(redis_client: redis.Redis, keys: Any, hosts: int,
+                            reports: int) -> None:
+    assert redis_client.zcard(keys.hosts_index()) == hosts
+    for index in range(hosts):
+        host = f"bbs-{index:03d}"
+        assert redis_client.hget(keys.host(host), "seq") == str(reports).encode()
+        assert redis_client.llen(keys.host_history(host)) == reports
+        assert redis_client.hlen(keys.host_sessions(host)) == reports
+    assert pending(redis_client, keys.reports_stream()) == 0
+    assert pending(redis_client, keys.sessions_stream()) == 0
+
+
+def test_a_backlog_is_read_ahead_in_batches_of_many_scripts(
+        redis_client: redis.Redis, keys: Any, publish: Any, report: Any, event: Any,
+        make_collector: Any) -> None:
+    # More entries per read than one batch script takes, and reads ahead of
+    # the scripts: every report in the history, every session, nothing pending.
+    from collector.ingest import BATCH_ENTRIES
+
+    total = _backlog(publish, report, event, hosts=130, reports=4)
+    collector = make_collector(batch_size=BATCH_ENTRIES + 60)
+    assert collector.drain() == total
+    _assert_backlog_applied(redis_client, keys, hosts=130, reports=4)
+    assert collector.counters.applied == total
+    assert collector.counters.evaluations == 130
+
+
+def test_entries_read_ahead_survive_a_flush_and_a_restart(
+        redis_client: redis.Redis, keys: Any, publish: Any, report: Any, event: Any,
+        make_collector: Any) -> None:
+    total = _backlog(publish, report, event, hosts=10, reports=6)
+    collector = make_collector(batch_size=7)
+    collector.setup()
+    collector.read(None)
+    # A heartbeat (or sweep, or reclaim) waits for the batch in flight and
+    # keeps what the XREADGROUP sent ahead of it returned.
+    collector.heartbeat()
+    assert collector._prefetched
+    collector.read(None)
+    # What was read ahead when the connection is dropped (a Redis error) stays
+    # pending for this consumer and is processed again after setup().
+    collector.setup()
+    collector.drain()
+    _assert_backlog_applied(redis_client, keys, hosts=10, reports=6)
+    # The abandoned batch's scripts ran but their replies were dropped: the
+    # state has them (above), the counters do not.
+    assert collector.counters.applied <= total
+
+
+def test_errors_inside_a_batch_script_keep_their_kind() -> None:
+    from collector.ingest import _entry_error
+
+    assert isinstance(_entry_error(b"ERR @user_script: 9: WRONGTYPE Operation against a key"),
+                      redis.ResponseError)
+    assert not isinstance(_entry_error(b"ERR WRONGTYPE x"), redis.ConnectionError)
+    assert isinstance(_entry_error(b"ERR READONLY You can't write against a read only replica."),
+                      redis.ReadOnlyError)
+    assert isinstance(_entry_error(b"ERR LOADING Redis is loading the dataset in memory"),
+                      redis.ConnectionError)
