@@ -36,7 +36,7 @@ import math
 import secrets
 import time
 from collections.abc import Iterable, Sequence
-from datetime import timedelta
+from datetime import UTC, datetime
 from typing import TYPE_CHECKING, Any
 
 from redis.exceptions import WatchError
@@ -190,8 +190,11 @@ def drain(ctx: AlerterContext, channel: str) -> str:
                 if delay > 0:
                     pipe.multi()
                     pipe.set(due, str(int(now + delay)), px=int(delay) + DUE_GRACE_MS)
-                    notify_queue.enqueue_in(
-                        timedelta(milliseconds=delay), FLUSH_JOB, channel,
+                    # rq's scheduler keeps whole seconds (truncated): round up
+                    # so the flush never runs before the window has passed.
+                    when = datetime.fromtimestamp(math.ceil(time.time() + delay / 1000), UTC)
+                    notify_queue.enqueue_at(
+                        when, FLUSH_JOB, channel,
                         job_timeout=60, result_ttl=RESULT_TTL, failure_ttl=FAILURE_TTL,
                         description=f"flush the {channel} digest buffer", pipeline=pipe)
                     pipe.execute()
