@@ -752,6 +752,9 @@ class Collector:
             else:
                 results = [_entry_error(r) if isinstance(r, bytes) else r for r in reply[0]]
                 marked += [chunk[index - 1].host for index in reply[1]]
+                if len(reply) > 2:
+                    # The final XACKs failed: nothing of this call is acknowledged.
+                    results = [_entry_error(reply[2])] * len(chunk)
                 # The script stops at an error that concerns the whole server
                 # (a replica, a loading dataset): the entries after it are
                 # left pending, like the one that failed.

@@ -178,37 +178,70 @@ return 1
 
 
 def _as_function(name: str, source: str) -> str:
-    """One entry script as a Lua function of its keys ``K`` and arguments ``A``."""
-    body = re.sub(r"\bKEYS\b", "K", source.replace(_COMMON, ""))
-    body = re.sub(r"\bARGV\b", "A", body)
-    return f"local function {name}(K, A)\n{body}\nend\n"
+    """One entry script as a Lua function inside :data:`BATCH`.
+
+    Its keys and arguments are read in place, at offsets ``k`` and ``a`` of
+    the batch's KEYS and ARGV (``na`` arguments), rather than copied; its
+    XACK and its ZADD of the hosts index are collected and sent once per
+    batch, after every entry's write.
+    """
+    body = source.replace(_COMMON, "")
+    body = body.replace("redis.call('XACK', ", "ack(").replace("redis.call('ZADD', ", "zadd(")
+    body = re.sub(r"unpack\(ARGV, (\d+)\)", r"unpack(ARGV, a + \1, a + na)", body)
+    body = body.replace("#ARGV", "na").replace("KEYS[", "KEYS[k + ").replace("ARGV[", "ARGV[a + ")
+    return f"local function {name}(k, a, na)\n{body}\nend\n"
 
 
-# One call for a whole batch: each entry's own script (the functions above,
-# unchanged) applied in turn, then the evaluation marks of the hosts that
-# changed. A Redis error in one entry (pcall) is that entry's result and
-# leaves it unacknowledged, as it did with one script call per entry.
+# One call for many entries: each entry's own script (the functions above)
+# applied in turn, the evaluation marks of the hosts that changed, then the
+# ZADDs of the hosts index and the XACKs of the entries applied, one command
+# each. The call is atomic, so an entry is still acknowledged only with its
+# write. A Redis error in one entry (pcall) is that entry's result and
+# leaves it unacknowledged, as it did with one script call per entry; one
+# that concerns the whole server (a replica, a loading dataset) stops the
+# call, and the entries after it stay pending too.
 # KEYS: every entry's keys in turn, each entry's followed by its host's
 #       evaluation-pending key when it has one
 # ARGV: mark TTL in seconds (0: no marks), then per entry: script name, key
 #       count, 1 if a mark key follows its keys else 0, argument count, its
 #       arguments
-# Returns {results, entries (1-based) whose host's mark this call took};
-# a result is the entry script's return value or an 'ERR ...' string.
-BATCH = (_COMMON + _as_function("report", REPORT) + _as_function("session", SESSION)
-         + _as_function("snapshot", SNAPSHOT) + _as_function("dead_letter", DEAD_LETTER) + """
+# Returns {results, entries (1-based) whose host's mark this call took}, and
+# a third item, an error text, when the final ZADDs and XACKs failed (then
+# nothing of this call is acknowledged); a result is the entry script's
+# return value or an 'ERR ...' string.
+BATCH = _COMMON + """
+local acks, ack_order, zadds, zadd_order = {}, {}, {}, {}
+local function ack(stream, group, id)
+  local key = stream .. '\\0' .. group
+  local list = acks[key]
+  if not list then
+    list = {stream, group}
+    acks[key] = list
+    ack_order[#ack_order + 1] = key
+  end
+  list[#list + 1] = id
+end
+local function zadd(key, score, member)
+  local list = zadds[key]
+  if not list then
+    list = {}
+    zadds[key] = list
+    zadd_order[#zadd_order + 1] = key
+  end
+  list[#list + 1] = score
+  list[#list + 1] = member
+end
+""" + (_as_function("report", REPORT) + _as_function("session", SESSION)
+       + _as_function("snapshot", SNAPSHOT) + _as_function("dead_letter", DEAD_LETTER)) + """
 local run = {report = report, session = session, snapshot = snapshot, dead_letter = dead_letter}
 local ttl = tonumber(ARGV[1])
 local results, marked, seen = {}, {}, {}
-local k, a, n = 1, 2, 0
-while a <= #ARGV do
+local k, a, n, last = 1, 2, 0, #ARGV
+while a <= last do
   local fn, nk, nm, na = run[ARGV[a]], tonumber(ARGV[a + 1]), tonumber(ARGV[a + 2]),
                          tonumber(ARGV[a + 3])
-  local K, A = {}, {}
-  for i = 1, nk do K[i] = KEYS[k + i - 1] end
-  for i = 1, na do A[i] = ARGV[a + 3 + i] end
   n = n + 1
-  local ok, result = pcall(fn, K, A)
+  local ok, result = pcall(fn, k - 1, a + 3, na)
   if ok then
     results[n] = result
     if result == 1 and nm == 1 and ttl > 0 and not seen[KEYS[k + nk]] then
@@ -228,8 +261,21 @@ while a <= #ARGV do
   k = k + nk + nm
   a = a + 4 + na
 end
+local ok, err = pcall(function()
+  for _, key in ipairs(zadd_order) do bulk('ZADD', key, zadds[key]) end
+  for _, key in ipairs(ack_order) do
+    local list = acks[key]
+    for i = 3, #list, 1000 do
+      redis.call('XACK', list[1], list[2], unpack(list, i, math.min(i + 999, #list)))
+    end
+  end
+end)
+if not ok then
+  if type(err) == 'table' and err.err then err = err.err end
+  return {results, marked, 'ERR ' .. tostring(err)}
+end
 return {results, marked}
-""")
+"""
 
 
 @dataclass(frozen=True)
