@@ -263,10 +263,50 @@ def default_worker_name() -> str:
     return f"alerter.{socket.gethostname()}.{os.getpid()}"
 
 
+def clear_dead_namesake(connection: Any, name: str) -> bool:
+    """Retire a registration of ``name`` left by a dead process on this machine.
+
+    rq refuses to start a worker whose name is still registered without a
+    death date, which is what a SIGKILLed worker leaves for minutes; a
+    supervisor restarting ``--name bbs-alerter-1`` would be locked out. A
+    registration from this host whose process is gone (or is this very
+    process: a container restarted with the same pid) is marked dead. One
+    from another host, or from a live process, is left for rq to refuse.
+    """
+    key = Worker.redis_worker_namespace_prefix + name
+    raw = connection.hgetall(key)
+    if not raw or b"death" in raw:
+        return False
+    hostname = raw.get(b"hostname", b"").decode("utf-8", "replace")
+    try:
+        pid = int(raw.get(b"pid", b"0") or 0)
+    except ValueError:
+        return False
+    if hostname != socket.gethostname() or pid <= 0:
+        return False
+    if pid != os.getpid():
+        try:
+            os.kill(pid, 0)
+            return False  # alive: a real namesake
+        except ProcessLookupError:
+            pass
+        except PermissionError:
+            return False
+    previous = Worker.find_by_key(key, connection=connection)
+    if previous is None:
+        return False
+    previous.register_death()
+    logger.warning("worker name %s was left registered by a dead process (pid %d); "
+                   "taking it over", name, pid)
+    return True
+
+
 def build_worker(ctx: AlerterContext, *, name: str | None = None,
                  queues: list[str] | None = None, worker_class: str | None = None) -> Any:
     """An alerter worker on the notify and evaluate queues (notify first)."""
     connection = connect(ctx.redis_settings)
+    if name:
+        clear_dead_namesake(connection, name)
     names = queues or [ctx.keys.notify_queue(), ctx.keys.evaluate_queue()]
     kind = worker_class or ctx.settings.worker_class
     cls: type[Any] = SimpleAlerterWorker if kind == "simple" else ForkAlerterWorker

@@ -194,12 +194,14 @@ def test_a_worker_killed_mid_delivery_does_not_lose_the_notice(
     stall = threading.Event()
     sink.replies.append(type(sink.default)(stall=stall))
     config = alerter_config(channels(sink, delivery_timeout=3, abandoned_grace=1.0))
-    first = workers(config)
+    # The same fixed name twice, as a supervisor restarting a unit does: the
+    # dead worker's registration must not lock its successor out.
+    first = workers(config, "--name", "alerter-unit-1")
     hosts.report("bbs-01", database=False)
     wait_for(lambda: sink.arrivals, message="the first (stalled) request")
     first.kill()
     stall.set()
-    workers(config)
+    workers(config, "--name", "alerter-unit-1")
     delivered = wait_for(lambda: sink.ok_requests(), timeout=20,
                          message="the delivery re-run by another worker")
     titles_seen = [r["json"]["attachments"][0]["title"] for r in delivered]
