@@ -262,6 +262,25 @@ def collector_lag(client: redis.Redis, keys: KeySpace) -> int:
     return -1
 
 
+def cpu_seconds(processes: list[subprocess.Popen[bytes]],
+                redis_process: subprocess.Popen[bytes]) -> dict[str, float]:
+    """CPU seconds used so far by each component (children included)."""
+    import psutil
+
+    names = ["collector"] + [f"alerter-{i}" for i in range(len(processes) - 2)] + ["generator"]
+    result: dict[str, float] = {}
+    for name, process in [*zip(names, processes, strict=False), ("redis", redis_process)]:
+        try:
+            proc = psutil.Process(process.pid)
+            total = sum(proc.cpu_times()[:2])
+            for child in proc.children(recursive=True):
+                total += sum(child.cpu_times()[:2])
+        except psutil.Error:
+            continue
+        result[name] = total
+    return result
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--hosts", type=int, default=1000)
@@ -338,6 +357,7 @@ def main() -> int:
         reference = Reference(url)
         reference.once()  # the first call creates the stream
         generated_before = int(client.get(SENT_COUNTER) or 0)
+        cpu_before = cpu_seconds(processes, redis_process)
         window_start = time.monotonic()
         sent: dict[str, float] = {}
         ref_ms: list[float] = []
@@ -359,6 +379,7 @@ def main() -> int:
                     break
             time.sleep(0.05)
         elapsed = time.monotonic() - window_start
+        cpu_after = cpu_seconds(processes, redis_process)
         generated = int(client.get(SENT_COUNTER) or 0) - generated_before
         lag = collector_lag(client, keys)
         evaluate_backlog = client.llen(f"rq:queue:{keys.evaluate_queue()}")
@@ -390,6 +411,10 @@ def main() -> int:
         print(f"  background: {args.hosts} hosts, {generated / elapsed:.0f} reports/s "
               f"generated during the run; collector lag at the end {lag} entries; "
               f"evaluation queue {evaluate_backlog} jobs")
+        used = {name: cpu_after[name] - cpu_before.get(name, 0.0) for name in cpu_after}
+        shares = ", ".join(f"{name} {100 * seconds / elapsed:.0f}%"
+                           for name, seconds in used.items())
+        print(f"  CPU of one core during the run: {shares}")
         print(f"  samples: {len(latencies)} of {len(sent)} delivered "
               f"({requests} Slack requests in all)")
         if latencies:
