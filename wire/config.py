@@ -264,10 +264,15 @@ def connect(settings: RedisSettings, **extra: Any) -> Any:
         options["password"] = password
     if settings.username is not None:
         options["username"] = settings.username
-    if settings.url.startswith("rediss://") and settings.tls_ca_file is not None:
+    tls = settings.url.startswith("rediss://")
+    if tls and settings.tls_ca_file is not None:
         options["ssl_ca_certs"] = str(settings.tls_ca_file)
     options.update(extra)
     if settings.sentinels:
+        # from_url turns rediss:// into a TLS connection class; Sentinel has no
+        # URL, so the master connection must be asked for TLS explicitly.
+        if tls:
+            options["ssl"] = True
         addresses = []
         for item in settings.sentinels:
             host, _, port = item.rpartition(":")

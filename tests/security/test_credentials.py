@@ -118,10 +118,6 @@ def test_reporter_over_tls_as_its_acl_user(acl_redis: Any, tls_proxy: Any,
     assert reporter.errors == 0
 
 
-@pytest.mark.xfail(strict=True, reason="wire.config.connect: with [redis] sentinels the "
-                   "rediss:// scheme is not turned into ssl=True for master_for, so the data "
-                   "connection is plain TCP, and tls_ca_file makes it fail with TypeError "
-                   "(ssl_ca_certs given to a non-TLS connection class)")
 def test_sentinel_with_tls_uses_a_tls_connection(tmp_path: Path) -> None:
     from redis.sentinel import SentinelManagedSSLConnection
 
