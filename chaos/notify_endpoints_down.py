@@ -94,8 +94,10 @@ def scenario(workdir: Path, *, hosts_count: int, down: float, settle: float) -> 
             last_arrival_s = time.monotonic() - up_at
             time.sleep(settle)
             failed = client.hlen(keys.notifications_failed())
-            for child in alive:
-                terminate(child)
+            stopping = time.monotonic()
+            worker_exits = [terminate(child, timeout=15) for child in workers]
+            worker_stop_s = time.monotonic() - stopping
+            terminate(collector)
     finally:
         smtp.stop()
         slack.stop()
@@ -114,6 +116,8 @@ def scenario(workdir: Path, *, hosts_count: int, down: float, settle: float) -> 
         "deliveries_given_up": failed,
         "retries_logged_while_down": retries_while_down,
         "up_to_last_delivery_s": round(last_arrival_s, 1),
+        "worker_exits_on_sigterm": worker_exits,
+        "workers_stop_s": round(worker_stop_s, 1),
     }
 
 

@@ -102,7 +102,9 @@ def scenario(workdir: Path, *, settle: float, hold: str) -> dict[str, Any]:
             recovered_s = time.monotonic() - killed_at
             time.sleep(settle)  # room for a duplicate to show up
             state = client.hget(keys.alert(HOST, "database"), "state")
-            terminate(second)
+            stopping = time.monotonic()
+            worker_exit = terminate(second, timeout=15)
+            worker_stop_s = time.monotonic() - stopping
             terminate(collector)
     finally:
         smtp.stop()
@@ -121,6 +123,9 @@ def scenario(workdir: Path, *, settle: float, hold: str) -> dict[str, Any]:
         "slack_requests": slack.arrivals,
         "slack_answers_cut_off_by_the_kill": slack.cut_off,
         "kill_to_both_delivered_s": round(recovered_s, 1),
+        # SIGTERM should end a worker in a moment; -9 means it had to be killed.
+        "worker_exit_on_sigterm": worker_exit,
+        "worker_stop_s": round(worker_stop_s, 1),
     }
 
 

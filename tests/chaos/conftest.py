@@ -46,7 +46,7 @@ def run_script(script: str, args: tuple[str, ...], tmp: Path, timeout: float) ->
 def run_scenario(tmp_path: Path) -> Callable[..., dict[str, Any]]:
     """``run_scenario("spool_full.py", "--reports", "50")`` -> the scenario's figures."""
 
-    def run(script: str, *args: str, timeout: float = 120) -> dict[str, Any]:
+    def run(script: str, *args: str, timeout: float = 300) -> dict[str, Any]:
         return run_script(script, args, tmp_path, timeout)
 
     return run
@@ -57,7 +57,7 @@ def scenario_once(tmp_path_factory: pytest.TempPathFactory) -> Callable[..., dic
     """Like ``run_scenario``, but each (script, args) runs once per test module."""
     cache: dict[tuple[str, tuple[str, ...]], dict[str, Any]] = {}
 
-    def run(script: str, *args: str, timeout: float = 120) -> dict[str, Any]:
+    def run(script: str, *args: str, timeout: float = 300) -> dict[str, Any]:
         key = (script, args)
         if key not in cache:
             cache[key] = run_script(script, args, tmp_path_factory.mktemp("chaos"), timeout)
