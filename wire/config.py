@@ -82,7 +82,7 @@ def load_document(path: str | Path | None, env: Mapping[str, str] | None = None)
         raise ConfigError("config", f"file {path} is not readable") from None
     except tomllib.TOMLDecodeError as exc:
         raise ConfigError("config", f"file {path} is not valid TOML ({exc})") from None
-    except (IsADirectoryError, UnicodeDecodeError) as exc:
+    except (IsADirectoryError, NotADirectoryError, UnicodeDecodeError, OSError) as exc:
         raise ConfigError("config", f"file {path} cannot be read ({type(exc).__name__})") from None
 
 
@@ -217,6 +217,8 @@ class RedisSettings:
     sentinels: tuple[str, ...] = setting((), "Redis Sentinel addresses host:port; when set, "
                                          "the master is found through them")
     sentinel_service: str = setting("mymaster", "the Sentinel service (master) name")
+    sentinel_password: str | None = setting(None, "password of the Sentinels themselves "
+                                            "(when they require one)", secret=True)
 
     @property
     def keys(self) -> KeySpace:
@@ -279,8 +281,11 @@ def connect(settings: RedisSettings, **extra: Any) -> Any:
             if not host or not port.isdigit():
                 raise ConfigError("redis.sentinels", f"{item!r} is not host:port")
             addresses.append((host, int(port)))
+        sentinel_options: dict[str, Any] = {"socket_timeout": settings.socket_timeout}
+        if settings.sentinel_password is not None:
+            sentinel_options["password"] = settings.sentinel_password
         sentinel = Sentinel(addresses, socket_timeout=settings.socket_timeout,
-                            sentinel_kwargs={"socket_timeout": settings.socket_timeout})
+                            sentinel_kwargs=sentinel_options)
         last_part = settings.url.rsplit("/", 1)[-1]
         db = int(last_part) if last_part.isdigit() else 0
         return sentinel.master_for(settings.sentinel_service, db=db, **options)

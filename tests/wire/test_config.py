@@ -86,3 +86,17 @@ def test_usage_error_exits_3(capsys: pytest.CaptureFixture[str]) -> None:
     with pytest.raises(SystemExit) as caught:
         parser.parse_args(["--n", "x"])
     assert caught.value.code == 3
+
+
+def test_a_path_through_a_file_is_a_config_error(tmp_path: Path) -> None:
+    plain = tmp_path / "plain"
+    plain.write_text("")
+    with pytest.raises(ConfigError, match="cannot be read"):
+        load_document(plain / "config.toml", env={})
+
+
+def test_sentinel_password_is_secret() -> None:
+    settings = load_section(RedisSettings, {}, "redis",
+                            env={"MTBBS_REDIS_SENTINEL_PASSWORD": "sentinel-secret"})
+    assert settings.sentinel_password == "sentinel-secret"
+    assert "sentinel-secret" not in repr(settings)
