@@ -238,10 +238,17 @@ def cmd_status(args: argparse.Namespace) -> int:
         raise _Timeout
 
     previous = signal.signal(signal.SIGALRM, on_alarm)
-    if args.timeout > 0:
-        signal.setitimer(signal.ITIMER_REAL, args.timeout)
+    # The timer is armed and disarmed inside the try that catches _Timeout: a
+    # tiny -t may fire on the very next bytecode, and an alarm that comes due
+    # while the inner finally disarms it still lands in the except below. The
+    # timer is one-shot, so once disarmed or fired it cannot fire again.
     try:
-        result = _status_result(args)
+        try:
+            if args.timeout > 0:
+                signal.setitimer(signal.ITIMER_REAL, args.timeout)
+            result = _status_result(args)
+        finally:
+            signal.setitimer(signal.ITIMER_REAL, 0)
     except _Timeout:
         result = check.unknown(f"timed out after {format_number(args.timeout)} s")
     except Exception as exc:  # a plugin answers UNKNOWN, whatever happened
@@ -250,7 +257,6 @@ def cmd_status(args: argparse.Namespace) -> int:
         result = check.unknown(f"{type(exc).__name__}: {str(exc).splitlines()[0]}"
                                if str(exc) else type(exc).__name__)
     finally:
-        signal.setitimer(signal.ITIMER_REAL, 0)
         signal.signal(signal.SIGALRM, previous)
     if args.json:
         print(json.dumps(result.document(), indent=2, ensure_ascii=False))

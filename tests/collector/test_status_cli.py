@@ -4,7 +4,9 @@
 from __future__ import annotations
 
 import json
+import os
 import re
+import signal
 import socket
 import subprocess
 import time
@@ -199,6 +201,32 @@ def test_timeout(command: Any, clean_env: dict[str, str], silent_server: int) ->
     env = {**clean_env, "MTBBS_REDIS_URL": f"redis://127.0.0.1:{silent_server}/0"}
     code, out = status(command, env, "-t", "0.5")
     assert (code, out.strip()) == (3, "MTBBS UNKNOWN - timed out after 0.5 s")
+
+
+def test_an_alarm_due_at_once_answers_unknown(monkeypatch: pytest.MonkeyPatch,
+                                              capsys: pytest.CaptureFixture[str],
+                                              silent_server: int) -> None:
+    """The -t alarm firing on the instruction right after it is armed (what a
+    tiny -t does on a loaded machine) still ends in the UNKNOWN answer."""
+    from collector import cli
+
+    real_setitimer = signal.setitimer
+
+    def arm_and_fire(which: int, seconds: float, *rest: float) -> tuple[float, float]:
+        previous = real_setitimer(which, seconds, *rest)
+        if seconds > 0:
+            signal.raise_signal(signal.SIGALRM)  # its handler runs before this returns
+        return previous
+
+    for name in [k for k in os.environ if k.startswith("MTBBS_")]:
+        monkeypatch.delenv(name)
+    monkeypatch.setenv("MTBBS_REDIS_URL", f"redis://127.0.0.1:{silent_server}/0")
+    monkeypatch.setattr(signal, "setitimer", arm_and_fire)
+    before = signal.getsignal(signal.SIGALRM)
+    code = cli.cmd_status(cli.build_parser().parse_args(["status", "-t", "5"]))
+    assert (code, capsys.readouterr().out.strip()) == (3, "MTBBS UNKNOWN - timed out after 5 s")
+    assert signal.getsignal(signal.SIGALRM) is before
+    assert real_setitimer(signal.ITIMER_REAL, 0) == (0.0, 0.0)  # nothing left armed
 
 
 @pytest.mark.parametrize(
