@@ -381,11 +381,15 @@ class Collector:
             batches = _stream_replies(reply)
         read = 0
         full = any(len(entries) >= self.settings.batch_size for _, entries in batches)
-        for index, (stream, entries) in enumerate(batches):
+        ops: list[_Op] = []
+        for stream, entries in batches:
             read += len(entries)
-            # Working off a backlog: the next read goes ahead of this batch's
-            # scripts, so Redis runs them while this process decodes it.
-            self.process(stream, entries, prefetch=full and index == len(batches) - 1)
+            ops += self._plan(stream, entries)
+        # Both streams' scripts go in one send, so that Redis runs all of one
+        # read while this process decodes the next (reports cost Redis more,
+        # session events less). Working off a backlog, the next XREADGROUP
+        # goes ahead of them.
+        self._send(ops, prefetch=full)
         self._evaluate_changed()
         self.caught_up = not full
         return read
@@ -520,8 +524,13 @@ class Collector:
     # -- applying a batch ------------------------------------------------------
 
     def process(self, stream: str, entries: Sequence[Any],
-                delivered: Mapping[str, int] | None = None, *, prefetch: bool = False) -> None:
+                delivered: Mapping[str, int] | None = None) -> None:
         """Apply one batch of entries of ``stream``, each acknowledged with its write."""
+        self._send(self._plan(stream, entries, delivered))
+
+    def _plan(self, stream: str, entries: Sequence[Any],
+              delivered: Mapping[str, int] | None = None) -> list[_Op]:
+        """Decode a batch of ``stream`` into the script calls that apply it."""
         decoded: list[tuple[str, Any, Any]] = []
         reads: list[tuple[str, str]] = []
         ops: list[_Op] = []
@@ -567,8 +576,15 @@ class Collector:
                              exc_info=logger.isEnabledFor(logging.DEBUG))
                 ops.append(self._dead(stream, entry_id, fields,
                                       f"collector error: {type(exc).__name__}: {exc}"))
-        # Redis runs this batch's scripts while the caller reads and decodes
-        # the next one; the replies are handled when that one is sent.
+        return ops
+
+    def _send(self, ops: list[_Op], *, prefetch: bool = False) -> None:
+        """Send ``ops`` after handling the batch in flight; ``prefetch`` puts the
+        next XREADGROUP ahead of them.
+
+        Redis runs this batch's scripts while the caller reads and decodes the
+        next one; the replies are handled when that one is sent.
+        """
         self.flush(evaluate=False)
         commands = self._batch_commands(ops)
         if prefetch:
