@@ -26,6 +26,14 @@ What it adds to rq 3.0 (each documented in docs/alerter.md):
 
 Workers always run rq's scheduler (one of them holds its lock): retries
 with an interval and digest flushes are scheduled jobs.
+
+**Stopping.** SIGTERM or SIGINT is rq's warm shutdown: a job (or a batch of
+evaluations) in progress finishes, then the worker deregisters and
+:func:`run_worker` returns 0; a second signal during that job is rq's cold
+shutdown. Only an end of rq's loop that nobody asked for (rq quits on a Redis
+timeout or an unhandled error) starts a fresh worker, after a pause in which
+a signal also ends the process at once. The signal handlers found at the start
+are back in place when :func:`run_worker` returns.
 """
 
 from __future__ import annotations
@@ -37,13 +45,17 @@ import signal
 import socket
 import time
 import zlib
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
+from types import FrameType
 from typing import Any
 
 import redis
 from rq import Queue, SimpleWorker, Worker
+from rq.exceptions import StopRequested
 from rq.job import Job
 from rq.serializers import resolve_serializer
+from rq.worker import WorkerStatus
 
 from alerter import dispatch
 from alerter.context import AlerterContext, set_context
@@ -102,9 +114,15 @@ class AlerterJob(Job):
 
 
 def maintenance(ctx: AlerterContext, worker_name: str) -> None:
-    """Our part of a maintenance round (never raises)."""
+    """Our part of a maintenance round (raises only rq's StopRequested).
+
+    StopRequested is what rq's SIGTERM handler raises in an idle worker; it
+    must reach rq's loop rather than be logged as a failure here.
+    """
     try:
         dispatch.rescue(ctx, ctx.channels)
+    except StopRequested:
+        raise
     except Exception:
         logger.exception("rescuing digest buffers failed")
     try:
@@ -113,6 +131,8 @@ def maintenance(ctx: AlerterContext, worker_name: str) -> None:
             hosts = tick(ctx)
             if hosts:
                 logger.debug("re-evaluated %d host(s) with active alerts", hosts)
+    except StopRequested:
+        raise
     except Exception:
         logger.exception("periodic re-evaluation failed")
 
@@ -188,6 +208,14 @@ def take_evaluations(ctx: AlerterContext, connection: Any, queue: Queue, batch: 
     return taken
 
 
+class _Stopped(BaseException):
+    """A stop signal outside rq's loop (a BaseException: nothing may swallow it)."""
+
+    def __init__(self, signum: int) -> None:
+        super().__init__(signum)
+        self.signum = signum
+
+
 class _AlerterWorkerMixin:
     """What both worker classes add to rq's."""
 
@@ -196,11 +224,62 @@ class _AlerterWorkerMixin:
     connection: Any
     serializer: Any
     queues: list[Queue]
+    _stop_requested: bool
+    # The signal that asked this worker to stop, once one did.
+    stop_signal: int | None = None
+    # True while a batch of evaluations runs after a job (see execute_job).
+    _batching: bool = False
+    # True once rq's work() has torn the worker down.
+    _finished: bool = False
 
     def __init__(self, *args: Any, alerter_context: AlerterContext, **kwargs: Any) -> None:
         # Set before rq's __init__, which already asks for dequeue_timeout.
         self.alerter_context = alerter_context
         super().__init__(*args, **kwargs)
+
+    def request_stop(self, signum: int, frame: FrameType | None) -> None:
+        """rq's warm shutdown (its SIGTERM/SIGINT handler), remembered.
+
+        An idle rq worker ends its loop by raising StopRequested without
+        recording why, which is indistinguishable from rq quitting on an
+        error; ``stop_signal`` tells :func:`run_worker` not to start again.
+        Setting rq's own flag as well makes the loop end at its next turn even
+        if the StopRequested is swallowed by code that catches Exception.
+        """
+        if self._finished:
+            # rq leaves this handler installed after work() returned; the
+            # worker is deregistered, so there is nothing to shut down.
+            raise _Stopped(signum)
+        self.note_stop(signum)
+        super().request_stop(signum, frame)  # type: ignore[misc]
+
+    def note_stop(self, signum: int) -> None:
+        """Record a stop request; rq's loop ends at its next turn.
+
+        The handler while rq's work() starts up (registration, scheduler),
+        before it installs its own: raising there would skip rq's teardown.
+        """
+        self.stop_signal = signum
+        self._stop_requested = True
+
+    def teardown(self) -> None:
+        """rq's teardown (deregistration), then later signals stop run_worker directly."""
+        try:
+            super().teardown()  # type: ignore[misc]
+        finally:
+            self._finished = True
+
+    def get_state(self) -> str:
+        """rq's state, but BUSY during a batch of evaluations.
+
+        rq's warm shutdown interrupts an idle worker at once and lets a busy
+        one finish its job; a batch has its jobs already taken off the queue,
+        so it finishes like a job.
+        """
+        if self._batching:
+            return WorkerStatus.BUSY
+        state: str = super().get_state()  # type: ignore[misc]
+        return state
 
     @property
     def dequeue_timeout(self) -> int:
@@ -226,7 +305,9 @@ class _AlerterWorkerMixin:
         """Run the job; after an evaluation job, take a batch of the queued ones."""
         super().execute_job(job, queue)  # type: ignore[misc]
         ctx = self.alerter_context
-        if queue.name == ctx.keys.evaluate_queue() and ctx.settings.evaluate_batch > 0:
+        if (queue.name == ctx.keys.evaluate_queue() and ctx.settings.evaluate_batch > 0
+                and not self._stop_requested):
+            self._batching = True
             try:
                 others = [q.key for q in self.queues if q.name != queue.name]
                 taken = take_evaluations(ctx, self.connection, queue, ctx.settings.evaluate_batch,
@@ -236,6 +317,8 @@ class _AlerterWorkerMixin:
             except Exception:
                 logger.exception("batch evaluation failed; the jobs' hosts are evaluated "
                                  "again on their next report")
+            finally:
+                self._batching = False
 
 
 class SimpleAlerterWorker(_AlerterWorkerMixin, SimpleWorker):
@@ -319,9 +402,54 @@ def build_worker(ctx: AlerterContext, *, name: str | None = None,
     return worker
 
 
+def _raise_stopped(signum: int, frame: FrameType | None) -> None:
+    raise _Stopped(signum)
+
+
+_STOP_SIGNALS = (signal.SIGTERM, signal.SIGINT)
+
+
+@contextmanager
+def _signal_handlers_restored() -> Iterator[None]:
+    """Put back the SIGTERM/SIGINT (and SIGALRM) handlers found on entry.
+
+    rq's work() installs its own and leaves them behind, and its death
+    penalty resets SIGALRM; a caller in the same process (a test, an
+    embedding program) gets its own handlers back.
+    """
+    saved = {number: signal.getsignal(number) for number in (*_STOP_SIGNALS, signal.SIGALRM)}
+    try:
+        yield
+    finally:
+        for number, handler in saved.items():
+            if handler is not None:  # None: set from outside Python, cannot be put back
+                signal.signal(number, handler)
+
+
+def _stop_on_signal() -> None:
+    """Outside rq's loop, SIGTERM/SIGINT end run_worker at once."""
+    for number in _STOP_SIGNALS:
+        signal.signal(number, _raise_stopped)
+
+
+def _note_stop_in(worker: Any) -> None:
+    """While rq's work() starts up, a signal is noted in the worker, not raised."""
+
+    def handler(signum: int, frame: FrameType | None) -> None:
+        worker.note_stop(signum)
+
+    for number in _STOP_SIGNALS:
+        signal.signal(number, handler)
+
+
 def run_worker(ctx: AlerterContext, *, burst: bool = False, name: str | None = None,
                queues: list[str] | None = None, worker_class: str | None = None) -> int:
-    """Install the context and work until stopped (or, with ``burst``, until idle)."""
+    """Install the context and work until stopped (or, with ``burst``, until idle).
+
+    Returns 0 after a stop signal (rq's warm shutdown: the job in progress
+    finishes) or the end of a burst. An end of rq's loop that no signal asked
+    for starts a fresh worker after a pause (1 s, doubling up to 30 s).
+    """
     set_context(ctx)
     # rq logs every job at INFO; ours are many and short, so rq speaks up only
     # for warnings unless we are debugging.
@@ -330,24 +458,35 @@ def run_worker(ctx: AlerterContext, *, burst: bool = False, name: str | None = N
     for logger_name in ("rq.worker", "rq.job", "rq.scheduler", "rq.queue"):
         logging.getLogger(logger_name).setLevel(rq_level)
     delay = 1.0
-    while True:
-        worker = build_worker(ctx, name=name, queues=queues, worker_class=worker_class)
-        logger.info("alerter worker %s on %s (%s; channels: %s)", worker.name,
-                    ", ".join(q.name for q in worker.queues),
-                    worker_class or ctx.settings.worker_class,
-                    ", ".join(n.describe() for n in ctx.notifiers.values()) or "none configured")
-        started = time.monotonic()
-        worker.work(burst=burst, with_scheduler=True,
-                    logging_level=logging.getLevelName(rq_level))
-        if burst or getattr(worker, "_stop_requested", True):
-            return 0
-        # rq gives up on errors it does not expect (a Redis timeout in the
-        # middle of its loop): start a fresh worker rather than exit, and
-        # let a signal during the pause end the process at once.
-        signal.signal(signal.SIGTERM, signal.SIG_DFL)
-        signal.signal(signal.SIGINT, signal.default_int_handler)
-        if time.monotonic() - started > 60:
-            delay = 1.0  # it had been running well: a fresh problem
-        logger.error("the rq worker stopped unexpectedly; starting again in %.0fs", delay)
-        time.sleep(delay)
-        delay = min(delay * 2, 30.0)
+    with _signal_handlers_restored():
+        try:
+            while True:
+                # Outside rq's work() a signal ends us at once: nothing is
+                # registered or running that would need a teardown.
+                _stop_on_signal()
+                worker = build_worker(ctx, name=name, queues=queues, worker_class=worker_class)
+                logger.info("alerter worker %s on %s (%s; channels: %s)", worker.name,
+                            ", ".join(q.name for q in worker.queues),
+                            worker_class or ctx.settings.worker_class,
+                            ", ".join(n.describe() for n in ctx.notifiers.values())
+                            or "none configured")
+                started = time.monotonic()
+                _note_stop_in(worker)
+                worker.work(burst=burst, with_scheduler=True,
+                            logging_level=logging.getLevelName(rq_level))
+                _stop_on_signal()
+                if burst or getattr(worker, "stop_signal", None) is not None:
+                    break
+                # rq gives up on errors it does not expect (a Redis timeout
+                # in the middle of its loop): start a fresh worker rather
+                # than exit.
+                if time.monotonic() - started > 60:
+                    delay = 1.0  # it had been running well: a fresh problem
+                logger.error("the rq worker stopped unexpectedly; starting again in %.0fs",
+                             delay)
+                time.sleep(delay)
+                delay = min(delay * 2, 30.0)
+        except _Stopped:
+            pass
+    logger.info("alerter worker stopped")
+    return 0

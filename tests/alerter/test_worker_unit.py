@@ -1,43 +1,138 @@
-"""The worker's own behaviour around rq: restarts, heartbeat TTLs, the job allow-list."""
+"""The worker's own behaviour around rq: restarts, stop signals, heartbeat TTLs, the job
+allow-list."""
 
 from __future__ import annotations
 
+import signal
+from collections.abc import Iterator
 from typing import Any
 
 import pytest
+from rq.exceptions import StopRequested
+from rq.worker import WorkerStatus
 
 from alerter import worker as worker_module
 from alerter.worker import ALLOWED_JOBS, AlerterJob, RefusedJob, build_worker
 from wire.keys import EVALUATE_JOB, RQ_SERIALIZER
 
+HANDLED = (signal.SIGTERM, signal.SIGINT, signal.SIGALRM)
+
 
 class FakeWorker:
-    def __init__(self, stop_requested: bool) -> None:
-        self._stop_requested = stop_requested
+    """rq's work() as run_worker sees it; ``signal_at_start`` is delivered inside it."""
+
+    def __init__(self, stop_signal: int | None = None,
+                 signal_at_start: int | None = None) -> None:
+        self.stop_signal = stop_signal
+        self.signal_at_start = signal_at_start
         self.name = "fake"
         self.queues: list[Any] = []
         self.worked = 0
 
+    def note_stop(self, signum: int) -> None:
+        self.stop_signal = signum
+
     def work(self, **kwargs: Any) -> bool:
         self.worked += 1
+        if self.signal_at_start is not None:
+            signal.raise_signal(self.signal_at_start)  # the handler runs before this returns
         return True
 
 
+@pytest.fixture
+def guarded_signals() -> Iterator[list[int]]:
+    """Handlers of our own for SIGTERM/SIGINT/SIGALRM during the test (a signal the
+    code under test fails to catch lands here instead of ending pytest); the list
+    collects what reached them. The handlers found before are put back after."""
+    seen: list[int] = []
+    before = {number: signal.getsignal(number) for number in HANDLED}
+
+    def record(signum: int, frame: Any) -> None:
+        seen.append(signum)
+
+    for number in HANDLED:
+        signal.signal(number, record)
+    try:
+        yield seen
+    finally:
+        for number, handler in before.items():
+            signal.signal(number, handler)
+
+
 def test_an_unexpected_end_of_rqs_loop_starts_a_new_worker(make_context: Any,
-                                                           monkeypatch: pytest.MonkeyPatch
-                                                           ) -> None:
+                                                           monkeypatch: pytest.MonkeyPatch,
+                                                           guarded_signals: list[int]) -> None:
     ctx = make_context()
-    made = [FakeWorker(stop_requested=False), FakeWorker(stop_requested=True)]
+    made = [FakeWorker(), FakeWorker(signal_at_start=signal.SIGTERM)]
     monkeypatch.setattr(worker_module, "build_worker", lambda *a, **k: made.pop(0))
     pauses: list[float] = []
     monkeypatch.setattr(worker_module.time, "sleep", pauses.append)
-    monkeypatch.setattr(worker_module.signal, "signal", lambda *a: None)
     assert worker_module.run_worker(ctx) == 0
     assert made == [] and pauses == [1.0]
     # A burst run ends when the queues are empty, without a restart.
-    burst = [FakeWorker(stop_requested=False)]
+    burst = [FakeWorker()]
     monkeypatch.setattr(worker_module, "build_worker", lambda *a, **k: burst.pop(0))
     assert worker_module.run_worker(ctx, burst=True) == 0
+    assert guarded_signals == []
+
+
+@pytest.mark.parametrize("signum", [signal.SIGTERM, signal.SIGINT])
+def test_a_stop_signal_is_not_taken_for_a_crash(make_context: Any,
+                                                monkeypatch: pytest.MonkeyPatch,
+                                                guarded_signals: list[int], signum: int) -> None:
+    """A signal while rq's work() starts up (before its own handlers) is noted in
+    the worker; run_worker returns 0 without starting another one."""
+    ctx = make_context()
+    made = [FakeWorker(signal_at_start=signum), FakeWorker()]
+    monkeypatch.setattr(worker_module, "build_worker", lambda *a, **k: made.pop(0))
+    monkeypatch.setattr(worker_module.time, "sleep", lambda s: pytest.fail("restarted"))
+    assert worker_module.run_worker(ctx) == 0
+    assert len(made) == 1 and guarded_signals == []
+    assert all(signal.getsignal(n) is not None for n in HANDLED)
+
+
+def test_a_stop_signal_during_the_restart_pause_ends_at_once(make_context: Any,
+                                                             monkeypatch: pytest.MonkeyPatch,
+                                                             guarded_signals: list[int]) -> None:
+    ctx = make_context()
+    made = [FakeWorker(), FakeWorker()]
+    monkeypatch.setattr(worker_module, "build_worker", lambda *a, **k: made.pop(0))
+    monkeypatch.setattr(worker_module.time, "sleep",
+                        lambda s: signal.raise_signal(signal.SIGTERM))
+    assert worker_module.run_worker(ctx) == 0
+    assert len(made) == 1 and guarded_signals == []
+
+
+def test_run_worker_puts_back_the_signal_handlers_it_found(make_context: Any,
+                                                          guarded_signals: list[int]) -> None:
+    """rq's work() installs request_stop for SIGTERM/SIGINT and resets SIGALRM,
+    and leaves them so; run_worker restores the caller's."""
+    ctx = make_context()
+    ours = {number: signal.getsignal(number) for number in HANDLED}
+    assert worker_module.run_worker(ctx, burst=True) == 0
+    assert {number: signal.getsignal(number) for number in HANDLED} == ours
+
+
+def test_rqs_stop_handler_is_remembered(make_context: Any, guarded_signals: list[int]) -> None:
+    """The handler rq installs: idle, StopRequested (as rq) and the signal noted;
+    during a batch of evaluations the worker counts as busy, so the batch finishes;
+    after teardown, nothing of rq runs any more."""
+    ctx = make_context()
+    idle = build_worker(ctx)
+    with pytest.raises(StopRequested):
+        idle.request_stop(signal.SIGTERM, None)
+    assert idle.stop_signal == signal.SIGTERM and idle._stop_requested
+
+    batching = build_worker(ctx)
+    batching._batching = True
+    assert batching.get_state() == WorkerStatus.BUSY
+    batching.request_stop(signal.SIGINT, None)  # no exception: the batch goes on
+    assert batching.stop_signal == signal.SIGINT and batching._stop_requested
+
+    finished = build_worker(ctx)
+    finished.teardown()
+    with pytest.raises(worker_module._Stopped):
+        finished.request_stop(signal.SIGTERM, None)
 
 
 def test_heartbeat_ttls_follow_the_grace(make_context: Any) -> None:

@@ -8,6 +8,7 @@ scheduler, the channels and crash recovery for real.
 from __future__ import annotations
 
 import json
+import signal
 import subprocess
 import threading
 import time
@@ -289,3 +290,52 @@ def test_the_forking_worker_class_works_too(alerter_config: Any, workers: Any, h
     wait_for(lambda: len(sink.ok_requests()) == 2, message="the resolved notice")
     settled()
     assert titles(sink) == ["WARNING bbs-01 disk_space", "RESOLVED bbs-01 disk_space"]
+
+
+def registered(client: redis.Redis, name: str) -> bool:
+    return client.sismember("rq:workers", f"rq:worker:{name}") == 1
+
+
+@pytest.mark.parametrize("signum", [signal.SIGTERM, signal.SIGINT], ids=["TERM", "INT"])
+def test_a_stop_signal_ends_an_idle_worker_with_exit_0(alerter_config: Any, workers: Any,
+                                                       sink: Any, wait_for: Any,
+                                                       redis_client: redis.Redis,
+                                                       signum: int) -> None:
+    config = alerter_config(channels(sink))
+    worker = workers(config, "--name", "stop-me", "--log-level", "INFO")
+    wait_for(lambda: registered(redis_client, "stop-me"), message="the worker's registration")
+    # To the worker alone (as `kill PID` or `docker stop`), not its process group.
+    worker.process.send_signal(signum)
+    assert worker.process.wait(15) == 0
+    output = worker.output()
+    assert "unexpectedly" not in output and "Traceback" not in output
+    assert "alerter worker stopped" in output
+    assert not registered(redis_client, "stop-me")
+
+
+@pytest.mark.parametrize("worker_class", ["simple", "fork"])
+def test_sigterm_during_a_delivery_finishes_it_first(alerter_config: Any, workers: Any,
+                                                     hosts: Any, sink: Any, wait_for: Any,
+                                                     redis_client: redis.Redis,
+                                                     keys: KeySpace, worker_class: str) -> None:
+    """rq's warm shutdown: the Slack request in progress is answered and recorded
+    as sent, then the worker exits 0, and nothing is sent twice."""
+    stall = threading.Event()
+    sink.replies.append(type(sink.default)(stall=stall))
+    config = alerter_config(channels(sink, delivery_timeout=10))
+    worker = workers(config, "--name", "warm-stop", "--worker-class", worker_class)
+    hosts.report("bbs-01", database=False)
+    wait_for(lambda: sink.arrivals, message="the (stalled) Slack request")
+    worker.process.send_signal(signal.SIGTERM)
+    # The worker is mid-job: it waits for the answer rather than leaving.
+    wait_for(lambda: redis_client.hget("rq:worker:warm-stop", "shutdown_requested_date"),
+             message="rq to note the warm shutdown")
+    assert worker.process.poll() is None
+    stall.set()
+    assert worker.process.wait(15) == 0
+    [request] = sink.all_requests()
+    note_id = request["json"]["attachments"][0]["footer"]
+    sent = redis_client.get(keys.notification_sent(f"slack/{note_id}"))
+    assert sent is not None and sent.startswith(b"sent:")
+    assert "unexpectedly" not in worker.output()
+    assert not registered(redis_client, "warm-stop")
