@@ -29,8 +29,5 @@ def test_worker_killed_mid_notification(scenario_once: Any, hold: str) -> None:
 
 
 @pytest.mark.e2e
-@pytest.mark.xfail(strict=True, reason="alerter.worker: on SIGTERM 'mtbbs-alerter worker' logs "
-                   "'the rq worker stopped unexpectedly; starting again' and keeps running "
-                   "until SIGKILLed")
 def test_the_second_worker_stops_on_sigterm(scenario_once: Any) -> None:
     assert run(scenario_once, "mail")["worker_exit_on_sigterm"] == 0
