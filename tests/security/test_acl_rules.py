@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import fnmatch
 import hashlib
+import signal
 import subprocess
 from pathlib import Path
 from typing import Any
@@ -232,7 +233,14 @@ def test_alerter_runs_an_rq_worker_and_writes_alert_keys(acl_redis: Any) -> None
     alerter = acl_redis.client("mtbbs-alerter")
     queue = rq.Queue(KEYS.notify_queue(), connection=alerter, serializer=RQ_SERIALIZER)
     worker = rq.SimpleWorker([queue], connection=alerter, serializer=RQ_SERIALIZER)
-    assert worker.work(burst=True)
+    # rq's work() leaves its SIGTERM/SIGINT handlers (request_stop) installed
+    # and resets SIGALRM; put back pytest's.
+    saved = {n: signal.getsignal(n) for n in (signal.SIGTERM, signal.SIGINT, signal.SIGALRM)}
+    try:
+        assert worker.work(burst=True)
+    finally:
+        for number, handler in saved.items():
+            signal.signal(number, handler)
     job.refresh()
     assert job.get_status() == "finished"
     alerter.hset(KEYS.alert("bbs-a", "memory"), mapping={"state": "firing"})
