@@ -28,6 +28,7 @@ from redis.retry import Retry
 
 from agent.checks import CheckSettings
 from agent.checks.settings import SECTION as CHECKS_SECTION
+from agent.checks.settings import add_check_options, check_overrides
 from agent.daemon import Daemon, HostChecks, Notify, exit_status
 from agent.publisher import Backoff, Publisher
 from agent.settings import AgentSettings, ProbeSettings
@@ -77,25 +78,8 @@ def build_parser() -> argparse.ArgumentParser:
                        help="telnet port to probe (default 2323)")
     probe.add_argument("--probe-slow-ms", type=float, metavar="MS",
                        help="a slower banner is unhealthy (default 2000)")
-    checks = run.add_argument_group("what to check ([checks] settings)")
-    checks.add_argument("--host", metavar="ID",
-                        help="host id of the reports (default: short host name)")
-    checks.add_argument("--db", metavar="PATH", help="the BBS's SQLite database "
-                        "(default data/mtbbs.db)")
-    checks.add_argument("--data-dir", metavar="DIR",
-                        help="directory for the disk check (default data)")
-    checks.add_argument("--pid", type=int, metavar="PID", help="process id of the BBS")
-    checks.add_argument("--pidfile", metavar="FILE", help="file holding the BBS's process id")
-    checks.add_argument("--match", metavar="TEXT",
-                        help="find the BBS by its program name (default telnet_server)")
-    checks.add_argument("--disk-threshold", type=float, metavar="PERCENT",
-                        help="disk usage warning threshold (default 90)")
-    checks.add_argument("--rss-threshold", type=float, metavar="MB",
-                        help="BBS process RSS warning threshold (default 500)")
-    checks.add_argument("--system-memory-threshold", type=float, metavar="PERCENT",
-                        help="system memory usage warning threshold (default 90)")
-    checks.add_argument("--max-sessions", type=int, metavar="N",
-                        help="more active sessions than N is a warning (default 100)")
+    add_check_options(run, host_help="host id of the reports (default: short host name)",
+                      omit=("--db-timeout", "--max-same-ip"))
     add_common_options(run)
 
     spool = commands.add_parser("spool", help="show the reports waiting in the spool",
@@ -122,21 +106,6 @@ def _probe_overrides(args: argparse.Namespace) -> dict[str, Any]:
         "host": args.probe_host,
         "port": args.probe_port,
         "slow_ms": args.probe_slow_ms,
-    }
-
-
-def _check_overrides(args: argparse.Namespace) -> dict[str, Any]:
-    return {
-        "host": args.host,
-        "db": args.db,
-        "data_dir": args.data_dir,
-        "bbs_pid": args.pid,
-        "bbs_pidfile": args.pidfile,
-        "bbs_match": args.match,
-        "disk_percent": args.disk_threshold,
-        "process_rss_mb": args.rss_threshold,
-        "system_memory_percent": args.system_memory_threshold,
-        "max_sessions": args.max_sessions,
     }
 
 
@@ -174,7 +143,7 @@ def run(args: argparse.Namespace, env: Mapping[str, str]) -> int:
     settings = load_section(AgentSettings, document, "agent", env, _agent_overrides(args))
     probe = load_section(ProbeSettings, document, "probe", env, _probe_overrides(args))
     check_settings = load_section(CheckSettings, document, CHECKS_SECTION, env,
-                                  _check_overrides(args))
+                                  check_overrides(args))
     host = check_settings.host
     key = host_key(settings, host)
     keys: KeySpace = redis_settings.keys

@@ -21,7 +21,7 @@ from datetime import datetime
 from typing import Any
 
 from agent.checks import CHECK_ORDER, CheckSettings, run_checks
-from agent.checks.settings import SECTION
+from agent.checks.settings import SECTION, add_check_options, check_overrides
 from wire.cli import ArgumentParser, add_common_options, guarded, load_config, setup_logging
 from wire.config import connect, load_section
 from wire.messages import FieldValue
@@ -62,49 +62,10 @@ def build_parser() -> argparse.ArgumentParser:
                       help="print one JSON document (for monitoring tools)")
     mode.add_argument("-q", "--quiet", action="store_true",
                       help="print nothing when all is well, only the problems otherwise")
-    checks = parser.add_argument_group("what to check ([checks] settings)")
-    checks.add_argument("--db", metavar="PATH", help="SQLite database (default data/mtbbs.db)")
-    checks.add_argument("--data-dir", metavar="DIR",
-                        help="data directory for the disk check (default data)")
-    checks.add_argument("--host", metavar="ID",
-                        help="host id whose sessions are read (default: short host name)")
-    checks.add_argument("--pid", type=int, metavar="PID", help="process id of the BBS")
-    checks.add_argument("--pidfile", metavar="FILE", help="file holding the BBS's process id")
-    checks.add_argument("--match", metavar="TEXT",
-                        help="find the BBS by its program name (default telnet_server)")
-    checks.add_argument("--db-timeout", type=float, metavar="SECONDS",
-                        help="how long to wait for a database lock (default 2)")
-    limits = parser.add_argument_group("thresholds")
-    limits.add_argument("--disk-threshold", type=float, metavar="PERCENT",
-                        help="disk usage warning threshold (default 90)")
-    limits.add_argument("--rss-threshold", type=float, metavar="MB",
-                        help="BBS process RSS warning threshold (default 500)")
-    limits.add_argument("--system-memory-threshold", type=float, metavar="PERCENT",
-                        help="system memory usage warning threshold (default 90)")
-    limits.add_argument("--max-sessions", type=int, metavar="N",
-                        help="more active sessions than N is a warning (default 100)")
-    limits.add_argument("--max-same-ip", type=int, metavar="N",
-                        help="more sessions from one IP than N is a warning (default 3)")
+    add_check_options(parser, host_help="host id whose sessions are read "
+                      "(default: short host name)")
     add_common_options(parser)
     return parser
-
-
-def overrides_from(args: argparse.Namespace) -> dict[str, Any]:
-    """The [checks] settings given on the command line."""
-    return {
-        "db": args.db,
-        "data_dir": args.data_dir,
-        "host": args.host,
-        "bbs_pid": args.pid,
-        "bbs_pidfile": args.pidfile,
-        "bbs_match": args.match,
-        "db_timeout": args.db_timeout,
-        "disk_percent": args.disk_threshold,
-        "process_rss_mb": args.rss_threshold,
-        "system_memory_percent": args.system_memory_threshold,
-        "max_sessions": args.max_sessions,
-        "max_same_ip": args.max_same_ip,
-    }
 
 
 # -- presentation ------------------------------------------------------------
@@ -255,7 +216,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     setup_logging(args.log_level)
     document, redis_settings = load_config(args)
-    settings = load_section(CheckSettings, document, SECTION, overrides=overrides_from(args))
+    settings = load_section(CheckSettings, document, SECTION, overrides=check_overrides(args))
     client = connect(redis_settings)
     try:
         checks = run_checks(settings, redis_client=client, keys=redis_settings.keys)

@@ -3,13 +3,17 @@
 Shared by the health-check CLI and the agent daemon, so both judge a host by
 the same thresholds. Built once at the CLI edge with
 ``wire.config.load_section(CheckSettings, document, "checks", env, overrides)``
-and passed down; the checks never read the environment.
+and passed down; the checks never read the environment. The command-line
+flags that override it are defined here once too (``add_check_options`` and
+``check_overrides``), for ``mtbbs-health-check`` and ``mtbbs-agent run``.
 """
 
 from __future__ import annotations
 
+import argparse
 import re
 import socket
+from collections.abc import Collection
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -69,3 +73,60 @@ class CheckSettings:
     bbs_match: str = setting("telnet_server", "text matched against each process's program "
                              "(executable, script or -m module) when neither bbs_pid nor "
                              "bbs_pidfile is set; empty disables the search")
+
+
+def add_check_options(parser: argparse.ArgumentParser, *, host_help: str,
+                      omit: Collection[str] = ()) -> None:
+    """The flags that override ``[checks]`` settings, in two help groups.
+
+    ``host_help`` says what the host id is for in this command; flags named
+    in ``omit`` (e.g. ``"--db-timeout"``) are left out.
+    """
+    checks = parser.add_argument_group("what to check ([checks] settings)")
+    limits = parser.add_argument_group("thresholds")
+
+    def add(group: argparse._ArgumentGroup, flag: str, **spec: Any) -> None:
+        if flag not in omit:
+            group.add_argument(flag, **spec)
+
+    add(checks, "--db", metavar="PATH", help="SQLite database (default data/mtbbs.db)")
+    add(checks, "--data-dir", metavar="DIR", help="directory for the disk check (default data)")
+    add(checks, "--host", metavar="ID", help=host_help)
+    add(checks, "--pid", type=int, metavar="PID", help="process id of the BBS")
+    add(checks, "--pidfile", metavar="FILE", help="file holding the BBS's process id")
+    add(checks, "--match", metavar="TEXT",
+        help="find the BBS by its program name (default telnet_server)")
+    add(checks, "--db-timeout", type=float, metavar="SECONDS",
+        help="how long to wait for a database lock (default 2)")
+    add(limits, "--disk-threshold", type=float, metavar="PERCENT",
+        help="disk usage warning threshold (default 90)")
+    add(limits, "--rss-threshold", type=float, metavar="MB",
+        help="BBS process RSS warning threshold (default 500)")
+    add(limits, "--system-memory-threshold", type=float, metavar="PERCENT",
+        help="system memory usage warning threshold (default 90)")
+    add(limits, "--max-sessions", type=int, metavar="N",
+        help="more active sessions than N is a warning (default 100)")
+    add(limits, "--max-same-ip", type=int, metavar="N",
+        help="more sessions from one IP than N is a warning (default 3)")
+
+
+def check_overrides(args: argparse.Namespace) -> dict[str, Any]:
+    """The ``[checks]`` settings given by the flags of ``add_check_options``.
+
+    A flag the command left out counts as not given.
+    """
+    given = vars(args)
+    return {
+        "db": given.get("db"),
+        "data_dir": given.get("data_dir"),
+        "host": given.get("host"),
+        "bbs_pid": given.get("pid"),
+        "bbs_pidfile": given.get("pidfile"),
+        "bbs_match": given.get("match"),
+        "db_timeout": given.get("db_timeout"),
+        "disk_percent": given.get("disk_threshold"),
+        "process_rss_mb": given.get("rss_threshold"),
+        "system_memory_percent": given.get("system_memory_threshold"),
+        "max_sessions": given.get("max_sessions"),
+        "max_same_ip": given.get("max_same_ip"),
+    }
