@@ -20,7 +20,7 @@ import dataclasses
 import fnmatch
 import re
 import tomllib
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -535,6 +535,26 @@ def _unknown(raw: Mapping[str, Any], allowed: set[str], where: str) -> None:
                               f"(one of {', '.join(sorted(allowed))})")
 
 
+def _tables(table: Mapping[str, Any], key: str, where: str, allowed: set[str],
+            required: str, meaning: str) -> Iterator[tuple[str, dict[str, Any]]]:
+    """The entries of the array of tables ``[[rules.<key>]]``, each with its place.
+
+    Each entry is checked as it is reached (a table, known keys, ``required``
+    set), so the first mistake in file order is the one reported.
+    """
+    entries = table.get(key, [])
+    if not isinstance(entries, list):
+        raise ConfigError(f"{where}.{key}", f"must be an array of tables ([[rules.{key}]])")
+    for index, raw in enumerate(entries):
+        entry_where = f"{where}.{key}[{index}]"
+        if not isinstance(raw, dict):
+            raise ConfigError(entry_where, "must be a table")
+        _unknown(raw, allowed, entry_where)
+        if required not in raw:
+            raise ConfigError(f"{entry_where}.{required}", f"must be set ({meaning})")
+        yield entry_where, raw
+
+
 def load_policy(table: Mapping[str, Any] | None, where: str = "rules") -> Policy:
     """Build and validate the policy from a ``[rules]`` table (None: built-ins only)."""
     table = dict(table or {})
@@ -570,17 +590,9 @@ def load_policy(table: Mapping[str, Any] | None, where: str = "rules") -> Policy
         rules.append(rule)
 
     overrides = []
-    raw_overrides = table.get("overrides", [])
-    if not isinstance(raw_overrides, list):
-        raise ConfigError(f"{where}.overrides", "must be an array of tables ([[rules.overrides]])")
     known = {r.name for r in rules}
-    for index, raw in enumerate(raw_overrides):
-        o_where = f"{where}.overrides[{index}]"
-        if not isinstance(raw, dict):
-            raise ConfigError(o_where, "must be a table")
-        _unknown(raw, _OVERRIDE_KEYS, o_where)
-        if "hosts" not in raw:
-            raise ConfigError(f"{o_where}.hosts", "must be set (glob patterns of host ids)")
+    for o_where, raw in _tables(table, "overrides", where, _OVERRIDE_KEYS,
+                                "hosts", "glob patterns of host ids"):
         hosts = _strings(raw["hosts"], f"{o_where}.hosts")
         targets = _strings(raw.get("rule", []), f"{o_where}.rule")
         for target in targets:
@@ -595,16 +607,8 @@ def load_policy(table: Mapping[str, Any] | None, where: str = "rules") -> Policy
         overrides.append(Override(hosts=hosts, rules=targets, changes=changes))
 
     routes = []
-    raw_routes = table.get("routes", [])
-    if not isinstance(raw_routes, list):
-        raise ConfigError(f"{where}.routes", "must be an array of tables ([[rules.routes]])")
-    for index, raw in enumerate(raw_routes):
-        r_where = f"{where}.routes[{index}]"
-        if not isinstance(raw, dict):
-            raise ConfigError(r_where, "must be a table")
-        _unknown(raw, _ROUTE_KEYS, r_where)
-        if "channels" not in raw:
-            raise ConfigError(f"{r_where}.channels", "must be set (mail, slack, webhook)")
+    for r_where, raw in _tables(table, "routes", where, _ROUTE_KEYS,
+                                "channels", "mail, slack, webhook"):
         channels = _strings(raw["channels"], f"{r_where}.channels")
         for channel in channels:
             if channel not in CHANNELS:
