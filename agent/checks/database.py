@@ -8,6 +8,29 @@ connection at once, so the BBS's writers are at most delayed by one
 ``PRAGMA quick_check``, which their own busy timeout absorbs. Every failure
 (missing file, not a database, corruption, a lock, permission denied) is an
 unhealthy result with a readable ``error``, never an exception.
+
+**WAL databases nobody has open.** A read-only connection to a WAL database
+needs its ``-shm`` (and ``-wal``) files; when no process has the database
+open they do not exist, and SQLite creates them for the reader. The agent
+may be unable to (a directory it may only read: "attempt to write a
+readonly database"), or may create them as its own user, which then locks
+the BBS out of its database. So when the file's header says WAL, no
+``-wal`` exists, and the agent could not create the files as the file's
+owner (it is neither root, whom SQLite lets hand them to the owner, nor the
+owner, or the directory is not writable for it), the file is opened with
+``immutable=1``: SQLite reads the main file alone and creates nothing. With
+no ``-wal`` that file holds every committed transaction. The BBS could open
+the database while we read without locks, so afterwards the ``-wal``/
+``-shm`` files and the main file's identity (inode, size, times) are
+compared with before: if anything changed, whatever was read (or the error)
+is discarded and the check starts again, this time on the normal path with
+the BBS's files; if the BBS keeps interfering, the result says the database
+was busy, never that it is corrupt. (What this could miss: the BBS opening,
+writing, checkpointing and closing the database all within one read and
+within the file system's timestamp tick of an earlier change.) A ``-wal``
+without a ``-shm`` (left by a process that did not close the database)
+cannot be read this way without creating the ``-shm``; that is reported as
+not checked, not guessed at.
 """
 
 from __future__ import annotations
@@ -16,6 +39,7 @@ import logging
 import os
 import sqlite3
 import stat
+from dataclasses import dataclass
 from pathlib import Path
 from urllib.request import pathname2url
 
@@ -28,15 +52,68 @@ NOT_CHECKED = "not checked"
 # few tell the sysop enough, and the report stays small.
 MAX_PROBLEMS_SHOWN = 3
 MAX_INTEGRITY_TEXT = 300
+# Reads started again after the file changed under an immutable read.
+MAX_ATTEMPTS = 3
+
+_HEADER_MAGIC = b"SQLite format 3\x00"
 
 
-def _open_read_only(path: str, timeout: float) -> sqlite3.Connection:
+def _open_read_only(path: str, timeout: float, *, immutable: bool = False) -> sqlite3.Connection:
     uri = "file:" + pathname2url(os.path.abspath(path)) + "?mode=ro"
+    if immutable:
+        uri += "&immutable=1"
     connection = sqlite3.connect(uri, uri=True, timeout=timeout, isolation_level=None,
                                  check_same_thread=False)
     # Belt and braces: even a statement we did not mean to write cannot.
     connection.execute("PRAGMA query_only = 1").fetchall()
     return connection
+
+
+def _is_wal_file(path: str) -> bool:
+    """Whether the database header says WAL (file format versions 2, bytes 18-19)."""
+    try:
+        with open(path, "rb") as handle:
+            header = handle.read(20)
+    except OSError:
+        return False
+    return header[:16] == _HEADER_MAGIC and header[18:20] == b"\x02\x02"
+
+
+@dataclass(frozen=True)
+class _Sight:
+    """What an immutable read relies on not changing while it reads."""
+
+    wal: bool
+    shm: bool
+    identity: tuple[int, int, int, int, int] | None
+
+
+def _sight(path: str) -> _Sight:
+    try:
+        info = os.stat(path)
+        identity: tuple[int, int, int, int, int] | None = (
+            info.st_dev, info.st_ino, info.st_size, info.st_mtime_ns, info.st_ctime_ns)
+    except OSError:
+        identity = None
+    return _Sight(wal=os.path.lexists(path + "-wal"), shm=os.path.lexists(path + "-shm"),
+                  identity=identity)
+
+
+def _may_create_sidecars(path: str, info: os.stat_result) -> bool:
+    """Whether SQLite could create -wal/-shm here owned by the database's owner.
+
+    As root, SQLite hands new -wal/-shm files to the database file's owner; as
+    the owner they are the owner's anyway. Anyone else would own them.
+    """
+    euid = os.geteuid()
+    if euid not in (0, info.st_uid):
+        return False
+    directory = os.path.dirname(os.path.abspath(path))
+    return os.access(directory, os.W_OK | os.X_OK)
+
+
+class _NotChecked(Exception):
+    """The file cannot be read without changing what the BBS finds next to it."""
 
 
 def _summarise(rows: list[tuple[object, ...]]) -> str:
@@ -105,33 +182,68 @@ def check_database(
         return DatabaseResult(healthy=False, path=shown, size_bytes=size_bytes, size_mb=size_mb,
                               error=f"Permission denied: cannot read {shown}")
 
-    table_count: int | None = None
-    journal_mode: str | None = None
     integrity = previous_integrity if previous_integrity is not None else NOT_CHECKED
-    connection: sqlite3.Connection | None = None
-    try:
-        connection = _open_read_only(shown, timeout)
-        row = connection.execute(
-            "SELECT count(*) FROM sqlite_master WHERE type = 'table'").fetchone()
-        table_count = int(row[0])
-        mode_row = connection.execute("PRAGMA journal_mode").fetchone()
-        journal_mode = str(mode_row[0]) if mode_row else None
-        if run_integrity:
-            integrity = _summarise(connection.execute("PRAGMA quick_check").fetchall())
-    except sqlite3.Error as exc:
-        logger.debug("database check of %s failed: %s", shown, exc)
+    wal_file = _is_wal_file(shown)
+    for _ in range(MAX_ATTEMPTS):
+        table_count: int | None = None
+        journal_mode: str | None = None
+        before = _sight(shown)
+        immutable = wal_file and not before.wal and not _may_create_sidecars(shown, info)
+        connection: sqlite3.Connection | None = None
+        failure: sqlite3.Error | OSError | _NotChecked | None = None
+        try:
+            if wal_file and before.wal and not before.shm \
+                    and not _may_create_sidecars(shown, info):
+                raise _NotChecked(
+                    f"WAL database not checked: {shown}-wal exists without {shown}-shm (left "
+                    "by a process that did not close the database), and the agent cannot "
+                    "create the -shm file for the database's owner; the BBS recovers it when "
+                    "it opens the database")
+            connection = _open_read_only(shown, timeout, immutable=immutable)
+            row = connection.execute(
+                "SELECT count(*) FROM sqlite_master WHERE type = 'table'").fetchone()
+            table_count = int(row[0])
+            if immutable:
+                journal_mode = "wal"  # what the header says; SQLite reports "delete" here
+            else:
+                mode_row = connection.execute("PRAGMA journal_mode").fetchone()
+                journal_mode = str(mode_row[0]) if mode_row else None
+            if run_integrity:
+                integrity = _summarise(connection.execute("PRAGMA quick_check").fetchall())
+        except (sqlite3.Error, OSError, _NotChecked) as exc:
+            failure = exc
+        finally:
+            if connection is not None:
+                connection.close()
+        if immutable and _sight(shown) != before:
+            # The BBS opened (or changed) the file while we read it without
+            # locks: neither what we read nor an error means anything.
+            logger.debug("database %s changed during an immutable read; reading again", shown)
+            integrity = previous_integrity if previous_integrity is not None else NOT_CHECKED
+            continue
+        break
+    else:
+        return DatabaseResult(
+            healthy=False, path=shown, size_bytes=size_bytes, size_mb=size_mb,
+            journal_mode="wal", integrity=NOT_CHECKED,
+            error=f"Database is busy: it changed during each of {MAX_ATTEMPTS} reads (the BBS "
+            "opened it); it is checked again next cycle")
+
+    if isinstance(failure, sqlite3.Error):
+        logger.debug("database check of %s failed: %s", shown, failure)
         return DatabaseResult(
             healthy=False, path=shown, size_bytes=size_bytes, size_mb=size_mb,
             table_count=table_count, journal_mode=journal_mode,
             integrity="error" if run_integrity else integrity,
-            integrity_checked=run_integrity, error=_explain(exc, shown, timeout),
+            integrity_checked=run_integrity, error=_explain(failure, shown, timeout),
         )
-    except OSError as exc:
+    if isinstance(failure, _NotChecked):
+        return DatabaseResult(
+            healthy=False, path=shown, size_bytes=size_bytes, size_mb=size_mb,
+            journal_mode="wal", integrity=NOT_CHECKED, error=str(failure))
+    if isinstance(failure, OSError):
         return DatabaseResult(healthy=False, path=shown, size_bytes=size_bytes, size_mb=size_mb,
-                              error=f"Cannot read database: {exc.strerror or exc}")
-    finally:
-        if connection is not None:
-            connection.close()
+                              error=f"Cannot read database: {failure.strerror or failure}")
 
     error = None
     if integrity not in ("ok", NOT_CHECKED):

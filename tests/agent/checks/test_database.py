@@ -6,9 +6,13 @@ import hashlib
 import json
 import os
 import pwd
+import shutil
 import subprocess
 import sys
+import tempfile
+from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -216,3 +220,200 @@ def test_root_checker_leaves_wal_files_to_the_database_owner(tmp_path: Path) -> 
     assert check_database(path).healthy
     for sidecar in directory.iterdir():
         assert sidecar.stat().st_uid == 65534, sidecar.name
+
+
+# -- WAL databases nobody has open ----------------------------------------------------------
+#
+# Closed, a WAL database has no -wal/-shm; a read-only reader needs them. An agent that may
+# not create them as the file's owner reads the file with immutable=1 instead and creates
+# nothing (tests/security/test_sqlite_safety.py runs the two-user deployments as root).
+
+
+def sidecars(path: Path) -> list[str]:
+    return sorted(p.name for p in path.parent.iterdir() if p.name != path.name)
+
+
+def closed_wal_db(path: Path) -> Path:
+    """A small WAL database, closed: no -wal, no -shm."""
+    from sqlite3 import connect
+
+    build = connect(path)
+    build.execute("PRAGMA journal_mode=wal")
+    build.execute("CREATE TABLE users (id INTEGER)")
+    build.commit()
+    build.close()
+    assert sidecars(path) == []
+    return path
+
+
+@pytest.fixture
+def reachable_dir() -> Iterator[Path]:
+    """A directory every user can reach (pytest's own tmp root is private to root)."""
+    directory = Path(tempfile.mkdtemp(prefix="mtbbs-check-"))
+    directory.chmod(0o755)
+    try:
+        yield directory
+    finally:
+        shutil.rmtree(directory, ignore_errors=True)
+
+
+def test_the_header_tells_wal_from_rollback(make_db, tmp_path: Path) -> None:
+    from agent.checks.database import _is_wal_file
+
+    assert _is_wal_file(str(make_db("w.db", journal_mode="wal")))
+    assert not _is_wal_file(str(make_db("d.db", journal_mode="delete")))
+    (tmp_path / "junk.db").write_bytes(b"SQLite format 3\x00" + b"\x02" * 100)
+    assert _is_wal_file(str(tmp_path / "junk.db"))  # a header is all it reads
+    (tmp_path / "text.db").write_text("hello")
+    assert not _is_wal_file(str(tmp_path / "text.db"))
+    assert not _is_wal_file(str(tmp_path / "absent.db"))
+
+
+def test_a_closed_wal_database_in_a_directory_the_agent_cannot_write(
+        reachable_dir: Path) -> None:
+    directory = reachable_dir / "bbs"
+    directory.mkdir()
+    path = closed_wal_db(directory / "mtbbs.db")
+    uid = None
+    if os.geteuid() == 0:  # root may write anywhere: check as a user who may not
+        try:
+            uid = pwd.getpwnam("nobody").pw_uid
+        except KeyError:
+            pytest.skip("running as root and there is no user 'nobody' to drop to")
+    directory.chmod(0o555)
+    try:
+        fields = _check_as(uid, path)
+    finally:
+        directory.chmod(0o755)
+    assert fields["healthy"] is True, fields.get("error")
+    assert fields["integrity"] == "ok" and fields["journal_mode"] == "wal"
+    assert fields["table_count"] == 1
+    assert sidecars(path) == []
+
+
+@pytest.mark.skipif(os.geteuid() != 0, reason="needs root to check as another user")
+def test_a_checker_who_is_not_the_owner_creates_no_files(reachable_dir: Path) -> None:
+    path = closed_wal_db(reachable_dir / "bbs.db")
+    reachable_dir.chmod(0o777)  # the agent could create files here, as itself
+    fields = _check_as(pwd.getpwnam("nobody").pw_uid, path)
+    assert fields["healthy"] is True, fields.get("error")
+    assert fields["journal_mode"] == "wal"
+    assert sidecars(path) == []
+
+
+@pytest.fixture
+def as_a_stranger(monkeypatch: pytest.MonkeyPatch) -> list[bool]:
+    """The check behaves as an agent that is not the database's owner; the list
+    records, per open, whether it was immutable."""
+    from agent.checks import database
+
+    opens: list[bool] = []
+    real_open = database._open_read_only
+
+    def recording_open(path: str, timeout: float, *, immutable: bool = False) -> Any:
+        opens.append(immutable)
+        return real_open(path, timeout, immutable=immutable)
+
+    monkeypatch.setattr(database, "_may_create_sidecars", lambda path, info: False)
+    monkeypatch.setattr(database, "_open_read_only", recording_open)
+    return opens
+
+
+def test_the_bbs_opening_the_file_during_the_read_means_reading_again(
+        make_db, as_a_stranger: list[bool], monkeypatch: pytest.MonkeyPatch) -> None:
+    import sqlite3
+
+    from agent.checks import database
+
+    path = make_db("bbs.db", journal_mode="wal")
+    bbs: list[sqlite3.Connection] = []
+    opened = database._open_read_only
+
+    def bbs_opens_meanwhile(name: str, timeout: float, *, immutable: bool = False) -> Any:
+        connection = opened(name, timeout, immutable=immutable)
+        if not bbs:  # the BBS starts and writes while the first read is under way
+            writer = sqlite3.connect(path, isolation_level=None)
+            writer.execute("INSERT INTO system_settings VALUES ('during', 'the check')")
+            bbs.append(writer)
+        return connection
+
+    monkeypatch.setattr(database, "_open_read_only", bbs_opens_meanwhile)
+    try:
+        result = check_database(path)
+        assert result.healthy, result.error
+        # First without locks (nobody had it open), then, the BBS's -wal and -shm
+        # being there, the normal read-only way, which creates nothing.
+        assert as_a_stranger == [True, False]
+        assert result.journal_mode == "wal" and result.integrity == "ok"
+    finally:
+        for connection in bbs:
+            connection.close()
+
+
+def test_an_error_while_the_file_changed_is_not_called_corruption(
+        make_db, as_a_stranger: list[bool], monkeypatch: pytest.MonkeyPatch) -> None:
+    import sqlite3
+
+    from agent.checks import database
+
+    path = make_db("bbs.db", journal_mode="wal")
+    opened = database._open_read_only
+
+    def torn_read(name: str, timeout: float, *, immutable: bool = False) -> Any:
+        if not as_a_stranger:
+            as_a_stranger.append(immutable)
+            os.utime(path, ns=(1, 1))  # a checkpoint of the BBS rewrote pages meanwhile
+            raise sqlite3.DatabaseError("database disk image is malformed")
+        return opened(name, timeout, immutable=immutable)  # records too
+
+    monkeypatch.setattr(database, "_open_read_only", torn_read)
+    result = check_database(path)
+    assert result.healthy, result.error
+    assert as_a_stranger == [True, True]
+
+
+def test_a_file_that_keeps_changing_is_busy_not_corrupt(
+        make_db, as_a_stranger: list[bool], monkeypatch: pytest.MonkeyPatch) -> None:
+    import sqlite3
+
+    from agent.checks import database
+
+    path = make_db("bbs.db", journal_mode="wal")
+
+    def always_torn(name: str, timeout: float, *, immutable: bool = False) -> Any:
+        as_a_stranger.append(immutable)
+        os.utime(path, ns=(len(as_a_stranger), len(as_a_stranger)))
+        raise sqlite3.DatabaseError("database disk image is malformed")
+
+    monkeypatch.setattr(database, "_open_read_only", always_torn)
+    result = check_database(path)
+    assert not result.healthy
+    assert (result.error or "").startswith("Database is busy"), result.error
+    assert "corrupt" not in (result.error or "")
+    assert as_a_stranger == [True] * database.MAX_ATTEMPTS
+
+
+def test_a_real_corruption_is_still_reported_without_locks(make_db,
+                                                           as_a_stranger: list[bool]) -> None:
+    path = make_db("corrupt-wal.db", journal_mode="wal", messages=4000)
+    pages = path.stat().st_size // PAGE
+    with open(path, "r+b") as handle:
+        handle.seek((pages // 2) * PAGE)
+        handle.write(bytes((i * 37 + 11) % 256 for i in range(8 * PAGE)))
+    result = check_database(path)
+    assert not result.healthy
+    error = result.error or ""
+    assert error.startswith(("Database integrity check failed", "Database is corrupted")), error
+    assert as_a_stranger == [True]
+    assert sidecars(path) == []
+
+
+def test_a_wal_without_its_shm_is_not_guessed_at(make_db, as_a_stranger: list[bool]) -> None:
+    path = make_db("crashed.db", journal_mode="wal")
+    Path(f"{path}-wal").write_bytes(b"")
+    result = check_database(path)
+    assert not result.healthy
+    assert (result.error or "").startswith("WAL database not checked"), result.error
+    assert result.integrity == NOT_CHECKED
+    assert as_a_stranger == []
+    assert sidecars(path) == ["crashed.db-wal"]
