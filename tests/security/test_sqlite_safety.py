@@ -93,11 +93,7 @@ def test_check_leaves_the_database_untouched(tmp_path: Path, journal_mode: str) 
 @pytest.mark.skipif(os.geteuid() != 0, reason="needs root to act as the BBS's and the "
                     "agent's users")
 @pytest.mark.parametrize(("journal_mode", "bbs_running"), [
-    ("delete", False), ("delete", True), ("wal", True),
-    pytest.param("wal", False, marks=pytest.mark.xfail(
-        strict=True, reason="agent.checks.database: a WAL database nobody has open needs a "
-        "-shm file the agent may not create; the check reports 'attempt to write a readonly "
-        "database' (unhealthy) instead of checking the file")),
+    ("delete", False), ("delete", True), ("wal", True), ("wal", False),
 ])
 def test_check_with_read_only_access(journal_mode: str, bbs_running: bool) -> None:
     """The deployment docs/security.md recommends: the agent may read, not write.
@@ -172,10 +168,6 @@ def _as_user(uid: int, action: Callable[[], str]) -> str:
 
 @pytest.mark.skipif(os.geteuid() != 0, reason="needs root to act as the BBS's and the "
                     "agent's users")
-@pytest.mark.xfail(strict=True, reason="agent.checks.database: on a WAL database nobody has "
-                   "open, the read-only check creates -wal/-shm owned by the agent's user, "
-                   "and the BBS (another user) then gets 'attempt to write a readonly "
-                   "database'")
 def test_check_as_another_user_leaves_the_bbs_able_to_write() -> None:
     bbs_uid, agent_uid = 41000, 41001
     directory = Path(tempfile.mkdtemp(prefix="mtbbs-owner-"))
