@@ -3,6 +3,8 @@
 Readers judge staleness themselves from the hosts' last-seen times and
 Redis's clock (the effective level is the worse of that and the stored
 one), so a host is reported stale even when no collector is left to sweep.
+A grace the sweep gave after an outage of Redis (``grace_until_ms``) counts
+here too; the age shown stays the whole silence.
 """
 
 from __future__ import annotations
@@ -11,7 +13,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from collector.keepalive import stale_level, worse_stale
+from collector.keepalive import grace_until, judged_age_s, stale_level, worse_stale
 from collector.selfmon import (
     CollectorView,
     GroupStats,
@@ -108,7 +110,10 @@ def read_hosts(client: Any, keys: KeySpace, settings: CollectorSettings, now_ms:
         state = parse_host_state(host, raw)
         interval = _interval(state.raw)
         age = max(0.0, (now_ms - state.last_seen_ms) / 1000) if state.last_seen_ms else 0.0
-        computed = stale_level(age, interval, settings)
+        # After an outage of Redis the sweep's grace says from when silence counts.
+        judged = (judged_age_s(now_ms, state.last_seen_ms, grace_until(state.raw))
+                  if state.last_seen_ms else 0.0)
+        computed = stale_level(judged, interval, settings)
         reported = _number(state.check_fields("sessions").get("active_sessions"))
         # The BBS's own session events are fresher than the agent's count.
         sessions = int(live) if (live or tracked) else (

@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import signal
 import time
 from typing import Any
 
+import pytest
 import redis
 from rq import Queue
 
@@ -128,3 +130,129 @@ def test_forgotten_hosts_leave_the_index(redis_client: redis.Redis, keys: Any, p
     redis_client.delete(keys.host("bbs-01"))
     collector.sweep()
     assert redis_client.zcard(keys.hosts_index()) == 0
+
+
+# -- after an outage of Redis ---------------------------------------------------------------
+
+
+def test_judged_stale_holds_but_never_lowers_a_level() -> None:
+    settings = CollectorSettings(stale_warning_intervals=3, stale_critical_intervals=5)
+    # Silent 400 s at a 60 s interval, but only 10 s of it count: no new level...
+    assert keepalive.judged_stale(400, 10, 60, STALE_NO, settings) == STALE_NO
+    # ... and a level reached before the outage stays.
+    assert keepalive.judged_stale(400, 10, 60, STALE_WARNING, settings) == STALE_WARNING
+    # Counting silence raises it as far as it goes.
+    assert keepalive.judged_stale(400, 400, 60, STALE_WARNING, settings) == STALE_CRITICAL
+    assert keepalive.judged_stale(400, 200, 60, STALE_NO, settings) == STALE_WARNING
+    # A host that reported (real silence short) is judged by that.
+    assert keepalive.judged_stale(5, 5, 60, STALE_CRITICAL, settings) == STALE_NO
+    assert keepalive.judged_age_s(10_000, 4_000, None) == 6.0
+    assert keepalive.judged_age_s(10_000, 4_000, 8_000) == 2.0
+    assert keepalive.judged_age_s(10_000, 4_000, 12_000) == 0.0
+    assert keepalive.grace_until({"grace_until_ms": "123"}) == 123
+    assert keepalive.grace_until({"grace_until_ms": "x"}) is None
+
+
+def test_the_grace_is_as_long_as_the_outage_up_to_a_cap() -> None:
+    assert keepalive.Outage(ended_ms=100_000, lasted_ms=3_000).grace_until_ms == 103_000
+    cap = int(keepalive.OUTAGE_GRACE_MAX_S * 1000)
+    assert keepalive.Outage(ended_ms=100_000, lasted_ms=3_600_000).grace_until_ms == \
+        100_000 + cap
+    settings = CollectorSettings(sweep_interval_s=5.0)
+    assert keepalive.contact_gap_ms(settings) == 11_000
+
+
+def stale_of(client: redis.Redis, keys: Any, host: str) -> bytes | None:
+    return client.hget(keys.host(host), "stale")  # type: ignore[return-value]
+
+
+def test_a_redis_restart_does_not_make_hosts_stale(redis_server_factory: Any, keys: Any,
+                                                   report: Any, make_collector: Any) -> None:
+    """Redis killed and restarted from its AOF while the hosts' agents could not
+    report: nobody goes stale for that; a host already stale stays so; without
+    reports after the grace, the silence counts again."""
+    from wire.messages import encode
+
+    server = redis_server_factory("--appendonly", "yes", "--appendfsync", "always")
+    client = server.client(socket_timeout=2, socket_connect_timeout=2)
+    collector = make_collector(client=client, name="restart")
+
+    def publish(host: str, seq: int) -> None:
+        client.xadd(keys.reports_stream(), {"m": encode(report(host, seq, interval=0.2))})
+
+    publish("bbs-dead", 1)
+    collector.drain()
+
+    def swept_to_critical() -> bool:
+        collector.sweep()
+        return stale_of(client, keys, "bbs-dead") == b"critical"
+
+    wait_until(swept_to_critical)
+    publish("bbs-live", 1)
+    collector.drain()
+    assert collector.sweep() == []
+    server.stop(signal.SIGKILL)
+    time.sleep(1.2)  # the agents cannot report: past 5 x 0.2 s of silence
+    server.start()
+    wait_until(lambda: _answers(client))
+    assert collector.sweep() == []  # no transition at all
+    assert stale_of(client, keys, "bbs-live") == b"no"
+    assert stale_of(client, keys, "bbs-dead") == b"critical"
+    grace = int(client.hget(keys.host("bbs-live"), "grace_until_ms") or 0)
+    assert grace > server_time_ms(client)
+    assert client.hget(keys.host("bbs-live"), "grace_until") is not None
+    # The readers judge the same way.
+    from collector.fleet import read_fleet
+
+    views = {v.host: v for v in read_fleet(client, keys, collector.settings).hosts}
+    assert views["bbs-live"].stale == STALE_NO and views["bbs-live"].age_s > 1.0
+    assert views["bbs-dead"].stale == STALE_CRITICAL
+    # A report drops the grace with the rest of the old hash.
+    publish("bbs-live", 2)
+    collector.drain()
+    assert client.hget(keys.host("bbs-live"), "grace_until_ms") is None
+    # Silent from then on: judged stale once the grace has passed.
+    wait_until(lambda: bool(collector.sweep()) and
+               stale_of(client, keys, "bbs-live") != b"no", timeout=15)
+
+
+def _answers(client: redis.Redis) -> bool:
+    try:
+        return bool(client.ping())
+    except redis.RedisError:
+        return False
+
+
+def test_a_collector_cut_off_from_redis_grants_the_grace(redis_client: redis.Redis, keys: Any,
+                                                         publish: Any, report: Any,
+                                                         make_collector: Any) -> None:
+    """No restart, but this collector's sweeps stopped for longer than
+    contact_gap_ms (it could not reach Redis): silence up to now does not count."""
+    publish(report("bbs-01", 1, interval=0.2))
+    collector = make_collector()  # sweep_interval_s 0.05: a gap over 1.1 s is an outage
+    collector.drain()
+    assert collector.sweep() == []
+    time.sleep(1.3)
+    assert collector.sweep() == []
+    assert stale_of(redis_client, keys, "bbs-01") == b"no"
+    assert int(redis_client.hget(keys.host("bbs-01"), "grace_until_ms") or 0) > 0
+    # Sweeping regularly again, the silence counts from the grace's end on.
+    wait_until(lambda: bool(collector.sweep()), timeout=10)
+    assert stale_of(redis_client, keys, "bbs-01") in (b"warning", b"critical")
+
+
+def test_a_sweep_without_info_still_works(redis_client: redis.Redis, keys: Any, publish: Any,
+                                         report: Any, make_collector: Any,
+                                         monkeypatch: pytest.MonkeyPatch) -> None:
+    """An ACL or proxy refusing INFO: no restart detection, the sweep goes on."""
+    publish(report("bbs-01", 1, interval=0.2))
+    collector = make_collector()
+    collector.drain()
+
+    def refused(*args: Any, **kwargs: Any) -> Any:
+        raise redis.exceptions.NoPermissionError("this user has no permissions to run 'info'")
+
+    monkeypatch.setattr(redis_client, "info", refused)
+    assert keepalive.redis_started_ms(redis_client, 0) is None
+    wait_until(lambda: bool(collector.sweep()))
+    assert stale_of(redis_client, keys, "bbs-01") == b"warning"
