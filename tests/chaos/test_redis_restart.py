@@ -28,9 +28,6 @@ def test_no_report_lost_across_a_redis_crash(scenario_once: Any) -> None:
 
 
 @pytest.mark.e2e
-@pytest.mark.xfail(strict=True, reason="collector.keepalive: right after Redis comes back the "
-                   "sweep judges hosts by a last-seen time that only Redis's absence made "
-                   "old, before the agents' spools are replayed: every host goes stale")
 def test_no_host_judged_stale_while_only_redis_was_away(scenario_once: Any) -> None:
     figures = scenario_once("redis_restart.py", *ARGS)
     assert figures["stale_transitions_while_agents_alive"] == 0
