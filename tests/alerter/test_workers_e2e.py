@@ -208,8 +208,12 @@ def test_a_worker_killed_mid_delivery_does_not_lose_the_notice(
     titles_seen = [r["json"]["attachments"][0]["title"] for r in delivered]
     assert titles_seen == ["CRITICAL bbs-01 database"]
     note_id = delivered[0]["json"]["attachments"][0]["footer"]
-    sent = redis_client.get(keys.notification_sent(f"slack/{note_id}"))
-    assert sent is not None and sent.startswith(b"sent:")
+    # The worker records the delivery once Slack's answer is in: a moment after
+    # the sink has sent it.
+    sent = wait_for(lambda: (redis_client.get(keys.notification_sent(f"slack/{note_id}"))
+                             or b"").startswith(b"sent:")
+                    and redis_client.get(keys.notification_sent(f"slack/{note_id}")),
+                    message="the delivery recorded as sent")
     # It was rq's abandoned-job handling that ran it again: one retry spent.
     delivery_id = sent.decode().rsplit(":", 1)[1]
     job = Job.fetch(f"slack-{delivery_id}", connection=redis_client, serializer=RQ_SERIALIZER)
