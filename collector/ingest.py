@@ -30,17 +30,19 @@ import time
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
-from itertools import chain
 from typing import Any
 
 import redis
 
 from collector import keepalive, rawpipe, scripts
 from collector.evaluate import Evaluations
+from collector.hostwrite import HostWrites, whole_write
 from collector.scripts import (
+    APPLIED,
     BATCH_SCRIPT,
     CONFLICT,
     DEAD_LETTER_SCRIPT,
+    NEED_FULL,
     REPORT_SCRIPT,
     SESSION_SCRIPT,
     SKIPPED,
@@ -64,7 +66,7 @@ from wire.messages import (
     SessionInfo,
     decode_entry,
 )
-from wire.state import entry_id_ms, format_value, iso_from_ms, report_fields, session_text
+from wire.state import entry_id_ms, format_value, iso_from_ms, report_meta, session_text
 
 logger = logging.getLogger(__name__)
 
@@ -127,6 +129,7 @@ class _Op:
     host: str = ""
     event: SessionEvent | None = None
     mark: str | None = None  # the host's evaluation-pending key, taken in the batch script
+    report: Report | None = None
 
 
 class _Overlay(dict[tuple[str, str], str | None]):
@@ -257,6 +260,7 @@ class Collector:
         self._changed: set[str] = set()  # hosts whose state changed, not yet evaluated
         self._marked: set[str] = set()  # hosts whose mark a batch script took, not enqueued
         self._host_keys: dict[str, tuple[str, ...]] = {}
+        self._writes = HostWrites()  # what was last written per host hash
         self._mark_ttl = settings.evaluation_ttl_s if settings.evaluate else 0
         now = clock()
         self._next_claim = now
@@ -272,6 +276,9 @@ class Collector:
             self._inflight[0].abandon()
             self._inflight = None
         self._prefetched = None  # delivered to this consumer: re-read below too
+        # Redis may have lost or changed anything meanwhile: write whole hashes
+        # first (a difference would be refused anyway, at the cost of a retry).
+        self._writes = HostWrites()
         for script in scripts.ALL:
             script.load(self.client)
         self.ensure_groups()
@@ -657,20 +664,29 @@ class Collector:
         return {k: (_text(v) if v is not None else None)
                 for k, v in zip(wanted, values, strict=True)}
 
-    def _report_op(self, stream: str, entry_id: str, report: Report) -> _Op:
+    def _report_op(self, stream: str, entry_id: str, report: Report, *,
+                   whole: bool = False) -> _Op:
+        """The script call for ``report``: the difference to the host's last
+        write, or (``whole``, or nothing remembered) its whole hash."""
         entry_ms = entry_id_ms(entry_id)
-        fields = report_fields(report, entry_ms)
-        fields["report_status"] = fields["status"]
+        order = order_key(report.epoch, report.seq)
+        if whole:
+            meta = report_meta(report, entry_ms)
+            meta["report_status"] = meta["status"]
+            write = whole_write(report, meta)
+        else:
+            write = self._writes.plan(report, entry_ms, order)
         host = report.host
         names = self._keys_of(host)
         args: list[Any] = [
-            self.group, entry_id, order_key(report.epoch, report.seq), entry_ms,
-            history_line(report, entry_ms), self.settings.history_length, report.dropped, host,
+            self.group, entry_id, order, entry_ms, history_line(report, entry_ms),
+            self.settings.history_length, report.dropped, host, write.base, len(write.deleted),
         ]
-        args += chain.from_iterable(fields.items())
+        args += write.deleted
+        args += write.pairs
         return _Op("report", stream, entry_id, REPORT_SCRIPT,
                    [names[0], self.keys.hosts_index(), names[1], stream], args, host,
-                   mark=names[4])
+                   mark=names[4], report=report)
 
     def _session_op(self, stream: str, entry_id: str, event: SessionEvent,
                     stored: Mapping[tuple[str, str], str | None],
@@ -755,6 +771,7 @@ class Collector:
         changed = self._changed
         missing_scripts: list[_Op] = []
         conflicts: list[_Op] = []
+        refused_differences: list[_Op] = []
         marked: list[str] = []
         failed = 0
         stop: Exception | None = None
@@ -775,6 +792,9 @@ class Collector:
                 # (a replica, a loading dataset): the entries after it are
                 # left pending, like the one that failed.
             for op, result in zip(chunk, results, strict=False):
+                if op.report is not None and result != APPLIED:
+                    # Whatever the hash holds now, it is not what was planned.
+                    self._writes.forget(op.host)
                 if isinstance(result, Exception):
                     if isinstance(result, TRANSIENT_ERRORS):
                         stop = stop or result
@@ -785,6 +805,9 @@ class Collector:
                     continue
                 if result == CONFLICT:
                     conflicts.append(op)
+                    continue
+                if result == NEED_FULL:
+                    refused_differences.append(op)
                     continue
                 self.counters.processed += 1
                 if op.kind == "dead":
@@ -817,6 +840,14 @@ class Collector:
         for op in conflicts:
             if self._retry_merge(op):
                 changed.add(op.host)
+        if refused_differences:
+            # Another writer changed these hashes since the difference was
+            # taken: send them whole (in entry order, so the newest wins).
+            whole = []
+            for op in refused_differences:
+                assert op.report is not None
+                whole.append(self._report_op(op.stream, op.entry_id, op.report, whole=True))
+            self._handle(whole, rawpipe.execute(self.client, self._batch_commands(whole)))
 
     def _evaluate_changed(self) -> None:
         # Hosts changed by the batches of one read (both streams) are marked

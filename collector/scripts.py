@@ -14,7 +14,8 @@ doubles and would lose precision above 2**53).
 
 Return values: 0 = older or replayed (acknowledged, nothing written),
 1 = applied, -1 = the session being merged changed meanwhile (not
-acknowledged; retry).
+acknowledged; retry), -2 = a report's difference no longer fits the stored
+hash (not acknowledged; send the whole hash).
 """
 
 from __future__ import annotations
@@ -28,6 +29,7 @@ from typing import Any
 SKIPPED = 0
 APPLIED = 1
 CONFLICT = -1
+NEED_FULL = -2
 
 # Marks a host's sessions-order hash keeps before the oldest tombstones of
 # disconnected clients are folded into one floor mark (a reporter that never
@@ -44,20 +46,36 @@ end
 
 # KEYS: host hash, hosts index, history list, stream
 # ARGV: group, entry id, order, entry ms, history line, history length,
-#       dropped, host id, field, value, field, value, ...
+#       dropped, host id, base, number of fields to delete, those fields,
+#       field, value, field, value, ...
+# An empty base is a whole write (the hash is replaced); otherwise the fields
+# are a difference that applies only on top of the write whose ordering key
+# is the base (see collector.hostwrite), else NEED_FULL (-2, not acknowledged).
 REPORT = _COMMON + """
-local stored = redis.call('HMGET', KEYS[1], 'epoch', 'seq', 'dropped_total')
+local stored = redis.call('HMGET', KEYS[1], 'epoch', 'seq', 'dropped_total',
+                         'grace_until_ms', 'grace_until')
+local current = false
 if stored[1] and stored[2] then
-  local order = string.rep('0', 20 - #stored[1]) .. stored[1] .. ':'
-             .. string.rep('0', 20 - #stored[2]) .. stored[2]
-  if order >= ARGV[3] then
+  current = string.rep('0', 20 - #stored[1]) .. stored[1] .. ':'
+         .. string.rep('0', 20 - #stored[2]) .. stored[2]
+  if current >= ARGV[3] then
     redis.call('XACK', KEYS[4], ARGV[1], ARGV[2])
     return 0
   end
 end
-redis.call('DEL', KEYS[1])
+local ndel = tonumber(ARGV[10])
+if ARGV[9] == '' then
+  redis.call('DEL', KEYS[1])
+elseif current ~= ARGV[9] then
+  return -2
+else
+  if ndel > 0 then redis.call('HDEL', KEYS[1], unpack(ARGV, 11, 10 + ndel)) end
+  -- A report ends the keepalive's grace after an outage, as the whole
+  -- write's DEL does.
+  if stored[4] or stored[5] then redis.call('HDEL', KEYS[1], 'grace_until_ms', 'grace_until') end
+end
 redis.call('HSET', KEYS[1], 'dropped_total', (tonumber(stored[3]) or 0) + tonumber(ARGV[7]),
-           unpack(ARGV, 9))
+           unpack(ARGV, 11 + ndel))
 redis.call('ZADD', KEYS[2], ARGV[4], ARGV[8])
 redis.call('LPUSH', KEYS[3], ARGV[5])
 redis.call('LTRIM', KEYS[3], 0, tonumber(ARGV[6]) - 1)
@@ -187,7 +205,9 @@ def _as_function(name: str, source: str) -> str:
     """
     body = source.replace(_COMMON, "")
     body = body.replace("redis.call('XACK', ", "ack(").replace("redis.call('ZADD', ", "zadd(")
-    body = re.sub(r"unpack\(ARGV, (\d+)\)", r"unpack(ARGV, a + \1, a + na)", body)
+    # Ranges first: the one-argument form is rewritten into a range.
+    body = re.sub(r"unpack\(ARGV, ([^,()]+), ([^,()]+)\)", r"unpack(ARGV, a + \1, a + \2)", body)
+    body = re.sub(r"unpack\(ARGV, ([^,()]+)\)", r"unpack(ARGV, a + \1, a + na)", body)
     body = body.replace("#ARGV", "na").replace("KEYS[", "KEYS[k + ").replace("ARGV[", "ARGV[a + ")
     return f"local function {name}(k, a, na)\n{body}\nend\n"
 

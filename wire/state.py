@@ -145,6 +145,14 @@ def _flatten_into(flat: dict[str, str], checks: Mapping[str, Mapping[str, Any]])
 
 def report_fields(report: Report, entry_ms: int, stale: str = STALE_NO) -> dict[str, str]:
     """The host hash written for ``report`` received at Redis time ``entry_ms``."""
+    fields = report_meta(report, entry_ms, stale)
+    _flatten_into(fields, report.checks)
+    return fields
+
+
+def report_meta(report: Report, entry_ms: int, stale: str = STALE_NO) -> dict[str, str]:
+    """The fields of :func:`report_fields` that are not check results (see META_FIELDS
+    less ``dropped_total``, which the collector keeps as a running sum)."""
     checks = report.checks
     unhealthy = [n for n, f in checks.items() if not f.get("healthy")]
     # report_status: a check is unhealthy iff not bool(healthy); the worst of
@@ -172,8 +180,26 @@ def report_fields(report: Report, entry_ms: int, stale: str = STALE_NO) -> dict[
         "checks": ",".join(sorted(checks)),
         "unhealthy": ",".join(sorted(unhealthy)),
     }
-    _flatten_into(fields, checks)
     return fields
+
+
+def field_text(value: Any) -> str | None:
+    """The stored text of one check field, as :func:`flatten_checks` writes it;
+    None for a list field, which the host hash leaves out."""
+    kind = type(value)
+    if kind is str:
+        return value
+    if kind is float:
+        return repr(round(value, 3)) if value - value == 0.0 else ""
+    if kind is bool:
+        return "true" if value else "false"
+    if kind is int:
+        return str(value)
+    if value is None:
+        return ""
+    if isinstance(value, tuple | list):
+        return None
+    return format_value(value)
 
 
 _json_string = json.encoder.encode_basestring  # what json.dumps(ensure_ascii=False) uses

@@ -1,0 +1,144 @@
+"""The host-hash write of a report: whole, or only what changed since the last one.
+
+A host hash holds some fifty fields, and a report of a healthy host changes
+a dozen of them. Rewriting all fifty for every report cost the collector
+(formatting and sending them) and Redis (parsing and storing them) more than
+anything else an entry needs, so the collector remembers, per host, the report
+it last wrote and sends the difference: the check fields whose value changed,
+those that went away, and the fields that change with every report.
+
+A difference is right only on top of the very hash it was computed against.
+It therefore carries that write's ordering key, its *base*: the batch script
+applies it only when the stored epoch and seq are the base's, and otherwise
+answers :data:`collector.scripts.NEED_FULL`, after which the collector sends
+the whole hash. What other writers put into a host hash between two reports
+(the sweep's staleness, the keepalive's grace after an outage) is among the
+fields every report writes, or deleted by the script, as the whole write (DEL,
+then HSET) did. Every :data:`FULL_EVERY`-th write of a host is whole anyway, so that any
+other change to a hash (a hand edit) lasts a bounded number of reports.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass
+from itertools import chain
+from typing import Any
+
+from wire.messages import Report
+from wire.state import field_text, flatten_checks, report_meta
+
+# Written with every report: they change each time (times, seq) or other
+# writers may have changed them since (status, stale).
+ALWAYS_WRITTEN = ("status", "report_status", "stale", "last_seen", "last_seen_ms",
+                  "observed_at", "epoch", "seq", "clock_skew_s")
+# Written when they differ from the last report's.
+WRITTEN_WHEN_CHANGED = ("agent_version", "interval_s", "checks", "unhealthy")
+FULL_EVERY = 32
+MAX_HOSTS = 20_000
+
+_MISSING = object()
+
+
+@dataclass(slots=True)
+class _Written:
+    """What the collector last wrote for one host."""
+
+    order: str
+    checks: Mapping[str, Mapping[str, Any]]
+    meta: dict[str, str]
+    writes: int
+
+
+@dataclass(frozen=True, slots=True)
+class HostWrite:
+    """One report's write: ``base`` is '' for a whole write (the hash is
+    deleted first), else the ordering key the difference applies to."""
+
+    base: str
+    deleted: list[str]
+    pairs: list[str]  # field, value, field, value, ...
+
+
+class HostWrites:
+    """The per-host memory of what was written, bounded to ``max_hosts`` hosts."""
+
+    def __init__(self, full_every: int = FULL_EVERY, max_hosts: int = MAX_HOSTS) -> None:
+        self.full_every = full_every
+        self.max_hosts = max_hosts
+        self._written: dict[str, _Written] = {}
+
+    def plan(self, report: Report, entry_ms: int, order: str) -> HostWrite:
+        """The write of ``report`` (ordering key ``order``), remembered as the
+        host's latest: the next report's difference is taken against it."""
+        meta = report_meta(report, entry_ms)
+        meta["report_status"] = meta["status"]
+        host = report.host
+        written = self._written.get(host)
+        if written is None or written.writes >= self.full_every:
+            if written is None and len(self._written) >= self.max_hosts:
+                self._written.clear()
+            self._written[host] = _Written(order, report.checks, meta, 1)
+            return whole_write(report, meta)
+        base = written.order
+        pairs: list[str] = []
+        for name in ALWAYS_WRITTEN:
+            pairs += (name, meta[name])
+        before = written.meta
+        for name in WRITTEN_WHEN_CHANGED:
+            if before[name] != meta[name]:
+                pairs += (name, meta[name])
+        deleted: list[str] = []
+        _check_changes(written.checks, report.checks, pairs, deleted)
+        written.order = order
+        written.checks = report.checks
+        written.meta = meta
+        written.writes += 1
+        return HostWrite(base, deleted, pairs)
+
+    def forget(self, host: str) -> None:
+        """Drop what is remembered of ``host``: its next write is whole."""
+        self._written.pop(host, None)
+
+    def __len__(self) -> int:
+        return len(self._written)
+
+
+def whole_write(report: Report, meta: Mapping[str, str]) -> HostWrite:
+    """The whole hash of ``report`` given its :func:`wire.state.report_meta`
+    (with ``report_status``)."""
+    fields = dict(meta)
+    fields.update(flatten_checks(report.checks))
+    return HostWrite("", [], list(chain.from_iterable(fields.items())))
+
+
+def _check_changes(before: Mapping[str, Mapping[str, Any]],
+                   after: Mapping[str, Mapping[str, Any]],
+                   pairs: list[str], deleted: list[str]) -> None:
+    """Add to ``pairs`` the check fields whose text changed from ``before`` to
+    ``after`` and to ``deleted`` those that are gone (list fields are not
+    stored, so a field turning into a list is gone too)."""
+    for name, fields in after.items():
+        old = before.get(name)
+        if old is None:
+            old = {}
+        prefix = name + "."
+        for key, value in fields.items():
+            previous = old.get(key, _MISSING)
+            # Equal values of one type have one text, except the two zeros of
+            # a float (1 == 1.0 == True, but their texts differ).
+            if (previous == value and type(previous) is type(value)
+                    and (type(value) is not float or value != 0.0)):
+                continue
+            text = field_text(value)
+            if text is not None:
+                pairs += (prefix + key, text)
+            elif previous is not _MISSING and field_text(previous) is not None:
+                deleted.append(prefix + key)
+        if old.keys() != fields.keys():
+            deleted += [prefix + key for key in old.keys() - fields.keys()
+                        if field_text(old[key]) is not None]
+    if before.keys() != after.keys():
+        for name in before.keys() - after.keys():
+            deleted += [f"{name}.{key}" for key, value in before[name].items()
+                        if field_text(value) is not None]
