@@ -81,9 +81,7 @@ class HostWrites:
             self._written[host] = _Written(order, report.checks, meta, 1)
             return whole_write(report, meta)
         base = written.order
-        pairs: list[str] = []
-        for name in ALWAYS_WRITTEN:
-            pairs += (name, meta[name])
+        pairs = [value for name in ALWAYS_WRITTEN for value in (name, meta[name])]
         before = written.meta
         for name in WRITTEN_WHEN_CHANGED:
             if before[name] != meta[name]:
@@ -118,23 +116,42 @@ def _check_changes(before: Mapping[str, Mapping[str, Any]],
     """Add to ``pairs`` the check fields whose text changed from ``before`` to
     ``after`` and to ``deleted`` those that are gone (list fields are not
     stored, so a field turning into a list is gone too)."""
+    add = pairs.append
     for name, fields in after.items():
         old = before.get(name)
         if old is None:
             old = {}
+        elif (old == fields and list(old) == list(fields)
+              and list(map(type, old.values())) == list(map(type, fields.values()))
+              and 0.0 not in fields.values()):
+            # The whole check is unchanged (same keys in the same order, equal
+            # values of the same types, no float zero whose sign could differ).
+            continue
         prefix = name + "."
         for key, value in fields.items():
+            kind = type(value)
             previous = old.get(key, _MISSING)
             # Equal values of one type have one text, except the two zeros of
             # a float (1 == 1.0 == True, but their texts differ).
-            if (previous == value and type(previous) is type(value)
-                    and (type(value) is not float or value != 0.0)):
+            if previous == value and type(previous) is kind and (kind is not float or value):
                 continue
-            text = field_text(value)
-            if text is not None:
-                pairs += (prefix + key, text)
-            elif previous is not _MISSING and field_text(previous) is not None:
-                deleted.append(prefix + key)
+            # field_text written out for the common types: this loop runs for
+            # every field of every report.
+            if kind is float:
+                text = repr(round(value, 3)) if value - value == 0.0 else ""
+            elif kind is int:
+                text = str(value)
+            elif kind is str:
+                text = value
+            else:
+                maybe = field_text(value)
+                if maybe is None:
+                    if previous is not _MISSING and field_text(previous) is not None:
+                        deleted.append(prefix + key)
+                    continue
+                text = maybe
+            add(prefix + key)
+            add(text)
         if old.keys() != fields.keys():
             deleted += [prefix + key for key in old.keys() - fields.keys()
                         if field_text(old[key]) is not None]

@@ -152,19 +152,26 @@ class _Overlay(dict[tuple[str, str], str | None]):
 
 def history_line(report: Report, entry_ms: int) -> str:
     """``timestamp,sessions,disk_percent,memory_mb`` for the host history list."""
-
-    def figure(check: str, name: str) -> str:
-        value = report.checks.get(check, {}).get(name)
-        if isinstance(value, bool) or not isinstance(value, int | float):
-            return ""
-        return format_value(value)
-
+    checks = report.checks
     return ",".join((
         iso_from_ms(entry_ms),
-        figure("sessions", "active_sessions"),
-        figure("disk_space", "percent_used"),
-        figure("memory", "process_rss_mb"),
+        _figure(checks.get("sessions"), "active_sessions"),
+        _figure(checks.get("disk_space"), "percent_used"),
+        _figure(checks.get("memory"), "process_rss_mb"),
     ))
+
+
+def _figure(fields: Mapping[str, Any] | None, name: str) -> str:
+    """A number of a check as stored text; '' when absent or not a number."""
+    if fields is None:
+        return ""
+    value = fields.get(name)
+    kind = type(value)
+    if kind is float:
+        return format_value(value)
+    if kind is int:
+        return str(value)
+    return ""
 
 
 def _iso_seconds(text: Any) -> float | None:
@@ -569,13 +576,15 @@ class Collector:
             if isinstance(message, SessionEvent) and needs_merge(message):
                 reads.append((message.host, message.client_id))
             decoded.append((entry_id, fields, message))
-        overlay = _Overlay(self._read_sessions(reads))
+        # Only an event that fills gaps from the stored session needs to know
+        # what the batch's earlier events left; without one, nothing is tracked.
+        overlay = _Overlay(self._read_sessions(reads)) if reads else None
         for entry_id, fields, message in decoded:
             try:
                 if isinstance(message, Report):
                     ops.append(self._report_op(stream, entry_id, message))
                 else:
-                    ops.append(self._session_op(stream, entry_id, message, overlay, overlay))
+                    ops.append(self._session_op(stream, entry_id, message, overlay))
             except Exception as exc:  # one bad entry must not stop the batch
                 self.counters.errors += 1
                 logger.error("cannot apply entry %s of %s (%s: %s)", entry_id, stream,
@@ -689,30 +698,31 @@ class Collector:
                    mark=names[4], report=report)
 
     def _session_op(self, stream: str, entry_id: str, event: SessionEvent,
-                    stored: Mapping[tuple[str, str], str | None],
-                    overlay: Mapping[tuple[str, str], str | None]) -> _Op:
-        """The script call for ``event``; ``overlay`` (what earlier events of the
-        batch leave) takes precedence over ``stored`` (what Redis held)."""
-        if not isinstance(overlay, _Overlay):
-            overlay = _Overlay({**stored, **overlay})
+                    overlay: _Overlay | None) -> _Op:
+        """The script call for ``event``. ``overlay`` holds what Redis held for
+        the sessions this batch merges, updated with what earlier events of the
+        batch leave; None when no event of the batch merges."""
         host = event.host
         names = self._keys_of(host)
         keys = [names[2], names[3], stream]
         order = order_key(event.epoch, event.seq)
         if event.kind == SNAPSHOT:
             args: list[Any] = [self.group, entry_id, order]
-            # Later events of this batch must expect what the snapshot leaves.
-            for client_id in list(overlay.clients.get(host, ())):
-                overlay[(host, client_id)] = None
+            if overlay is not None:
+                # Later events of this batch must expect what the snapshot leaves.
+                for client_id in list(overlay.clients.get(host, ())):
+                    overlay[(host, client_id)] = None
             for info in event.sessions:
                 text = session_text(info)
                 args.extend((info.client_id, text))
-                overlay[(host, info.client_id)] = text
+                if overlay is not None:
+                    overlay[(host, info.client_id)] = text
             return _Op("snapshot", stream, entry_id, SNAPSHOT_SCRIPT, keys, args, host, event,
                        mark=names[4])
         key = (host, event.client_id)
         expect, expected = "any", ""
         if needs_merge(event):
+            assert overlay is not None  # _plan tracks the batch when an event merges
             current = overlay.get(key)
             expect, expected = ("absent", "") if current is None else ("equal", current)
             text = session_text(merged_session(event, current))
@@ -721,7 +731,8 @@ class Collector:
         else:
             text = session_text(merged_session(event, None))
         op = "del" if event.kind == DISCONNECTED else "set"
-        overlay[key] = None if op == "del" else text
+        if overlay is not None:
+            overlay[key] = None if op == "del" else text
         args = [self.group, entry_id, order, op, event.client_id, text, expect, expected,
                 scripts.MAX_ORDER_MARKS]
         return _Op("session", stream, entry_id, SESSION_SCRIPT, keys, args, host, event,
@@ -863,7 +874,7 @@ class Collector:
         self.counters.conflicts += 1
         for _ in range(MAX_MERGE_ATTEMPTS):
             stored = self._read_sessions([(event.host, event.client_id)])
-            fresh = self._session_op(op.stream, op.entry_id, event, stored, {})
+            fresh = self._session_op(op.stream, op.entry_id, event, _Overlay(stored))
             result = fresh.script.call(self.client, fresh.keys, fresh.args)
             if result != CONFLICT:
                 self.counters.processed += 1
@@ -932,10 +943,17 @@ def _raw_stream_replies(reply: Any) -> list[tuple[str, list[Any]]]:
         raise reply
     if not reply:
         return []
-    return [(_text(stream), [(entry_id, dict(zip(flat[::2], flat[1::2], strict=True))
-                              if flat is not None else None)
-                             for entry_id, flat in entries or []])
+    return [(_text(stream), [(entry_id, _entry_fields(flat)) for entry_id, flat in entries or []])
             for stream, entries in (reply.items() if isinstance(reply, dict) else reply)]
+
+
+def _entry_fields(flat: list[Any] | None) -> dict[Any, Any] | None:
+    """An entry's flat [field, value, ...] list as a dict (None for a deleted entry)."""
+    if flat is None:
+        return None
+    if len(flat) == 2:  # the usual entry: its message alone
+        return {flat[0]: flat[1]}
+    return dict(zip(flat[::2], flat[1::2], strict=True))
 
 
 def _stream_replies(reply: Any) -> list[tuple[str, list[Any]]]:

@@ -336,4 +336,4 @@ REPORT_SCRIPT, SESSION_SCRIPT, SNAPSHOT_SCRIPT, STALE_SCRIPT, DEAD_LETTER_SCRIPT
 
 def order_key(epoch: int, seq: int) -> str:
     """The string ordering key of ``(epoch, seq)``."""
-    return f"{epoch:020d}:{seq:020d}"
+    return "%020d:%020d" % (epoch, seq)  # noqa: UP031 - measurably faster than f"{epoch:020d}"

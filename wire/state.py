@@ -166,21 +166,39 @@ def report_meta(report: Report, entry_ms: int, stale: str = STALE_NO) -> dict[st
     if stale != STALE_NO:
         status = max(status, stale_status(stale))
     observed_at = report.observed_at
-    fields = {
-        "status": status.name,
+    # This runs for every report the collector takes in: the texts below are
+    # format_value's, written out for the types a decoded report holds.
+    skew = round(observed_at - entry_ms / 1000, 3)
+    interval = report.interval
+    names = _checks_texts.get(tuple(checks))
+    if names is None:
+        names = ",".join(sorted(checks))
+        if len(_checks_texts) >= _CHECKS_TEXTS_LIMIT:
+            _checks_texts.clear()
+        _checks_texts[tuple(checks)] = names
+    return {
+        "status": _STATUS_NAMES[status],
         "last_seen": iso_from_ms(entry_ms),
         "last_seen_ms": str(entry_ms),
         "observed_at": iso_from_seconds(observed_at),
         "epoch": str(report.epoch),
         "seq": str(report.seq),
         "agent_version": report.agent_version,
-        "clock_skew_s": format_value(round(observed_at - entry_ms / 1000, 3)),
+        "clock_skew_s": repr(skew) if skew - skew == 0.0 else "",
         "stale": stale,
-        "interval_s": format_value(report.interval),
-        "checks": ",".join(sorted(checks)),
-        "unhealthy": ",".join(sorted(unhealthy)),
+        "interval_s": (repr(round(interval, 3)) if type(interval) is float
+                       and interval - interval == 0.0 else format_value(interval)),
+        "checks": names,
+        "unhealthy": (unhealthy[0] if len(unhealthy) == 1
+                      else ",".join(sorted(unhealthy))),
     }
-    return fields
+
+
+_STATUS_NAMES = {status: status.name for status in Status}
+# The sorted check names of a report, by the names in report order: a host
+# sends the same few checks every time.
+_CHECKS_TEXTS_LIMIT = 256
+_checks_texts: dict[tuple[str, ...], str] = {}
 
 
 def field_text(value: Any) -> str | None:

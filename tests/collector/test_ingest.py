@@ -15,6 +15,7 @@ from redis.backoff import NoBackoff
 from redis.retry import Retry
 from rq import Queue
 
+from collector.ingest import _Overlay
 from wire import auth
 from wire.keys import COLLECTOR_GROUP, EVALUATE_JOB, RQ_SERIALIZER
 from wire.messages import MAX_MESSAGE_BYTES, SessionInfo, encode
@@ -213,7 +214,7 @@ def test_merge_conflict_is_retried(redis_client: redis.Redis, keys: Any, publish
                                   "state": "connected",
                                   "connected_at": "2026-01-01T00:00:00.000Z"}))
     op = collector._session_op(keys.sessions_stream(), entries[0][0].decode(),
-                               _decode(entries[0][1]), stored, {})
+                               _decode(entries[0][1]), _Overlay(stored))
     collector._execute_now([op])
     assert collector.counters.conflicts == 1
     session = sessions_of(redis_client, keys)["192.0.2.1:5000"]
