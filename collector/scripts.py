@@ -77,8 +77,9 @@ end
 redis.call('HSET', KEYS[1], 'dropped_total', (tonumber(stored[3]) or 0) + tonumber(ARGV[7]),
            unpack(ARGV, 11 + ndel))
 redis.call('ZADD', KEYS[2], ARGV[4], ARGV[8])
-redis.call('LPUSH', KEYS[3], ARGV[5])
-redis.call('LTRIM', KEYS[3], 0, tonumber(ARGV[6]) - 1)
+if redis.call('LPUSH', KEYS[3], ARGV[5]) > tonumber(ARGV[6]) then
+  redis.call('LTRIM', KEYS[3], 0, tonumber(ARGV[6]) - 1)
+end
 redis.call('XACK', KEYS[4], ARGV[1], ARGV[2])
 return 1
 """
