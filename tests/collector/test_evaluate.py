@@ -79,20 +79,31 @@ def evaluations(redis_client: redis.Redis, keys: KeySpace) -> Evaluations:
     return made
 
 
+@pytest.mark.parametrize("derive", [True, False], ids=["derived", "each-recorded"])
 def test_the_lean_path_writes_what_enqueue_many_writes(
-        redis_client: redis.Redis, keys: KeySpace, evaluations: Evaluations) -> None:
+        redis_client: redis.Redis, keys: KeySpace, evaluations: Evaluations,
+        monkeypatch: pytest.MonkeyPatch, derive: bool) -> None:
+    if not derive:  # as if two recordings did not tell how hosts differ
+        monkeypatch.setattr(Evaluations, "_learn", lambda self, first, second: None)
     since = datetime.now(UTC)
     reference_enqueue(redis_client, keys, HOSTS)
     expected = snapshot(redis_client, keys, since)
     assert len(expected) == len(HOSTS) + 2  # the jobs, the queue, rq's queues set
     redis_client.flushdb()
-    # The first time records the templates, the second sends from them.
+    # The first time makes the templates (two hosts recorded, the others
+    # derived or recorded too), the second sends from them.
     for _ in range(2):
         since = datetime.now(UTC)
         assert evaluations.enqueue(HOSTS) == len(HOSTS)
         assert snapshot(redis_client, keys, since) == expected
         redis_client.flushdb()
     assert evaluations.lean
+    if derive:
+        # What differs between hosts in rq 3.0: the compressed call, the description.
+        assert evaluations._slots is not None
+        assert {slot.field for slot in evaluations._slots} == {"data", "description"}
+    else:
+        assert evaluations._slots is None
 
 
 def test_lean_jobs_read_back_through_rq(redis_client: redis.Redis, keys: KeySpace,
