@@ -6,16 +6,41 @@ KeySpace.evaluation_pending(host) 1 NX EX ttl``); only a host whose mark was
 free gets a job, and the job deletes the mark first thing, so at most one
 evaluation per host waits in the queue. The job is named by its import path
 (:data:`wire.keys.EVALUATE_JOB`): the collector never imports the alerter.
+
+Every report of a host ends in a job, and rq's ``Queue.enqueue_many``
+spends 110–200 µs of our CPU on each (building a ``Job``, serialising and
+compressing its call, formatting its times, typing-protocol checks,
+redis-py's pipeline): about an eighth of the collector's CPU when it works
+off a backlog. So, with an rq version listed in :data:`VERIFIED_RQ_VERSIONS`,
+rq enqueues the jobs of the first two hosts into a pipeline that is never
+executed, and the commands it queued there become templates: each host gets
+one, the first host's with the values that differ between the two
+recordings (the compressed call, the description) taken from the
+``Job.to_dict()`` of an rq ``Job`` made for the host, once per process. A
+job is then sent from its host's template with a fresh job id and the
+batch's time in place of the recorded ones, the whole batch in one
+``MULTI``/``EXEC`` round trip as rq's own: about 15 µs per job. Commands
+that change nothing for a job whose id is new are left out and the pushes
+onto the queue joined (see :func:`_simplify`), so Redis ends up holding
+what ``enqueue_many`` would have left, apart from ids and times; the tests
+compare the two and run the jobs on a real worker. Nothing of rq's storage
+format is spelled out here; an rq version not listed, or a recording of
+another shape than expected, falls back to ``Queue.enqueue_many``.
 """
 
 from __future__ import annotations
 
 import logging
-from collections.abc import Iterable
-from typing import Any
+import uuid
+from collections.abc import Iterable, Sequence
+from typing import Any, NamedTuple
 
 import redis
+import rq
 from rq import Queue
+from rq.job import Job, JobStatus
+from rq.queue import EnqueueData
+from rq.utils import now, utcformat
 
 from collector import rawpipe
 from wire.keys import EVALUATE_JOB, RQ_SERIALIZER, KeySpace
@@ -28,6 +53,51 @@ logger = logging.getLogger(__name__)
 JOB_TTL_S = 3600
 FAILURE_TTL_S = 7 * 86_400
 
+# rq versions whose enqueue the template path was checked against (the tests
+# compare what both paths leave in Redis and run the jobs with an rq worker).
+# Another version gets Queue.enqueue_many until it is checked and listed.
+VERIFIED_RQ_VERSIONS = frozenset({"3.0.0"})
+
+# Templates kept; a fleet has far fewer hosts, this only bounds the memory a
+# flood of made-up host ids could take (the oldest are dropped first).
+MAX_TEMPLATES = 20_000
+
+
+class _Command(NamedTuple):
+    """One command of a recorded enqueue, with the places its job id and time go."""
+
+    args: tuple[bytes, ...]
+    ids: tuple[tuple[int, bytes, bytes], ...]  # (position, text before the id, text after)
+    stamps: tuple[int, ...]  # positions holding the enqueue time
+
+    def build(self, job_id: bytes, stamp: bytes) -> tuple[bytes, ...]:
+        """The command for the job ``job_id`` enqueued at ``stamp``."""
+        args = list(self.args)
+        for position, before, after in self.ids:
+            args[position] = before + job_id + after
+        for position in self.stamps:
+            args[position] = stamp
+        return tuple(args)
+
+
+class _Template(NamedTuple):
+    """What enqueuing one host's job takes."""
+
+    commands: tuple[_Command, ...]
+    pushes: tuple[tuple[bytes, bytes], ...]  # (command, list) the bare job id is pushed on
+
+
+class _Slot(NamedTuple):
+    """A place in a template that holds one of the host's values."""
+
+    command: int  # index in the template's commands
+    position: int  # index in that command's arguments
+    field: str  # the field of rq's Job.to_dict() that fills it
+
+
+class _Unexpected(Exception):
+    """rq's recorded enqueue does not have the shape the template path relies on."""
+
 
 class Evaluations:
     """Enqueue evaluation jobs on ``KeySpace.evaluate_queue()``."""
@@ -37,6 +107,23 @@ class Evaluations:
         self.keys = keys
         self.mark_ttl_s = mark_ttl_s
         self.queue = Queue(keys.evaluate_queue(), connection=client, serializer=RQ_SERIALIZER)
+        #: Whether jobs go out from recorded templates (else through enqueue_many).
+        self.lean = rq.__version__ in VERIFIED_RQ_VERSIONS
+        if not self.lean:
+            logger.info("rq %s is not among the versions the lean enqueue was checked "
+                        "against (%s); using Queue.enqueue_many", rq.__version__,
+                        ", ".join(sorted(VERIFIED_RQ_VERSIONS)))
+        self._templates: dict[str, _Template] = {}
+        # What the first recording found: the commands that do not concern
+        # the job (rq's set of queues), whether rq's pipeline is a MULTI/EXEC
+        # transaction, and the recorded host (template derivation's reference).
+        self._preamble: tuple[tuple[bytes, ...], ...] = ()
+        self._transaction = True
+        self._probe: tuple[str, _Template, Job] | None = None
+        # Where hosts' templates differ, once two recordings told (None:
+        # not yet, or they did not, and every host is recorded).
+        self._slots: tuple[_Slot, ...] | None = None
+        self._learnt = False
 
     def request(self, hosts: Iterable[str]) -> int:
         """Enqueue an evaluation of each host unless one already waits; the count enqueued."""
@@ -56,13 +143,11 @@ class Evaluations:
         batch = sorted(set(hosts))
         if not batch:
             return 0
-        datas = [
-            Queue.prepare_data(EVALUATE_JOB, args=(host,), description=f"evaluate {host}",
-                               result_ttl=0, ttl=JOB_TTL_S, failure_ttl=FAILURE_TTL_S)
-            for host in batch
-        ]
         try:
-            self.queue.enqueue_many(datas)
+            if self.lean:
+                self._enqueue_from_templates(batch)
+            else:
+                self.queue.enqueue_many([self._data(host) for host in batch])
         except redis.RedisError:
             # Free the marks so the next change can try again instead of
             # waiting out their TTL; if Redis is gone this fails too and the
@@ -74,3 +159,234 @@ class Evaluations:
             raise
         logger.debug("enqueued evaluation of %s host(s)", len(batch))
         return len(batch)
+
+    @staticmethod
+    def _data(host: str) -> EnqueueData:
+        return Queue.prepare_data(EVALUATE_JOB, **_job_options(host))
+
+    def _enqueue_from_templates(self, batch: Sequence[str]) -> None:
+        templates = [self._templates.get(host) for host in batch]
+        missing = [host for host, template in zip(batch, templates, strict=True)
+                   if template is None]
+        if missing:
+            try:
+                made = {host: self._template(host) for host in missing}
+            except _Unexpected as exc:
+                logger.warning("rq %s enqueues in an unexpected way (%s); using "
+                               "Queue.enqueue_many from now on", rq.__version__, exc)
+                self.lean = False
+                self.queue.enqueue_many([self._data(host) for host in batch])
+                return
+            self._templates.update(made)
+            while len(self._templates) > MAX_TEMPLATES:
+                del self._templates[next(iter(self._templates))]
+            templates = [template or made[host]
+                         for host, template in zip(batch, templates, strict=True)]
+        # One time for the whole batch: rq stamps each job a few µs apart,
+        # which tells nobody anything.
+        stamp = utcformat(now()).encode()
+        commands: list[tuple[Any, ...]] = list(self._preamble)
+        pushes: dict[tuple[bytes, bytes], list[bytes]] = {}
+        for template in templates:
+            assert template is not None
+            job_id = str(uuid.uuid4()).encode()  # as rq's Job.id makes them
+            commands += [command.build(job_id, stamp) for command in template.commands]
+            for push in template.pushes:
+                pushes.setdefault(push, []).append(job_id)
+        commands += [(name, key, *ids) for (name, key), ids in pushes.items()]
+        if self._transaction:
+            commands = [("MULTI",), *commands, ("EXEC",)]
+        for reply in rawpipe.execute(self.client, commands):
+            if isinstance(reply, Exception):
+                raise reply
+            # EXEC's reply holds the errors of the commands it ran.
+            if isinstance(reply, list):
+                for item in reply:
+                    if isinstance(item, Exception):
+                        raise item
+
+    def _template(self, host: str) -> _Template:
+        """The template of a host not seen yet.
+
+        The first two hosts are recorded; from what differs between them
+        (the call and the description) the others are derived, with rq's
+        ``create_job`` and ``to_dict`` for the values, for a fraction of a
+        recording's cost. If the two recordings do not say how, every host
+        is recorded.
+        """
+        if self._slots is not None:
+            return self._derive(host, self._slots)
+        template, job = self._record(host)
+        if not self._learnt:
+            if self._probe is None:
+                self._probe = (host, template, job)
+            else:
+                self._slots = self._learn(self._probe, (host, template, job))
+                self._learnt = True
+                if self._slots is None:
+                    logger.debug("rq's enqueue of two hosts differs unexpectedly; "
+                                 "recording each host's")
+        return template
+
+    def _record(self, host: str) -> tuple[_Template, Job]:
+        """Let rq enqueue the host's job into a pipeline never executed; keep the commands.
+
+        A recorded command that names the job id belongs to the job; the
+        others (rq's set of queues) are sent once per batch. The job's
+        creation and enqueue times are found by value and become the batch's
+        time. Raises :class:`_Unexpected` when the recording has another
+        shape than the one this was written for. (rq's debug log mentions
+        the recorded jobs, which are never sent.)
+        """
+        encode = self.client.get_encoder().encode
+        # The same kind of pipeline rq makes for itself in enqueue_many.
+        pipe = self.client.pipeline()
+        try:
+            jobs = self.queue.enqueue_many([self._data(host)], pipeline=pipe)
+            recorded = [tuple(encode(arg) for arg in command)
+                        for command, _options in pipe.command_stack]
+            transaction = bool(pipe.transaction)
+        finally:
+            pipe.reset()
+        if len(jobs) != 1:
+            raise _Unexpected(f"{len(jobs)} jobs for one")
+        job = jobs[0]
+        job_id = job.id.encode()
+        stamps = {encode(utcformat(moment)) for moment in (job.created_at, job.enqueued_at)
+                  if moment is not None}
+        preamble: list[tuple[bytes, ...]] = []
+        job_commands: list[_Command] = []
+        found: set[bytes] = set()
+        for args in recorded:
+            compiled = _compile(args, job_id, stamps)
+            found.update(args[position] for position in compiled.stamps)
+            if compiled.ids:
+                job_commands.append(compiled)
+            elif compiled.stamps:
+                raise _Unexpected("a command outside the job holds its time")
+            else:
+                preamble.append(args)
+        if not job_commands:
+            raise _Unexpected("no command names the job")
+        if not stamps or found != stamps:
+            raise _Unexpected("the job's times are not where they were expected")
+        if self._probe is None:
+            self._preamble = tuple(preamble)
+            self._transaction = transaction
+        elif (self._preamble, self._transaction) != (tuple(preamble), transaction):
+            raise _Unexpected("the commands outside the job differ between hosts")
+        return _simplify(job_commands, job_id), job
+
+    def _learn(self, first: tuple[str, _Template, Job],
+               second: tuple[str, _Template, Job]) -> tuple[_Slot, ...] | None:
+        """Where two hosts' templates differ, and which field of rq's ``Job.to_dict`` fills
+        each place; None unless the templates have one shape, each place one field, and
+        deriving both hosts' templates gives them back."""
+        encode = self.client.get_encoder().encode
+        (_, one, one_job), (_, other, other_job) = first, second
+        if one.pushes != other.pushes or len(one.commands) != len(other.commands):
+            return None
+        one_values = {name: encode(value) for name, value in one_job.to_dict().items()}
+        other_values = {name: encode(value) for name, value in other_job.to_dict().items()}
+        slots: list[_Slot] = []
+        for index, (a, b) in enumerate(zip(one.commands, other.commands, strict=True)):
+            if (len(a.args), a.ids, a.stamps) != (len(b.args), b.ids, b.stamps):
+                return None
+            fixed = {position for position, _, _ in a.ids} | set(a.stamps)
+            for position, (x, y) in enumerate(zip(a.args, b.args, strict=True)):
+                if position in fixed or x == y:
+                    continue
+                fields = [name for name, value in one_values.items()
+                          if value == x and other_values.get(name) == y]
+                if len(fields) != 1:
+                    return None
+                slots.append(_Slot(index, position, fields[0]))
+        if not slots:
+            return None
+        found = tuple(slots)
+        # Elsewhere the templates are alike but for the ids and times.
+        for host, template, _ in (first, second):
+            derived = self._derive(host, found).commands
+            if any(derived[index].args[position] != template.commands[index].args[position]
+                   for index, position, _ in found):
+                return None
+        return found
+
+    def _derive(self, host: str, slots: tuple[_Slot, ...]) -> _Template:
+        """The host's template: the first recorded one with this host's values in ``slots``."""
+        assert self._probe is not None
+        reference = self._probe[1]
+        values = self.queue.create_job(EVALUATE_JOB, status=JobStatus.QUEUED,
+                                       **_job_options(host)).to_dict()
+        encode = self.client.get_encoder().encode
+        changed: dict[int, list[bytes]] = {}
+        for index, position, field in slots:
+            if field not in values:
+                raise _Unexpected(f"rq's job has no {field!r} for host {host!r}")
+            args = changed.setdefault(index, list(reference.commands[index].args))
+            args[position] = encode(values[field])
+        return _Template(tuple(command._replace(args=tuple(changed[index]))
+                               if index in changed else command
+                               for index, command in enumerate(reference.commands)),
+                         reference.pushes)
+
+
+def _job_options(host: str) -> dict[str, Any]:
+    """What the collector asks of rq for a host's evaluation job, besides the function."""
+    return {"args": (host,), "description": f"evaluate {host}", "result_ttl": 0,
+            "ttl": JOB_TTL_S, "failure_ttl": FAILURE_TTL_S}
+
+
+def _compile(args: tuple[bytes, ...], job_id: bytes, stamps: set[bytes]) -> _Command:
+    """``args`` with the places of ``job_id`` and of the ``stamps`` marked."""
+    ids: list[tuple[int, bytes, bytes]] = []
+    for position, arg in enumerate(args):
+        if job_id in arg:
+            if arg.count(job_id) > 1:
+                raise _Unexpected("an argument names the job id twice")
+            before, after = arg.split(job_id)
+            ids.append((position, before, after))
+    at = tuple(position for position, arg in enumerate(args) if arg in stamps)
+    return _Command(args, tuple(ids), at)
+
+
+def _simplify(commands: list[_Command], job_id: bytes) -> _Template:
+    """The job's commands less those that change nothing, its pushes apart.
+
+    The job id is new (a random UUID), so no key named after it exists
+    before the commands run. Left out, because the end state is the same:
+
+    * an HSET whose field/value pairs all come again in the next command on
+      its key, an HSET (rq sets the status, then saves the hash with it);
+    * an EXPIRE of a key named after the job that no other command names: it
+      does not exist (rq expires the dependents and dependencies keys, which
+      only a job with dependencies has).
+
+    A push of the bare job id onto a list is taken out, to be joined with the
+    other jobs' into one RPUSH/LPUSH per list (same order, same result).
+    """
+    kept: list[_Command] = []
+    pushes: list[tuple[bytes, bytes]] = []
+    for index, command in enumerate(commands):
+        name, args = command.args[0].upper(), command.args
+        later = commands[index + 1:]
+        if name == b"HSET" and len(args) % 2 == 0:
+            following = next((c.args for c in later if args[1] in c.args), None)
+            if (following is not None and following[0].upper() == b"HSET"
+                    and following[1] == args[1] and len(following) % 2 == 0
+                    and _pairs(args) <= _pairs(following)):
+                continue
+        if (name in (b"EXPIRE", b"PEXPIRE") and len(args) >= 2 and job_id in args[1]
+                and not any(args[1] in other.args for other in commands
+                            if other.args[0].upper() not in (b"EXPIRE", b"PEXPIRE"))):
+            continue
+        if (name in (b"RPUSH", b"LPUSH") and len(args) == 3 and args[2] == job_id
+                and job_id not in args[1]):
+            pushes.append((name, args[1]))
+            continue
+        kept.append(command)
+    return _Template(tuple(kept), tuple(pushes))
+
+
+def _pairs(hset: tuple[bytes, ...]) -> set[tuple[bytes, bytes]]:
+    return set(zip(hset[2::2], hset[3::2], strict=True))
