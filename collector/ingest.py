@@ -268,6 +268,7 @@ class Collector:
         self._marked: set[str] = set()  # hosts whose mark a batch script took, not enqueued
         self._host_keys: dict[str, tuple[str, ...]] = {}
         self._writes = HostWrites()  # what was last written per host hash
+        self._history_length = str(settings.history_length)
         self._mark_ttl = settings.evaluation_ttl_s if settings.evaluate else 0
         now = clock()
         self._next_claim = now
@@ -629,8 +630,8 @@ class Collector:
                 keys += op.keys
                 if op.mark is not None:
                     keys.append(op.mark)
-                args += (op.script.name, len(op.keys), 0 if op.mark is None else 1,
-                         len(op.args))
+                args += (op.script.name, _count_text(len(op.keys)),
+                         "0" if op.mark is None else "1", _count_text(len(op.args)))
                 args += op.args
             commands.append(("EVALSHA", BATCH_SCRIPT.sha, len(keys), *keys, *args))
         return commands
@@ -688,8 +689,9 @@ class Collector:
         host = report.host
         names = self._keys_of(host)
         args: list[Any] = [
-            self.group, entry_id, order, entry_ms, history_line(report, entry_ms),
-            self.settings.history_length, report.dropped, host, write.base, len(write.deleted),
+            self.group, entry_id, order, entry_id.partition("-")[0],
+            history_line(report, entry_ms), self._history_length, _count_text(report.dropped),
+            host, write.base, _count_text(len(write.deleted)),
         ]
         args += write.deleted
         args += write.pairs
@@ -734,7 +736,7 @@ class Collector:
         if overlay is not None:
             overlay[key] = None if op == "del" else text
         args = [self.group, entry_id, order, op, event.client_id, text, expect, expected,
-                scripts.MAX_ORDER_MARKS]
+                _MAX_ORDER_MARKS_TEXT]
         return _Op("session", stream, entry_id, SESSION_SCRIPT, keys, args, host, event,
                    mark=names[4])
 
@@ -924,6 +926,16 @@ class Collector:
             self.heartbeat("stopped")
         except redis.RedisError:
             pass
+
+
+_MAX_ORDER_MARKS_TEXT = str(scripts.MAX_ORDER_MARKS)
+# Texts of the small counts every script call carries: packing a str is
+# about twice as fast as packing an int.
+_COUNT_TEXTS = tuple(str(n) for n in range(1024))
+
+
+def _count_text(count: int) -> str:
+    return _COUNT_TEXTS[count] if count < 1024 else str(count)
 
 
 def _entry_error(message: bytes) -> Exception:
