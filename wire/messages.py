@@ -680,25 +680,6 @@ if msgspec is not None:
             infos.append(info)
         return tuple(infos)
 
-    def _wire_session(wire: _WireSession) -> SessionEvent | None:
-        client_id = wire.client_id
-        raw_sessions = wire.sessions
-        sessions: tuple[SessionInfo, ...] | None = ()
-        if wire.kind != SNAPSHOT:
-            if raw_sessions or not client_id:
-                return None
-        elif raw_sessions:
-            sessions = _wire_sessions(raw_sessions)
-            if sessions is None:
-                return None
-        event = _new(SessionEvent)
-        _set_attribute(event, "__dict__", {
-            "host": wire.host, "epoch": wire.epoch, "seq": wire.seq,
-            "observed_at": wire.observed_at, "kind": wire.kind, "client_id": client_id,
-            "user_id": wire.user_id, "state": wire.state, "connected_at": wire.connected_at,
-            "sessions": sessions})
-        return event
-
     def _msgspec_stage(data: bytes) -> Message | None:
         """``data`` decoded by msgspec, or None to leave it to the paths above."""
         if len(data) > MAX_MESSAGE_BYTES:
@@ -713,7 +694,25 @@ if msgspec is not None:
         if not (host in _valid_hosts or _learn_host(host)):
             return None
         if type(wire) is _WireSession:
-            return _wire_session(wire)
+            # Only a snapshot carries sessions; any other event names its client.
+            client_id = wire.client_id
+            raw_sessions = wire.sessions
+            sessions: tuple[SessionInfo, ...] | None = ()
+            if wire.kind != SNAPSHOT:
+                if raw_sessions or not client_id:
+                    return None
+            elif raw_sessions:
+                sessions = _wire_sessions(raw_sessions)
+                if sessions is None:
+                    return None
+            event = _new(SessionEvent)
+            _set_attribute(event, "__dict__", {
+                "host": host, "epoch": wire.epoch, "seq": wire.seq,
+                "observed_at": wire.observed_at, "kind": wire.kind, "client_id": client_id,
+                "user_id": wire.user_id, "state": wire.state, "connected_at": wire.connected_at,
+                "sessions": sessions})
+            return event
+        # A report: valid check and field names, each check with a boolean 'healthy'.
         checks = wire.checks
         names = _valid_names
         if not names.issuperset(checks) and not all(map(_learn_name, checks)):
