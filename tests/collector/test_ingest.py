@@ -256,13 +256,15 @@ def test_garbage_is_dead_lettered_while_good_messages_flow(
     assert redis_client.hget(keys.host("bbs-01"), "seq") == str(len(GARBAGE)).encode()
     letters = redis_client.xrange(keys.dead_letter_stream())
     assert len(letters) == len(GARBAGE) + 1
-    by_id = {fields[b"id"]: fields for _, fields in letters}
+    # Entry ids are unique per stream only: the sessions stream's entry may
+    # share its id with a reports entry.
+    by_id = {(fields[b"stream"], fields[b"id"]): fields for _, fields in letters}
+    reports = keys.reports_stream().encode()
     for entry_id, reason in expected.items():
-        letter = by_id[entry_id]
+        letter = by_id[(reports, entry_id)]
         assert reason in letter[b"reason"].decode(), letter[b"reason"]
-        assert letter[b"stream"] == keys.reports_stream().encode()
         assert len(letter[b"payload"]) <= 4096
-    assert int(by_id[next(i for i, r in expected.items() if r == "exceeds")]
+    assert int(by_id[(reports, next(i for i, r in expected.items() if r == "exceeds"))]
                [b"payload_bytes"]) == MAX_MESSAGE_BYTES + 1
     assert collector.counters.dead_lettered == len(GARBAGE) + 1
     assert pending(redis_client, keys.reports_stream()) == 0
