@@ -22,11 +22,12 @@ from __future__ import annotations
 
 from collections.abc import Mapping
 from dataclasses import dataclass
-from itertools import chain
+from itertools import chain, compress
+from operator import ne
 from typing import Any
 
 from wire.messages import Report
-from wire.state import field_text, flatten_checks, report_meta
+from wire.state import field_text, flatten_checks, float_text, report_meta
 
 # Written with every report: they change each time (times, seq) or other
 # writers may have changed them since (status, stale).
@@ -121,37 +122,41 @@ def _check_changes(before: Mapping[str, Mapping[str, Any]],
         old = before.get(name)
         if old is None:
             old = {}
-        elif (old == fields and list(old) == list(fields)
-              and list(map(type, old.values())) == list(map(type, fields.values()))
-              and 0.0 not in fields.values()):
-            # The whole check is unchanged (same keys in the same order, equal
-            # values of the same types, no float zero whose sign could differ).
-            continue
         prefix = name + "."
+        values, olds = fields.values(), old.values()
+        if list(old) == list(fields) and list(map(type, values)) == list(map(type, olds)):
+            # The usual case, the same fields in the same order with values of
+            # the same types: a text changed exactly where the value did (equal
+            # values of one type have one text), found by C-level loops.
+            for key, value in compress(fields.items(), map(ne, values, olds)):
+                kind = type(value)
+                if kind is float:
+                    add(prefix + key)
+                    add(float_text(value))
+                elif kind is int:
+                    add(prefix + key)
+                    add(str(value))
+                elif kind is str:
+                    add(prefix + key)
+                    add(value)
+                else:
+                    text = field_text(value)
+                    if text is not None:  # a list field, before as now: not stored
+                        add(prefix + key)
+                        add(text)
+            continue
         for key, value in fields.items():
-            kind = type(value)
             previous = old.get(key, _MISSING)
-            # Equal values of one type have one text, except the two zeros of
-            # a float (1 == 1.0 == True, but their texts differ).
-            if previous == value and type(previous) is kind and (kind is not float or value):
+            # Equal values of one type have one text (1 == 1.0 == True, but
+            # their texts differ).
+            if previous == value and type(previous) is type(value):
                 continue
-            # field_text written out for the common types: this loop runs for
-            # every field of every report.
-            if kind is float:
-                text = repr(round(value, 3)) if value - value == 0.0 else ""
-            elif kind is int:
-                text = str(value)
-            elif kind is str:
-                text = value
-            else:
-                maybe = field_text(value)
-                if maybe is None:
-                    if previous is not _MISSING and field_text(previous) is not None:
-                        deleted.append(prefix + key)
-                    continue
-                text = maybe
-            add(prefix + key)
-            add(text)
+            text = field_text(value)
+            if text is not None:
+                add(prefix + key)
+                add(text)
+            elif previous is not _MISSING and field_text(previous) is not None:
+                deleted.append(prefix + key)
         if old.keys() != fields.keys():
             deleted += [prefix + key for key in old.keys() - fields.keys()
                         if field_text(old[key]) is not None]

@@ -32,6 +32,7 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
 
+import msgpack
 import redis
 
 from collector import keepalive, rawpipe, scripts
@@ -633,7 +634,7 @@ class Collector:
                 args += (op.script.name, _count_text(len(op.keys)),
                          "0" if op.mark is None else "1", _count_text(len(op.args)))
                 args += op.args
-            commands.append(("EVALSHA", BATCH_SCRIPT.sha, len(keys), *keys, *args))
+            commands.append(("EVALSHA", BATCH_SCRIPT.sha, len(keys), *keys, _pack_args(args)))
         return commands
 
     def _keys_of(self, host: str) -> tuple[str, ...]:
@@ -929,6 +930,10 @@ class Collector:
 
 
 _MAX_ORDER_MARKS_TEXT = str(scripts.MAX_ORDER_MARKS)
+# The batch script's arguments travel as one msgpack array. Texts that are
+# not valid UTF-8 (none should be) go through as their bytes; bytes are packed
+# as msgpack raw strings, the only kind the cmsgpack of Redis 6.2 reads.
+_pack_args = msgpack.Packer(use_bin_type=False, unicode_errors="surrogatepass").pack
 # Texts of the small counts every script call carries: packing a str is
 # about twice as fast as packing an int.
 _COUNT_TEXTS = tuple(str(n) for n in range(1024))

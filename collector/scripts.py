@@ -200,16 +200,17 @@ def _as_function(name: str, source: str) -> str:
     """One entry script as a Lua function inside :data:`BATCH`.
 
     Its keys and arguments are read in place, at offsets ``k`` and ``a`` of
-    the batch's KEYS and ARGV (``na`` arguments), rather than copied; its
+    the batch's KEYS and of ARGS, the batch's unpacked arguments (``na`` of
+    them), rather than copied; its
     XACK and its ZADD of the hosts index are collected and sent once per
     batch, after every entry's write.
     """
     body = source.replace(_COMMON, "")
     body = body.replace("redis.call('XACK', ", "ack(").replace("redis.call('ZADD', ", "zadd(")
     # Ranges first: the one-argument form is rewritten into a range.
-    body = re.sub(r"unpack\(ARGV, ([^,()]+), ([^,()]+)\)", r"unpack(ARGV, a + \1, a + \2)", body)
-    body = re.sub(r"unpack\(ARGV, ([^,()]+)\)", r"unpack(ARGV, a + \1, a + na)", body)
-    body = body.replace("#ARGV", "na").replace("KEYS[", "KEYS[k + ").replace("ARGV[", "ARGV[a + ")
+    body = re.sub(r"unpack\(ARGV, ([^,()]+), ([^,()]+)\)", r"unpack(ARGS, a + \1, a + \2)", body)
+    body = re.sub(r"unpack\(ARGV, ([^,()]+)\)", r"unpack(ARGS, a + \1, a + na)", body)
+    body = body.replace("#ARGV", "na").replace("KEYS[", "KEYS[k + ").replace("ARGV[", "ARGS[a + ")
     return f"local function {name}(k, a, na)\n{body}\nend\n"
 
 
@@ -223,14 +224,17 @@ def _as_function(name: str, source: str) -> str:
 # call, and the entries after it stay pending too.
 # KEYS: every entry's keys in turn, each entry's followed by its host's
 #       evaluation-pending key when it has one
-# ARGV: mark TTL in seconds (0: no marks), then per entry: script name, key
-#       count, 1 if a mark key follows its keys else 0, argument count, its
-#       arguments
+# ARGV: one msgpack array (ARGS), unpacked by the script: mark TTL in seconds
+#       (0: no marks), then per entry: script name, key count, 1 if a mark
+#       key follows its keys else 0, argument count, its arguments. One packed
+#       argument rather than thousands: cheaper for the collector to pack and
+#       for Redis to parse.
 # Returns {results, entries (1-based) whose host's mark this call took}, and
 # a third item, an error text, when the final ZADDs and XACKs failed (then
 # nothing of this call is acknowledged); a result is the entry script's
 # return value or an 'ERR ...' string.
 BATCH = _COMMON + """
+local ARGS = cmsgpack.unpack(ARGV[1])
 local acks, ack_order, zadds, zadd_order = {}, {}, {}, {}
 local function ack(stream, group, id)
   local key = stream .. '\\0' .. group
@@ -255,12 +259,12 @@ end
 """ + (_as_function("report", REPORT) + _as_function("session", SESSION)
        + _as_function("snapshot", SNAPSHOT) + _as_function("dead_letter", DEAD_LETTER)) + """
 local run = {report = report, session = session, snapshot = snapshot, dead_letter = dead_letter}
-local ttl = tonumber(ARGV[1])
+local ttl = tonumber(ARGS[1])
 local results, marked, seen = {}, {}, {}
-local k, a, n, last = 1, 2, 0, #ARGV
+local k, a, n, last = 1, 2, 0, #ARGS
 while a <= last do
-  local fn, nk, nm, na = run[ARGV[a]], tonumber(ARGV[a + 1]), tonumber(ARGV[a + 2]),
-                         tonumber(ARGV[a + 3])
+  local fn, nk, nm, na = run[ARGS[a]], tonumber(ARGS[a + 1]), tonumber(ARGS[a + 2]),
+                         tonumber(ARGS[a + 3])
   n = n + 1
   local ok, result = pcall(fn, k - 1, a + 3, na)
   if ok then

@@ -98,6 +98,23 @@ def entry_id_ms(entry_id: bytes | str) -> int:
     return int(text.split("-", 1)[0])
 
 
+def float_text(value: float) -> str:
+    """A float as stored text: rounded to 3 decimals, shortest form ('50.1',
+    '2.0'); '' when not finite. Both zeros are '0.0', so that equal values
+    always have equal texts."""
+    if -1e9 < value < 1e9:
+        # Below 1e9 the value has at most 12 significant digits after
+        # rounding, so '%.3f' without its trailing zeros is exactly
+        # repr(round(value, 3)) (tests/wire compares them), at half the cost.
+        text = ("%.3f" % value).rstrip("0")  # noqa: UP031 - the cheapest form
+        if text[-1] == ".":
+            text += "0"
+        return "0.0" if text == "-0.0" else text
+    if value - value != 0.0:  # inf or nan
+        return ""
+    return repr(round(value, 3))
+
+
 def format_value(value: FieldValue) -> str:
     """A field value as stored text: booleans as true/false, None as empty."""
     if value is None:
@@ -105,7 +122,7 @@ def format_value(value: FieldValue) -> str:
     if isinstance(value, bool):
         return "true" if value else "false"
     if isinstance(value, float):
-        return repr(round(value, 3)) if math.isfinite(value) else ""
+        return float_text(value)
     if isinstance(value, tuple | list):
         return json.dumps([dict(v) for v in value], ensure_ascii=False)
     return str(value)
@@ -132,7 +149,7 @@ def _flatten_into(flat: dict[str, str], checks: Mapping[str, Mapping[str, Any]])
             if kind is str:
                 flat[f"{prefix}{key}"] = value
             elif kind is float:
-                flat[f"{prefix}{key}"] = repr(round(value, 3)) if value - value == 0.0 else ""
+                flat[f"{prefix}{key}"] = float_text(value)
             elif kind is bool:
                 flat[f"{prefix}{key}"] = "true" if value else "false"
             elif kind is int:
@@ -168,7 +185,6 @@ def report_meta(report: Report, entry_ms: int, stale: str = STALE_NO) -> dict[st
     observed_at = report.observed_at
     # This runs for every report the collector takes in: the texts below are
     # format_value's, written out for the types a decoded report holds.
-    skew = round(observed_at - entry_ms / 1000, 3)
     interval = report.interval
     names = _checks_texts.get(tuple(checks))
     if names is None:
@@ -184,10 +200,9 @@ def report_meta(report: Report, entry_ms: int, stale: str = STALE_NO) -> dict[st
         "epoch": str(report.epoch),
         "seq": str(report.seq),
         "agent_version": report.agent_version,
-        "clock_skew_s": repr(skew) if skew - skew == 0.0 else "",
+        "clock_skew_s": float_text(observed_at - entry_ms / 1000),
         "stale": stale,
-        "interval_s": (repr(round(interval, 3)) if type(interval) is float
-                       and interval - interval == 0.0 else format_value(interval)),
+        "interval_s": float_text(interval) if type(interval) is float else format_value(interval),
         "checks": names,
         "unhealthy": (unhealthy[0] if len(unhealthy) == 1
                       else ",".join(sorted(unhealthy))),
@@ -208,7 +223,7 @@ def field_text(value: Any) -> str | None:
     if kind is str:
         return value
     if kind is float:
-        return repr(round(value, 3)) if value - value == 0.0 else ""
+        return float_text(value)
     if kind is bool:
         return "true" if value else "false"
     if kind is int:

@@ -48,6 +48,7 @@ from wire.state import (
     STALE_NO,
     STALE_WARNING,
     flatten_checks,
+    float_text,
     iso_from_ms,
     iso_from_seconds,
     report_fields,
@@ -740,10 +741,29 @@ def reference_format(value: Any) -> str:
     if isinstance(value, bool):
         return "true" if value else "false"
     if isinstance(value, float):
-        return repr(round(value, 3)) if math.isfinite(value) else ""
+        if not math.isfinite(value):
+            return ""
+        text = repr(round(value, 3))
+        return "0.0" if text == "-0.0" else text  # both zeros store as 0.0
     if isinstance(value, tuple | list):
         return json.dumps([dict(v) for v in value], ensure_ascii=False)
     return str(value)
+
+
+@settings(max_examples=3000, deadline=None)
+@given(st.floats() | st.floats(min_value=-2e9, max_value=2e9)
+       | st.integers(min_value=-(10**12), max_value=10**12).map(lambda n: n / 1000)
+       | st.integers(min_value=-(10**12), max_value=10**12).map(lambda n: n / 1000 + 0.0005))
+@example(999_999_999.9995)
+@example(-999_999_999.9995)
+@example(1e9)
+@example(0.0005)
+@example(0.0015)
+@example(-0.0004)
+@example(2.675)
+@example(1e-320)
+def test_float_text_is_the_rounded_repr(value: float) -> None:
+    assert float_text(value) == reference_format(value)
 
 
 def reference_report_fields(report: Report, entry_ms: int, stale: str) -> dict[str, str]:
