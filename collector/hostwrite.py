@@ -21,7 +21,7 @@ other change to a hash (a hand edit) lasts a bounded number of reports.
 from __future__ import annotations
 
 from collections.abc import Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from itertools import chain, compress
 from operator import ne
 from typing import Any
@@ -39,6 +39,8 @@ FULL_EVERY = 32
 MAX_HOSTS = 20_000
 
 _MISSING = object()
+# A check's field names in order and the types of their values.
+_Shape = tuple[list[str], list[type]]
 
 
 @dataclass(slots=True)
@@ -49,6 +51,7 @@ class _Written:
     checks: Mapping[str, Mapping[str, Any]]
     meta: dict[str, str]
     writes: int
+    shapes: dict[str, _Shape] = field(default_factory=dict)  # per check, when known
 
 
 @dataclass(frozen=True, slots=True)
@@ -88,7 +91,8 @@ class HostWrites:
             if before[name] != meta[name]:
                 pairs += (name, meta[name])
         deleted: list[str] = []
-        _check_changes(written.checks, report.checks, pairs, deleted)
+        written.shapes = _check_changes(written.checks, report.checks, written.shapes, pairs,
+                                        deleted)
         written.order = order
         written.checks = report.checks
         written.meta = meta
@@ -112,19 +116,25 @@ def whole_write(report: Report, meta: Mapping[str, str]) -> HostWrite:
 
 
 def _check_changes(before: Mapping[str, Mapping[str, Any]],
-                   after: Mapping[str, Mapping[str, Any]],
-                   pairs: list[str], deleted: list[str]) -> None:
+                   after: Mapping[str, Mapping[str, Any]], shapes: Mapping[str, _Shape],
+                   pairs: list[str], deleted: list[str]) -> dict[str, _Shape]:
     """Add to ``pairs`` the check fields whose text changed from ``before`` to
     ``after`` and to ``deleted`` those that are gone (list fields are not
-    stored, so a field turning into a list is gone too)."""
+    stored, so a field turning into a list is gone too). ``shapes`` are those
+    of ``before`` as far as known; returns those of ``after``."""
     add = pairs.append
+    after_shapes: dict[str, _Shape] = {}
     for name, fields in after.items():
         old = before.get(name)
         if old is None:
             old = {}
         prefix = name + "."
         values, olds = fields.values(), old.values()
-        if list(old) == list(fields) and list(map(type, values)) == list(map(type, olds)):
+        shape = after_shapes[name] = (list(fields), list(map(type, values)))
+        old_shape = shapes.get(name)
+        if old_shape is None:
+            old_shape = (list(old), list(map(type, olds)))
+        if shape == old_shape:
             # The usual case, the same fields in the same order with values of
             # the same types: a text changed exactly where the value did (equal
             # values of one type have one text), found by C-level loops.
@@ -164,3 +174,4 @@ def _check_changes(before: Mapping[str, Mapping[str, Any]],
         for name in before.keys() - after.keys():
             deleted += [f"{name}.{key}" for key, value in before[name].items()
                         if field_text(value) is not None]
+    return after_shapes
