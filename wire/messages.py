@@ -634,25 +634,22 @@ if msgspec is not None:
     ]
     _WireSessions = Annotated[tuple[_WireSessionInfo, ...], Meta(max_length=MAX_LIST_ITEMS)]
 
-    class _WireReport(msgspec.Struct, tag_field="t", tag=REPORT, forbid_unknown_fields=True,
-                      gc=False):
+    class _WireMessage(msgspec.Struct, tag_field="t", forbid_unknown_fields=True, gc=False):
+        """What both message types carry (fields are read by name: order is free)."""
+
         v: Literal[1]
         host: _Short
-        agent_version: _Short
         epoch: _Seq
         seq: _Seq
         observed_at: _Time
+
+    class _WireReport(_WireMessage, tag=REPORT):
+        agent_version: _Short
         checks: Annotated[dict[str, _WireFields], Meta(max_length=MAX_CHECKS)]
         dropped: _Seq = 0
         interval: Annotated[float, Meta(ge=0.1, le=86_400)] = 60.0
 
-    class _WireSession(msgspec.Struct, tag_field="t", tag=SESSION, forbid_unknown_fields=True,
-                       gc=False):
-        v: Literal[1]
-        host: _Short
-        epoch: _Seq
-        seq: _Seq
-        observed_at: _Time
+    class _WireSession(_WireMessage, tag=SESSION):
         kind: Literal["connected", "logged_in", "disconnected", "state", "snapshot"]
         client_id: _ClientText = ""
         user_id: _ClientText | None = None
