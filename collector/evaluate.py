@@ -124,6 +124,10 @@ class Evaluations:
         # not yet, or they did not, and every host is recorded).
         self._slots: tuple[_Slot, ...] | None = None
         self._learnt = False
+        # One rq Job reused for every derived host: only its call's arguments
+        # and its description depend on the host (see _job_options), and
+        # building a Job costs more than the rest of a derivation.
+        self._scratch: Job | None = None
 
     def request(self, hosts: Iterable[str]) -> int:
         """Enqueue an evaluation of each host unless one already waits; the count enqueued."""
@@ -316,8 +320,14 @@ class Evaluations:
         """The host's template: the first recorded one with this host's values in ``slots``."""
         assert self._probe is not None
         reference = self._probe[1]
-        values = self.queue.create_job(EVALUATE_JOB, status=JobStatus.QUEUED,
-                                       **_job_options(host)).to_dict()
+        options = _job_options(host)
+        if self._scratch is None:
+            self._scratch = self.queue.create_job(EVALUATE_JOB, status=JobStatus.QUEUED,
+                                                  **options)
+        else:
+            self._scratch.args = options["args"]
+            self._scratch.description = options["description"]
+        values = self._scratch.to_dict()
         encode = self.client.get_encoder().encode
         changed: dict[int, list[bytes]] = {}
         for index, position, field in slots:
