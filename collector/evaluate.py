@@ -15,8 +15,9 @@ off a backlog. So, with an rq version listed in :data:`VERIFIED_RQ_VERSIONS`,
 rq enqueues the jobs of the first two hosts into a pipeline that is never
 executed, and the commands it queued there become templates: each host gets
 one, the first host's with the values that differ between the two
-recordings (the compressed call, the description) taken from the
-``Job.to_dict()`` of an rq ``Job`` made for the host, once per process. A
+recordings (the compressed call, the description) taken from
+``Job.to_dict()`` of one rq ``Job`` given the host's arguments and
+description, once per host and process. A
 job is then sent from its host's template with a fresh job id and the
 batch's time in place of the recorded ones, the whole batch in one
 ``MULTI``/``EXEC`` round trip as rq's own: about 15 µs per job. Commands
@@ -213,9 +214,10 @@ class Evaluations:
         """The template of a host not seen yet.
 
         The first two hosts are recorded; from what differs between them
-        (the call and the description) the others are derived, with rq's
-        ``create_job`` and ``to_dict`` for the values, for a fraction of a
-        recording's cost. If the two recordings do not say how, every host
+        (the call and the description) the others are derived, with the
+        values from ``to_dict`` of one rq Job (made by ``create_job`` once,
+        then given each host's arguments and description), for a fraction of
+        a recording's cost. If the two recordings do not say how, every host
         is recorded.
         """
         if self._slots is not None:
