@@ -75,15 +75,14 @@ class HostWrites:
     def plan(self, report: Report, entry_ms: int, order: str) -> HostWrite:
         """The write of ``report`` (ordering key ``order``), remembered as the
         host's latest: the next report's difference is taken against it."""
-        meta = report_meta(report, entry_ms)
-        meta["report_status"] = meta["status"]
+        meta = _meta(report, entry_ms)
         host = report.host
         written = self._written.get(host)
         if written is None or written.writes >= self.full_every:
             if written is None and len(self._written) >= self.max_hosts:
                 self._written.clear()
             self._written[host] = _Written(order, report.checks, meta, 1)
-            return whole_write(report, meta)
+            return _whole(report, meta)
         base = written.order
         pairs = [value for name in ALWAYS_WRITTEN for value in (name, meta[name])]
         before = written.meta
@@ -107,9 +106,21 @@ class HostWrites:
         return len(self._written)
 
 
-def whole_write(report: Report, meta: Mapping[str, str]) -> HostWrite:
-    """The whole hash of ``report`` given its :func:`wire.state.report_meta`
-    (with ``report_status``)."""
+def whole_write(report: Report, entry_ms: int) -> HostWrite:
+    """The whole hash of ``report`` received at Redis time ``entry_ms``, leaving
+    what is remembered alone."""
+    return _whole(report, _meta(report, entry_ms))
+
+
+def _meta(report: Report, entry_ms: int) -> dict[str, str]:
+    """The fields of the hash besides the checks': wire.state's, and the
+    report's own status, which staleness does not change."""
+    meta = report_meta(report, entry_ms)
+    meta["report_status"] = meta["status"]
+    return meta
+
+
+def _whole(report: Report, meta: Mapping[str, str]) -> HostWrite:
     fields = dict(meta)
     fields.update(flatten_checks(report.checks))
     return HostWrite("", [], list(chain.from_iterable(fields.items())))

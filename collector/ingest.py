@@ -67,7 +67,7 @@ from wire.messages import (
     SessionInfo,
     decode_entry,
 )
-from wire.state import entry_id_ms, format_value, iso_from_ms, report_meta, session_text
+from wire.state import entry_id_ms, float_text, iso_from_ms, session_text
 
 logger = logging.getLogger(__name__)
 
@@ -167,10 +167,9 @@ def _figure(fields: Mapping[str, Any] | None, name: str) -> str:
     if fields is None:
         return ""
     value = fields.get(name)
-    kind = type(value)
-    if kind is float:
-        return format_value(value)
-    if kind is int:
+    if type(value) is float:
+        return float_text(value)
+    if type(value) is int:
         return str(value)
     return ""
 
@@ -681,12 +680,8 @@ class Collector:
         write, or (``whole``, or nothing remembered) its whole hash."""
         entry_ms = entry_id_ms(entry_id)
         order = order_key(report.epoch, report.seq)
-        if whole:
-            meta = report_meta(report, entry_ms)
-            meta["report_status"] = meta["status"]
-            write = whole_write(report, meta)
-        else:
-            write = self._writes.plan(report, entry_ms, order)
+        write = (whole_write(report, entry_ms) if whole
+                 else self._writes.plan(report, entry_ms, order))
         host = report.host
         names = self._keys_of(host)
         args: list[Any] = [

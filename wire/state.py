@@ -140,24 +140,12 @@ def flatten_checks(checks: Mapping[str, Mapping[str, FieldValue]]) -> dict[str, 
 
 
 def _flatten_into(flat: dict[str, str], checks: Mapping[str, Mapping[str, Any]]) -> None:
-    # format_value inlined for the exact types a decoded report holds; any
-    # other type takes format_value itself.
     for name, fields in checks.items():
         prefix = f"{name}."
         for key, value in fields.items():
-            kind = type(value)
-            if kind is str:
-                flat[f"{prefix}{key}"] = value
-            elif kind is float:
-                flat[f"{prefix}{key}"] = float_text(value)
-            elif kind is bool:
-                flat[f"{prefix}{key}"] = "true" if value else "false"
-            elif kind is int:
-                flat[f"{prefix}{key}"] = str(value)
-            elif value is None:
-                flat[f"{prefix}{key}"] = ""
-            elif not isinstance(value, tuple | list):
-                flat[f"{name}.{key}"] = format_value(value)
+            text = field_text(value)
+            if text is not None:
+                flat[f"{prefix}{key}"] = text
 
 
 def report_fields(report: Report, entry_ms: int, stale: str = STALE_NO) -> dict[str, str]:
@@ -186,12 +174,13 @@ def report_meta(report: Report, entry_ms: int, stale: str = STALE_NO) -> dict[st
     # This runs for every report the collector takes in: the texts below are
     # format_value's, written out for the types a decoded report holds.
     interval = report.interval
-    names = _checks_texts.get(tuple(checks))
+    in_order = tuple(checks)
+    names = _checks_texts.get(in_order)
     if names is None:
         names = ",".join(sorted(checks))
         if len(_checks_texts) >= _CHECKS_TEXTS_LIMIT:
             _checks_texts.clear()
-        _checks_texts[tuple(checks)] = names
+        _checks_texts[in_order] = names
     return {
         "status": _STATUS_NAMES[status],
         "last_seen": iso_from_ms(entry_ms),
