@@ -29,11 +29,17 @@ class InFlight:
 
     def __init__(self, client: Any, commands: Sequence[tuple[Any, ...]]) -> None:
         self.pool = client.connection_pool
-        self.count = len(commands)
+        self.count = 0
         self.connection: Any = None
         if not commands:
             return
         self.connection = self.pool.get_connection()
+        self.send_more(commands)
+
+    def send_more(self, commands: Sequence[tuple[Any, ...]]) -> None:
+        """Send ``commands`` behind those in flight; their replies follow theirs."""
+        if self.connection is None:
+            raise RuntimeError("the replies were collected: nothing is in flight")
         try:
             if _pack is not None:
                 packed: list[bytes] = [b"".join(_pack(command) for command in commands)]
@@ -43,21 +49,7 @@ class InFlight:
         except BaseException:
             self.abandon()
             raise
-
-    def first(self) -> Any:
-        """The first reply not read yet (an error reply as its exception), read alone."""
-        if self.connection is None or self.count == 0:
-            raise RuntimeError("no reply left to read")
-        try:
-            try:
-                reply = self.connection.read_response()
-            except redis.ResponseError as exc:
-                reply = exc
-        except BaseException:
-            self.abandon()
-            raise
-        self.count -= 1
-        return reply
+        self.count += len(commands)
 
     def collect(self) -> list[Any]:
         """The replies, in order; the connection goes back to the pool."""

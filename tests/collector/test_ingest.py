@@ -569,3 +569,34 @@ def test_errors_inside_a_batch_script_keep_their_kind() -> None:
                       redis.ReadOnlyError)
     assert isinstance(_entry_error(b"ERR LOADING Redis is loading the dataset in memory"),
                       redis.ConnectionError)
+
+
+def test_the_next_batch_is_in_hand_while_a_batch_is_written(
+        redis_client: redis.Redis, keys: Any, publish: Any, report: Any, event: Any,
+        make_collector: Any) -> None:
+    # Working off a backlog, the XREADGROUP of the next batch went out before
+    # this batch was decoded: its entries have arrived while this batch's
+    # scripts are still in flight, so the next read waits for nothing.
+    total = _backlog(publish, report, event, hosts=10, reports=6)
+    collector = make_collector(batch_size=7)
+    collector.setup()
+    assert collector.read(None) == 14  # seven of each stream
+    assert collector._inflight is not None and len(collector._inflight_ops) == 14
+    assert collector._prefetched and sum(len(e) for _, e in collector._prefetched) == 14
+    assert not collector._reading_ahead
+    collector.drain()
+    _assert_backlog_applied(redis_client, keys, hosts=10, reports=6)
+    assert collector.counters.applied == total
+
+
+def test_the_garbage_collector_is_tuned_for_the_ingest_loop() -> None:
+    import subprocess
+    import sys
+
+    code = ("import gc; from collector.ingest import GC_YOUNG_THRESHOLD, tune_garbage_collector; "
+            "before = gc.get_threshold(); tune_garbage_collector(); "
+            "print(gc.get_threshold()[0] == GC_YOUNG_THRESHOLD > before[0], "
+            "gc.get_threshold()[1:] == before[1:], gc.get_freeze_count() > 1000)")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                         check=True, timeout=60)
+    assert out.stdout.split() == ["True", "True", "True"]
