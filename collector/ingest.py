@@ -30,6 +30,7 @@ import os
 import socket
 import threading
 import time
+from collections import deque
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
@@ -287,11 +288,12 @@ class Collector:
         self.ready = False
         self.caught_up = False
         self.started_ms = 0
-        # Commands sent whose replies are not read yet: the scripts of
-        # _inflight_ops, then, when _reading_ahead, one XREADGROUP of the next
-        # batch. _prefetched holds what such an XREADGROUP returned.
+        # Commands sent on one connection whose replies are not read yet, and
+        # what they are, in order: a batch's scripts (its ops and the number
+        # of script calls) or, as None, the XREADGROUP of a read ahead, whose
+        # entries then go to _prefetched.
         self._inflight: rawpipe.InFlight | None = None
-        self._inflight_ops: list[_Op] = []
+        self._awaited: deque[tuple[list[_Op], int] | None] = deque()
         self._reading_ahead = False
         self._prefetched: list[tuple[str, list[Any]]] | None = None
         self._changed: set[str] = set()  # hosts whose state changed, not yet evaluated
@@ -313,7 +315,8 @@ class Collector:
             # Whatever was in flight stays pending and is re-read below.
             self._inflight.abandon()
             self._inflight = None
-        self._inflight_ops, self._reading_ahead = [], False
+        self._awaited.clear()
+        self._reading_ahead = False
         self._prefetched = None  # delivered to this consumer: re-read below too
         # Redis may have lost or changed anything meanwhile: write whole hashes
         # first (a difference would be refused anyway, at the cost of a retry).
@@ -420,7 +423,7 @@ class Collector:
     def read(self, block_ms: int | None) -> int:
         """Read and apply one batch of new entries; the number read."""
         if self._prefetched is None and self._reading_ahead:
-            self.flush(evaluate=False)  # the read ahead's reply is the last one in flight
+            self.flush(evaluate=False)  # handles all before it, then takes its entries
         batches, self._prefetched = self._prefetched, None
         if batches is None:
             reply = self.client.xreadgroup(self.group, self.name,
@@ -632,29 +635,53 @@ class Collector:
         return ops
 
     def _send(self, ops: list[_Op]) -> None:
-        """Send ``ops`` after handling what is in flight.
+        """Send the scripts of ``ops``, then handle the replies of what went before.
 
         Redis runs this batch's scripts while the caller reads and decodes the
-        next one; the replies are handled when that one is sent.
+        next one; their replies are handled when that one is sent. Sending
+        first keeps Redis busy while the replies before are handled: what
+        handling them may send again (a whole hash for a refused difference,
+        a merge retried) is ordered by the entries' ordering keys, whichever
+        arrives first.
         """
-        self.flush(evaluate=False)
         commands = self._batch_commands(ops)
         if commands:
-            self._inflight = rawpipe.send(self.client, commands)
-            self._inflight_ops = ops
+            self._put(commands, (ops, len(commands)))
+        self._settle(keep=1 if commands else 0)
 
     def _read_ahead(self) -> None:
         """Send the XREADGROUP of the next batch behind what is in flight."""
         if self._reading_ahead or self._prefetched is not None:
             return
-        command = ("XREADGROUP", "GROUP", self.group, self.name, "COUNT",
-                   self.settings.batch_size, "STREAMS", *self.streams,
-                   *([">"] * len(self.streams)))
-        if self._inflight is None:
-            self._inflight = rawpipe.send(self.client, [command])
-        else:
-            self._inflight.send_more([command])
+        self._put([("XREADGROUP", "GROUP", self.group, self.name, "COUNT",
+                    self.settings.batch_size, "STREAMS", *self.streams,
+                    *([">"] * len(self.streams)))], None)
         self._reading_ahead = True
+
+    def _put(self, commands: list[tuple[Any, ...]],
+             awaited: tuple[list[_Op], int] | None) -> None:
+        if self._inflight is None:
+            self._inflight = rawpipe.send(self.client, commands)
+        else:
+            self._inflight.send_more(commands)
+        self._awaited.append(awaited)
+
+    def _settle(self, keep: int = 0) -> None:
+        """Read and handle the replies in flight, all but the last ``keep`` sends'."""
+        awaited = self._awaited
+        while len(awaited) > keep:
+            assert self._inflight is not None
+            group = awaited.popleft()
+            if group is None:
+                reply = self._inflight.collect(1)[0]
+                self._reading_ahead = False
+                # Kept for the next read (they are delivered to this consumer).
+                self._prefetched = _raw_stream_replies(reply)
+            else:
+                ops, count = group
+                self._handle(ops, self._inflight.collect(count))
+        if not awaited:
+            self._inflight = None
 
     def _batch_commands(self, ops: Sequence[_Op]) -> list[tuple[Any, ...]]:
         """The batch script calls applying ``ops``, at most BATCH_ENTRIES entries each."""
@@ -795,14 +822,7 @@ class Collector:
 
     def flush(self, *, evaluate: bool = True) -> None:
         """Wait for the batch in flight, handle its replies and request evaluations."""
-        if self._inflight is not None:
-            inflight, ops, ahead = self._inflight, self._inflight_ops, self._reading_ahead
-            self._inflight, self._inflight_ops, self._reading_ahead = None, [], False
-            replies = inflight.collect()
-            if ahead:
-                # Kept for the next read (they are delivered to this consumer).
-                self._prefetched = _raw_stream_replies(replies.pop())
-            self._handle(ops, replies)
+        self._settle()
         if evaluate:
             self._evaluate_changed()
 

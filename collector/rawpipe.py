@@ -51,13 +51,15 @@ class InFlight:
             raise
         self.count += len(commands)
 
-    def collect(self) -> list[Any]:
-        """The replies, in order; the connection goes back to the pool."""
+    def collect(self, count: int | None = None) -> list[Any]:
+        """The next ``count`` replies (all by default), in order; once none is
+        left, the connection goes back to the pool."""
         if self.connection is None:
             return []
+        wanted = self.count if count is None else min(count, self.count)
         replies: list[Any] = []
         try:
-            for _ in range(self.count):
+            for _ in range(wanted):
                 try:
                     replies.append(self.connection.read_response())
                 except redis.ResponseError as exc:
@@ -65,8 +67,10 @@ class InFlight:
         except BaseException:
             self.abandon()
             raise
-        self.pool.release(self.connection)
-        self.connection = None
+        self.count -= wanted
+        if not self.count:
+            self.pool.release(self.connection)
+            self.connection = None
         return replies
 
     def abandon(self) -> None:

@@ -581,7 +581,8 @@ def test_the_next_batch_is_in_hand_while_a_batch_is_written(
     collector = make_collector(batch_size=7)
     collector.setup()
     assert collector.read(None) == 14  # seven of each stream
-    assert collector._inflight is not None and len(collector._inflight_ops) == 14
+    assert collector._inflight is not None and len(collector._awaited) == 1
+    assert len(collector._awaited[0][0]) == 14  # type: ignore[index]
     assert collector._prefetched and sum(len(e) for _, e in collector._prefetched) == 14
     assert not collector._reading_ahead
     collector.drain()
