@@ -17,6 +17,8 @@ from pathlib import Path
 
 import redis
 
+from stack.embedded import HASH_TUNING
+
 REDIS_START_TIMEOUT_S = 15.0
 
 
@@ -54,6 +56,8 @@ def command(name: str) -> str:
 def start_redis(directory: Path) -> tuple[subprocess.Popen[bytes], int]:
     """A throw-away redis-server (no persistence, log in ``directory``) and its port.
 
+    It is tuned for the host hashes as the stack's own Redis is (HASH_TUNING).
+
     Returns once it answers PING; the caller terminates the process.
     """
     binary = find_binary("redis-server")
@@ -62,7 +66,7 @@ def start_redis(directory: Path) -> tuple[subprocess.Popen[bytes], int]:
     port = free_port()
     process = subprocess.Popen(
         [binary, "--port", str(port), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no",
-         "--dir", str(directory), "--logfile", str(directory / "redis.log")],
+         "--dir", str(directory), "--logfile", str(directory / "redis.log"), *HASH_TUNING],
         stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     client = redis.Redis(port=port, socket_timeout=1)
     try:

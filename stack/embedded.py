@@ -69,8 +69,19 @@ def choose_port(preferred: int, host: str = "127.0.0.1") -> int:
         return int(sock.getsockname()[1])
 
 
+# Redis keeps a hash of few fields as one packed list that it searches field
+# by field, and a host hash holds some fifty fields, a report's write updating
+# a dozen and a half of them: with Redis's default (128) every report costs
+# Redis about 30% more work than with a real hash table, which a hash of
+# more than this many fields gets. Small hashes (a host's session order
+# marks) stay packed. Redis 7 reads the name as an alias of
+# hash-max-listpack-entries. docker-compose.yml and the benchmarks set the same.
+HASH_TUNING = ("--hash-max-ziplist-entries", "16")
+
+
 def server_argv(binary: str, port: int, directory: Path) -> list[str]:
-    """Command line of a loopback-only Redis that persists with AOF in ``directory``."""
+    """Command line of a loopback-only Redis that persists with AOF in ``directory``,
+    tuned for the host hashes (:data:`HASH_TUNING`)."""
     return [
         binary,
         "--port", str(port),
@@ -82,6 +93,7 @@ def server_argv(binary: str, port: int, directory: Path) -> list[str]:
         "--save", "",
         "--daemonize", "no",
         "--logfile", "",
+        *HASH_TUNING,
     ]
 
 

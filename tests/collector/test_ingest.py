@@ -601,3 +601,36 @@ def test_the_garbage_collector_is_tuned_for_the_ingest_loop() -> None:
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
                          check=True, timeout=60)
     assert out.stdout.split() == ["True", "True", "True"]
+
+
+def test_host_state_is_the_same_in_the_tuned_redis_and_uses_hash_tables(
+        redis_client: redis.Redis, redis_server_factory: Any, keys: Any, report: Any,
+        event: Any) -> None:
+    # The stack's Redis keeps host hashes as hash tables (HASH_TUNING); what
+    # the collector writes there is what it writes into a Redis left at its
+    # defaults, through whole writes and differences alike.
+    from stack.embedded import HASH_TUNING
+
+    from collector.ingest import Collector
+    from collector.settings import CollectorSettings
+    from wire.messages import stream_fields
+
+    tuned = redis.Redis.from_url(redis_server_factory(*HASH_TUNING).url)
+    messages = [report("bbs-01", seq, disk=40.0 + seq, sessions=seq) for seq in range(1, 5)]
+    messages.append(event("connected", 1, client_id="192.0.2.7:5000", connected_at=1.8e9))
+    states = []
+    for client in (redis_client, tuned):
+        for message in messages:
+            stream = (keys.sessions_stream() if message in messages[-1:]
+                      else keys.reports_stream())
+            client.xadd(stream, dict(stream_fields(message)))  # type: ignore[arg-type]
+        collector = Collector(client, keys, CollectorSettings(evaluate=False), name="t")
+        assert collector.drain() == len(messages)
+        state = client.hgetall(keys.host("bbs-01"))
+        # Redis's own clock: the entry times differ between the two servers.
+        for name in (b"last_seen", b"last_seen_ms", b"clock_skew_s"):
+            state.pop(name)
+        states.append((state, client.hgetall(keys.host_sessions("bbs-01"))))
+    assert states[0] == states[1]
+    assert tuned.object("encoding", keys.host("bbs-01")) == b"hashtable"
+    assert redis_client.object("encoding", keys.host("bbs-01")) != b"hashtable"

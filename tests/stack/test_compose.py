@@ -48,6 +48,10 @@ def test_redis_persists_with_aof_and_requires_the_password(compose: dict[str, An
     assert redis["image"].startswith("redis:7")
     command = redis["command"]
     assert command[command.index("--appendonly") + 1] == "yes"
+    # Tuned for the host hashes as the embedded Redis is.
+    from stack.embedded import HASH_TUNING
+
+    assert command[command.index(HASH_TUNING[0]) + 1] == HASH_TUNING[1]
     password = command[command.index("--requirepass") + 1]
     assert password.startswith("${MTBBS_REDIS_PASSWORD:?")
     assert any(volume.endswith(":/data") for volume in redis["volumes"])

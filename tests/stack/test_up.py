@@ -53,6 +53,7 @@ def test_server_argv_persists_with_aof_on_loopback(tmp_path: Path) -> None:
     argv = embedded.server_argv("redis-server", 7000, tmp_path)
     text = " ".join(argv)
     assert "--appendonly yes" in text and "--bind 127.0.0.1" in text
+    assert " ".join(embedded.HASH_TUNING) in text
     assert argv[argv.index("--dir") + 1] == str(tmp_path)
 
 
