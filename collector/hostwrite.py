@@ -24,7 +24,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from itertools import chain, compress
 from operator import ne
-from typing import Any
+from typing import Any, NamedTuple
 
 from wire.messages import Report
 from wire.state import field_text, flatten_checks, float_text, report_meta
@@ -54,8 +54,7 @@ class _Written:
     shapes: dict[str, _Shape] = field(default_factory=dict)  # per check, when known
 
 
-@dataclass(frozen=True, slots=True)
-class HostWrite:
+class HostWrite(NamedTuple):
     """One report's write: ``base`` is '' for a whole write (the hash is
     deleted first), else the ordering key the difference applies to."""
 

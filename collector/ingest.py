@@ -34,6 +34,7 @@ from collections import deque
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
+from itertools import chain
 from typing import Any
 
 import msgpack
@@ -68,10 +69,9 @@ from wire.messages import (
     SNAPSHOT,
     Report,
     SessionEvent,
-    SessionInfo,
     decode_entry,
 )
-from wire.state import entry_id_ms, float_text, iso_from_ms, session_text
+from wire.state import entry_id_ms, float_text, iso_from_ms, session_fields_text, session_text
 
 logger = logging.getLogger(__name__)
 
@@ -147,7 +147,14 @@ class Counters:
 
 @dataclass(slots=True)
 class _Op:
-    """One planned script call for one stream entry."""
+    """One planned script call for one stream entry, as the batch script takes it.
+
+    ``keys`` are the script's keys followed by ``mark`` when there is one;
+    ``args`` begin with the batch script's four per-entry items (script name,
+    key count, 1 if a mark key follows, argument count) before the script's
+    own arguments. Both are built in that form once, so that a batch is a
+    plain concatenation; :meth:`call` runs the entry's script alone.
+    """
 
     kind: str  # report, session, snapshot or dead
     stream: str
@@ -159,6 +166,10 @@ class _Op:
     event: SessionEvent | None = None
     mark: str | None = None  # the host's evaluation-pending key, taken in the batch script
     report: Report | None = None
+
+    def call(self, client: Any) -> Any:
+        """The entry's script run alone (EVALSHA), without the batch around it."""
+        return self.script.call(client, self.keys[:self.args[1]], self.args[4:])
 
 
 class _Overlay(dict[tuple[str, str], str | None]):
@@ -243,11 +254,18 @@ def needs_merge(event: SessionEvent) -> bool:
     return event.connected_at is None or event.user_id is None or event.state is None
 
 
-def merged_session(event: SessionEvent, stored_text: str | None) -> SessionInfo:
-    """The session after ``event``, filling gaps from the stored session."""
+def merged_session_text(event: SessionEvent, stored_text: str | None) -> str:
+    """The stored text of the session after ``event``, filling gaps from the
+    stored session (``stored_text``)."""
     if event.kind == CONNECTED:
-        return SessionInfo(event.client_id, event.user_id, event.state or "connected",
-                           event.connected_at or event.observed_at)
+        return session_fields_text(event.client_id, event.user_id, event.state or "connected",
+                                   event.connected_at or event.observed_at)
+    return session_fields_text(event.client_id, *_merged_fields(event, stored_text))
+
+
+def _merged_fields(event: SessionEvent,
+                   stored_text: str | None) -> tuple[str | None, str, float]:
+    """User, state and connection time after an event other than CONNECTED."""
     prior = _stored_session(stored_text)
     if event.kind == LOGGED_IN:
         user = event.user_id or prior.get("user_id") or "guest"
@@ -256,7 +274,7 @@ def merged_session(event: SessionEvent, stored_text: str | None) -> SessionInfo:
         user = event.user_id if event.user_id is not None else prior.get("user_id")
         state = event.state or prior.get("state") or "connected"
     connected_at = event.connected_at or prior.get("connected_at") or event.observed_at
-    return SessionInfo(event.client_id, user, state, connected_at)
+    return user, state, connected_at
 
 
 class Collector:
@@ -687,15 +705,10 @@ class Collector:
         """The batch script calls applying ``ops``, at most BATCH_ENTRIES entries each."""
         commands = []
         for start in range(0, len(ops), BATCH_ENTRIES):
-            keys: list[Any] = []
+            chunk = ops[start:start + BATCH_ENTRIES]
+            keys = list(chain.from_iterable([op.keys for op in chunk]))
             args: list[Any] = [self._mark_ttl]
-            for op in ops[start:start + BATCH_ENTRIES]:
-                keys += op.keys
-                if op.mark is not None:
-                    keys.append(op.mark)
-                args += (op.script.name, _count_text(len(op.keys)),
-                         "0" if op.mark is None else "1", _count_text(len(op.args)))
-                args += op.args
+            args.extend(chain.from_iterable([op.args for op in chunk]))
             commands.append(("EVALSHA", BATCH_SCRIPT.sha, len(keys), *keys, _pack_args(args)))
         return commands
 
@@ -747,15 +760,18 @@ class Collector:
                  else self._writes.plan(report, entry_ms, order))
         host = report.host
         names = self._keys_of(host)
+        deleted, pairs = write.deleted, write.pairs
         args: list[Any] = [
+            "report", 4, 1, 10 + len(deleted) + len(pairs),
             self.group, entry_id, order, entry_id.partition("-")[0],
             history_line(report, entry_ms), self._history_length, _count_text(report.dropped),
-            host, write.base, _count_text(len(write.deleted)),
+            host, write.base, _count_text(len(deleted)),
         ]
-        args += write.deleted
-        args += write.pairs
+        if deleted:
+            args += deleted
+        args += pairs
         return _Op("report", stream, entry_id, REPORT_SCRIPT,
-                   [names[0], self.keys.hosts_index(), names[1], stream], args, host,
+                   [names[0], self.keys.hosts_index(), names[1], stream, names[4]], args, host,
                    mark=names[4], report=report)
 
     def _session_op(self, stream: str, entry_id: str, event: SessionEvent,
@@ -765,10 +781,11 @@ class Collector:
         batch leave; None when no event of the batch merges."""
         host = event.host
         names = self._keys_of(host)
-        keys = [names[2], names[3], stream]
+        keys = [names[2], names[3], stream, names[4]]
         order = order_key(event.epoch, event.seq)
         if event.kind == SNAPSHOT:
-            args: list[Any] = [self.group, entry_id, order]
+            args: list[Any] = ["snapshot", 3, 1, 3 + 2 * len(event.sessions),
+                               self.group, entry_id, order]
             if overlay is not None:
                 # Later events of this batch must expect what the snapshot leaves.
                 for client_id in list(overlay.clients.get(host, ())):
@@ -786,16 +803,16 @@ class Collector:
             assert overlay is not None  # _plan tracks the batch when an event merges
             current = overlay.get(key)
             expect, expected = ("absent", "") if current is None else ("equal", current)
-            text = session_text(merged_session(event, current))
+            text = merged_session_text(event, current)
         elif event.kind == DISCONNECTED:
             text = ""
         else:
-            text = session_text(merged_session(event, None))
+            text = merged_session_text(event, None)
         op = "del" if event.kind == DISCONNECTED else "set"
         if overlay is not None:
             overlay[key] = None if op == "del" else text
-        args = [self.group, entry_id, order, op, event.client_id, text, expect, expected,
-                _MAX_ORDER_MARKS_TEXT]
+        args = ["session", 3, 1, 9, self.group, entry_id, order, op, event.client_id, text,
+                expect, expected, _MAX_ORDER_MARKS_TEXT]
         return _Op("session", stream, entry_id, SESSION_SCRIPT, keys, args, host, event,
                    mark=names[4])
 
@@ -811,11 +828,13 @@ class Collector:
         if not isinstance(payload, bytes | bytearray):
             payload = repr(payload).encode()
         args = [
+            "dead_letter", 2, 0, 0,
             self.group, entry_id, self.settings.dead_letter_maxlen,
             "reason", reason[:MAX_REASON], "stream", stream, "id", entry_id,
             "consumer", self.name, "fields", names, "payload_bytes", len(payload),
             "payload", bytes(payload[: self.settings.dead_letter_payload_bytes]),
         ]
+        args[3] = len(args) - 4
         logger.debug("dead-lettering %s of %s: %s", entry_id, stream, reason)
         return _Op("dead", stream, entry_id, DEAD_LETTER_SCRIPT,
                    [self.keys.dead_letter_stream(), stream], args)
@@ -929,7 +948,7 @@ class Collector:
         for _ in range(MAX_MERGE_ATTEMPTS):
             stored = self._read_sessions([(event.host, event.client_id)])
             fresh = self._session_op(op.stream, op.entry_id, event, _Overlay(stored))
-            result = fresh.script.call(self.client, fresh.keys, fresh.args)
+            result = fresh.call(self.client)
             if result != CONFLICT:
                 self.counters.processed += 1
                 if result == SKIPPED:

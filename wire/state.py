@@ -229,13 +229,19 @@ _json_string = json.encoder.encode_basestring  # what json.dumps(ensure_ascii=Fa
 
 def session_text(info: SessionInfo) -> str:
     """The JSON text stored per session in the host's sessions hash."""
-    client_id, user_id, state = info.client_id, info.user_id, info.state
+    return session_fields_text(info.client_id, info.user_id, info.state, info.connected_at)
+
+
+def session_fields_text(client_id: str, user_id: str | None, state: str,
+                        connected_at: float) -> str:
+    """:func:`session_text` of a session given by its fields (no SessionInfo
+    to build on the collector's hot path)."""
     if type(client_id) is str and type(state) is str and (user_id is None
                                                           or type(user_id) is str):
         # json.dumps(..., ensure_ascii=False, sort_keys=True) written out:
         # the same text, without building a dict and an encoder per call.
         return (f'{{"client_id": {_json_string(client_id)}, "connected_at": '
-                f'{_json_string(iso_from_seconds(info.connected_at))}, "state": '
+                f'{_json_string(iso_from_seconds(connected_at))}, "state": '
                 f'{_json_string(state)}, "user_id": '
                 f'{"null" if user_id is None else _json_string(user_id)}}}')
     return json.dumps(
@@ -243,7 +249,7 @@ def session_text(info: SessionInfo) -> str:
             "client_id": client_id,
             "user_id": user_id,
             "state": state,
-            "connected_at": iso_from_seconds(info.connected_at),
+            "connected_at": iso_from_seconds(connected_at),
         },
         ensure_ascii=False,
         sort_keys=True,

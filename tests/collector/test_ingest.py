@@ -609,10 +609,9 @@ def test_host_state_is_the_same_in_the_tuned_redis_and_uses_hash_tables(
     # The stack's Redis keeps host hashes as hash tables (HASH_TUNING); what
     # the collector writes there is what it writes into a Redis left at its
     # defaults, through whole writes and differences alike.
-    from stack.embedded import HASH_TUNING
-
     from collector.ingest import Collector
     from collector.settings import CollectorSettings
+    from stack.embedded import HASH_TUNING
     from wire.messages import stream_fields
 
     tuned = redis.Redis.from_url(redis_server_factory(*HASH_TUNING).url)
