@@ -633,3 +633,15 @@ def test_host_state_is_the_same_in_the_tuned_redis_and_uses_hash_tables(
     assert states[0] == states[1]
     assert tuned.object("encoding", keys.host("bbs-01")) == b"hashtable"
     assert redis_client.object("encoding", keys.host("bbs-01")) != b"hashtable"
+
+
+def test_batch_arguments_pack_as_msgpack_texts_and_integers() -> None:
+    from collector.ingest import _pack_texts, _pack_with_bytes
+
+    args = [60, "report", 4, 1, "bbs-01", "サーバー", "", "x" * 70_000, 2**40]
+    assert _pack_texts(args) == _pack_with_bytes(args)
+    assert msgpack.unpackb(_pack_texts(args)) == args
+    # A text that is not valid UTF-8 goes through as its bytes, as before.
+    assert msgpack.unpackb(_pack_texts(["a\udc80"]), raw=True) == [b"a\xed\xb2\x80"]
+    # Bytes are raw strings (not bin, which Redis 6.2's cmsgpack refuses).
+    assert _pack_with_bytes([b"\xff"]) == b"\x91\xa1\xff"
