@@ -27,7 +27,14 @@ from operator import ne
 from typing import Any, NamedTuple
 
 from wire.messages import Report
-from wire.state import field_text, flatten_checks, float_text, report_meta
+from wire.state import (
+    STALE_NO,
+    field_text,
+    flatten_checks,
+    float_text,
+    report_meta,
+    report_moment_texts,
+)
 
 # Written with every report: they change each time (times, seq) or other
 # writers may have changed them since (status, stale).
@@ -49,7 +56,8 @@ class _Written:
 
     order: str
     checks: Mapping[str, Mapping[str, Any]]
-    meta: dict[str, str]
+    meta: dict[str, str]  # the meta fields as last computed whole (see _steady)
+    steady: tuple[Any, ...]  # what those of them that are not in every report follow from
     writes: int
     shapes: dict[str, _Shape] = field(default_factory=dict)  # per check, when known
 
@@ -74,26 +82,40 @@ class HostWrites:
     def plan(self, report: Report, entry_ms: int, order: str) -> HostWrite:
         """The write of ``report`` (ordering key ``order``), remembered as the
         host's latest: the next report's difference is taken against it."""
-        meta = _meta(report, entry_ms)
         host = report.host
         written = self._written.get(host)
+        steady = _steady(report)
         if written is None or written.writes >= self.full_every:
             if written is None and len(self._written) >= self.max_hosts:
                 self._written.clear()
-            self._written[host] = _Written(order, report.checks, meta, 1)
+            meta = _meta(report, entry_ms)
+            self._written[host] = _Written(order, report.checks, meta, steady, 1)
             return _whole(report, meta)
         base = written.order
-        pairs = [value for name in ALWAYS_WRITTEN for value in (name, meta[name])]
         before = written.meta
-        for name in WRITTEN_WHEN_CHANGED:
-            if before[name] != meta[name]:
-                pairs += (name, meta[name])
+        if steady == written.steady:
+            # The usual case: only the fields of every report change among
+            # the meta fields (status, epoch and the others are as before).
+            last_seen, last_seen_ms, observed_at, seq, clock_skew = report_moment_texts(
+                report, entry_ms)
+            status = before["status"]
+            pairs = ["status", status, "report_status", status, "stale", STALE_NO,
+                     "last_seen", last_seen, "last_seen_ms", last_seen_ms,
+                     "observed_at", observed_at, "epoch", before["epoch"], "seq", seq,
+                     "clock_skew_s", clock_skew]
+        else:
+            meta = _meta(report, entry_ms)
+            pairs = [value for name in ALWAYS_WRITTEN for value in (name, meta[name])]
+            for name in WRITTEN_WHEN_CHANGED:
+                if before[name] != meta[name]:
+                    pairs += (name, meta[name])
+            written.meta = meta
+            written.steady = steady
         deleted: list[str] = []
         written.shapes = _check_changes(written.checks, report.checks, written.shapes, pairs,
                                         deleted)
         written.order = order
         written.checks = report.checks
-        written.meta = meta
         written.writes += 1
         return HostWrite(base, deleted, pairs)
 
@@ -109,6 +131,17 @@ def whole_write(report: Report, entry_ms: int) -> HostWrite:
     """The whole hash of ``report`` received at Redis time ``entry_ms``, leaving
     what is remembered alone."""
     return _whole(report, _meta(report, entry_ms))
+
+
+def _steady(report: Report) -> tuple[Any, ...]:
+    """What the meta fields besides those of every report follow from: equal
+    for two reports of a host, their status, report_status, epoch, stale and
+    WRITTEN_WHEN_CHANGED texts are equal too (types included: 60 and 60.0
+    differ in text)."""
+    checks = report.checks
+    interval = report.interval
+    return (report.agent_version, interval, type(interval), report.epoch, tuple(checks),
+            [name for name, fields in checks.items() if not fields.get("healthy")])
 
 
 def _meta(report: Report, entry_ms: int) -> dict[str, str]:

@@ -39,8 +39,8 @@ checks = st.dictionaries(
 
 
 def make(seq: int, checks: dict[str, dict[str, Any]], version: str = "0.1.0",
-         interval: float = 60.0) -> Report:
-    return Report(host="bbs-01", agent_version=version, epoch=1, seq=seq,
+         interval: float = 60.0, epoch: int = 1) -> Report:
+    return Report(host="bbs-01", agent_version=version, epoch=epoch, seq=seq,
                   observed_at=1_795_000_000.0 + seq, checks=checks, interval=interval)
 
 
@@ -61,21 +61,23 @@ def apply(hash_: dict[str, str], write: Any) -> dict[str, str]:
 
 @settings(max_examples=300, deadline=None)
 @given(st.lists(st.tuples(checks, st.sampled_from(["0.1.0", "0.2.0"]),
-                          st.sampled_from([60.0, 300.0])), min_size=1, max_size=12))
+                          st.sampled_from([60.0, 300.0, 60]), st.sampled_from([1, 1, 2])),
+                min_size=1, max_size=12))
 def test_differences_add_up_to_the_whole_hash(sequence: list[Any]) -> None:
     writes = HostWrites(full_every=5)
     stored: dict[str, str] = {}
     bases = []
-    for seq, (report_checks, version, interval) in enumerate(sequence, start=1):
-        report = make(seq, report_checks, version, interval)
-        write = writes.plan(report, ENTRY_MS + seq, order_key(1, seq))
+    for seq, (report_checks, version, interval, epoch) in enumerate(sequence, start=1):
+        report = make(seq, report_checks, version, interval, epoch)
+        write = writes.plan(report, ENTRY_MS + seq, order_key(epoch, seq))
         bases.append(write.base)
         stored = apply(stored, write)
         assert stored == expected(report, ENTRY_MS + seq)
     # The first write and every fifth after it are whole; the others build on
     # the write before them.
     assert [b == "" for b in bases] == [i % 5 == 0 for i in range(len(sequence))]
-    assert all(b == order_key(1, i - 1) for i, b in enumerate(bases, start=1) if b)
+    keys = [order_key(epoch, seq) for seq, (*_, epoch) in enumerate(sequence, start=1)]
+    assert all(b == keys[i - 1] for i, b in enumerate(bases) if b)
 
 
 def test_equal_values_of_another_type_or_sign_are_rewritten() -> None:
