@@ -299,7 +299,7 @@ def main() -> int:
                   f"{best.elapsed:.2f} s elapsed")
             ratio = rate / raw_rate
             verdict = "met" if ratio >= GOAL else "NOT met"
-            print(f"ratio collector / pipelined XADD: {ratio:.2f} (goal >= {GOAL:.2f}: "
+            print(f"ratio collector / pipelined XADD: {ratio:.3f} (goal >= {GOAL:.2f}: "
                   f"{verdict}); collector / floor: {rate * floor / n:.2f}; floor / XADD: "
                   f"{n / floor / raw_rate:.2f}")
             return 0 if valid else 1

@@ -444,10 +444,11 @@ class Collector:
             self.flush(evaluate=False)  # handles all before it, then takes its entries
         batches, self._prefetched = self._prefetched, None
         if batches is None:
-            reply = self.client.xreadgroup(self.group, self.name,
-                                           dict.fromkeys(self.streams, ">"),
-                                           count=self.settings.batch_size, block=block_ms)
-            batches = _stream_replies(reply)
+            # Through the lean pipeline too: its replies skip redis-py's
+            # parsing into dicts, which costs more than the read.
+            block = () if block_ms is None else ("BLOCK", block_ms)
+            reply = rawpipe.execute(self.client, [self._read_command(*block)])[0]
+            batches = _raw_stream_replies(reply)
         read = 0
         full = any(len(entries) >= self.settings.batch_size for _, entries in batches)
         if full:
@@ -671,10 +672,14 @@ class Collector:
         """Send the XREADGROUP of the next batch behind what is in flight."""
         if self._reading_ahead or self._prefetched is not None:
             return
-        self._put([("XREADGROUP", "GROUP", self.group, self.name, "COUNT",
-                    self.settings.batch_size, "STREAMS", *self.streams,
-                    *([">"] * len(self.streams)))], None)
+        self._put([self._read_command()], None)
         self._reading_ahead = True
+
+    def _read_command(self, *options: Any) -> tuple[Any, ...]:
+        """XREADGROUP of new entries of both streams, with ``options`` (BLOCK)."""
+        return ("XREADGROUP", "GROUP", self.group, self.name, "COUNT",
+                self.settings.batch_size, *options, "STREAMS", *self.streams,
+                *([">"] * len(self.streams)))
 
     def _put(self, commands: list[tuple[Any, ...]],
              awaited: tuple[list[_Op], int] | None) -> None:
