@@ -537,12 +537,19 @@ def test_a_backlog_is_read_ahead_in_batches_of_many_scripts(
     assert collector.counters.evaluations == 130
 
 
-def test_entries_read_ahead_survive_a_flush_and_a_restart(
-        redis_client: redis.Redis, keys: Any, publish: Any, report: Any, event: Any,
-        make_collector: Any) -> None:
+def _small_batches_over_a_backlog(publish: Any, report: Any, event: Any,
+                                  make_collector: Any) -> tuple[int, Any]:
+    """A backlog of 10 hosts x 6 rounds and a set-up collector reading 7 per stream."""
     total = _backlog(publish, report, event, hosts=10, reports=6)
     collector = make_collector(batch_size=7)
     collector.setup()
+    return total, collector
+
+
+def test_entries_read_ahead_survive_a_flush_and_a_restart(
+        redis_client: redis.Redis, keys: Any, publish: Any, report: Any, event: Any,
+        make_collector: Any) -> None:
+    total, collector = _small_batches_over_a_backlog(publish, report, event, make_collector)
     collector.read(None)
     # A heartbeat (or sweep, or reclaim) waits for the batch in flight and
     # keeps what the XREADGROUP sent ahead of it returned.
@@ -577,9 +584,7 @@ def test_the_next_batch_is_in_hand_while_a_batch_is_written(
     # Working off a backlog, the XREADGROUP of the next batch went out before
     # this batch was decoded: its entries have arrived while this batch's
     # scripts are still in flight, so the next read waits for nothing.
-    total = _backlog(publish, report, event, hosts=10, reports=6)
-    collector = make_collector(batch_size=7)
-    collector.setup()
+    total, collector = _small_batches_over_a_backlog(publish, report, event, make_collector)
     assert collector.read(None) == 14  # seven of each stream
     assert collector._inflight is not None and len(collector._awaited) == 1
     assert len(collector._awaited[0][0]) == 14  # type: ignore[index]
