@@ -134,10 +134,11 @@ def whole_write(report: Report, entry_ms: int) -> HostWrite:
 
 
 def _steady(report: Report) -> tuple[Any, ...]:
-    """What the meta fields besides those of every report follow from: equal
-    for two reports of a host, their status, report_status, epoch, stale and
-    WRITTEN_WHEN_CHANGED texts are equal too (types included: 60 and 60.0
-    differ in text)."""
+    """What the meta fields that not every report changes are computed from.
+
+    When it is equal for two reports, so are their status, report_status,
+    stale, epoch and WRITTEN_WHEN_CHANGED texts (types count: 60 and 60.0
+    have different texts)."""
     checks = report.checks
     interval = report.interval
     return (report.agent_version, interval, type(interval), report.epoch, tuple(checks),

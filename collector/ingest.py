@@ -10,9 +10,9 @@ entry in the same atomic step, then takes the evaluation marks of the hosts
 that changed. Entries that cannot be used go to the dead-letter stream with
 the reason, acknowledged in the same step too. While working off a backlog
 the XREADGROUP of the next batch is sent before a batch is decoded, and a
-batch's scripts are sent before the next batch is decoded, so that Redis runs
-both while this process works and neither side waits for the other. Between
-batches the loop reclaims entries a dead consumer left pending (XAUTOCLAIM),
+batch's scripts are sent before the replies to the batch before are handled,
+so that Redis works while this process does and neither waits for the other.
+Between batches the loop reclaims entries a dead consumer left pending (XAUTOCLAIM),
 sweeps for stale hosts, writes its heartbeat, and hands changed hosts to the
 alerter.
 
@@ -1031,8 +1031,8 @@ def _pack_texts(args: list[Any]) -> bytes:
         except UnicodeEncodeError:
             pass
     return _pack_with_bytes(args)
-# Texts of the small counts every script call carries: packing a str is
-# about twice as fast as packing an int.
+# Texts of the small counts among an entry script's own arguments (which
+# are texts, as EVALSHA gives them when the script runs alone).
 _COUNT_TEXTS = tuple(str(n) for n in range(1024))
 
 
