@@ -20,7 +20,9 @@ recordings (the compressed call, the description) taken from
 description, once per host and process. A
 job is then sent from its host's template with a fresh job id and the
 batch's time in place of the recorded ones, the whole batch in one
-``MULTI``/``EXEC`` round trip as rq's own: about 15 µs per job. Commands
+``MULTI``/``EXEC`` as rq's own: about 15 µs per job. :meth:`Evaluations.prepare`
+gives those commands to the collector, which sends them behind its scripts
+without waiting; :meth:`Evaluations.enqueue` sends and waits. Commands
 that change nothing for a job whose id is new are left out and the pushes
 onto the queue joined (see :func:`_simplify`), so Redis ends up holding
 what ``enqueue_many`` would have left, apart from ids and times; the tests
@@ -96,6 +98,25 @@ class _Slot(NamedTuple):
     field: str  # the field of rq's Job.to_dict() that fills it
 
 
+class PreparedJobs(NamedTuple):
+    """Evaluation jobs as commands not sent yet (see :meth:`Evaluations.prepare`)."""
+
+    hosts: list[str]
+    commands: list[tuple[Any, ...]]
+
+
+def _raise_errors(replies: Sequence[Any]) -> None:
+    """Raise the first error among the replies to a batch of jobs' commands."""
+    for reply in replies:
+        if isinstance(reply, Exception):
+            raise reply
+        # EXEC's reply holds the errors of the commands it ran.
+        if isinstance(reply, list):
+            for item in reply:
+                if isinstance(item, Exception):
+                    raise item
+
+
 class _Unexpected(Exception):
     """rq's recorded enqueue does not have the shape the template path relies on."""
 
@@ -149,27 +170,54 @@ class Evaluations:
         if not batch:
             return 0
         try:
-            if self.lean:
-                self._enqueue_from_templates(batch)
-            else:
+            prepared = self.prepare(batch)
+            if prepared is None:
                 self.queue.enqueue_many([self._data(host) for host in batch])
+            else:
+                _raise_errors(rawpipe.execute(self.client, prepared.commands))
         except redis.RedisError:
-            # Free the marks so the next change can try again instead of
-            # waiting out their TTL; if Redis is gone this fails too and the
-            # marks simply expire.
-            try:
-                self.client.delete(*(self.keys.evaluation_pending(h) for h in batch))
-            except redis.RedisError:
-                pass
+            self._free_marks(batch)
             raise
         logger.debug("enqueued evaluation of %s host(s)", len(batch))
         return len(batch)
+
+    def prepare(self, hosts: Iterable[str]) -> PreparedJobs | None:
+        """The commands that enqueue one job per host (marks taken), for the
+        caller to send on a connection of its own choosing and to hand the
+        replies to :meth:`finish`; None when the jobs must go through
+        :meth:`enqueue` instead (an rq version the templates do not serve)."""
+        batch = sorted(set(hosts))
+        if not batch or not self.lean:
+            return None
+        commands = self._template_commands(batch)
+        return None if commands is None else PreparedJobs(batch, commands)
+
+    def finish(self, prepared: PreparedJobs, replies: Sequence[Any]) -> None:
+        """Check the replies to ``prepared``'s commands; on an error free the
+        hosts' marks and raise it."""
+        try:
+            _raise_errors(replies)
+        except redis.RedisError:
+            self._free_marks(prepared.hosts)
+            raise
+        logger.debug("enqueued evaluation of %s host(s)", len(prepared.hosts))
+
+    def _free_marks(self, hosts: Sequence[str]) -> None:
+        # So that the next change can try again instead of waiting out their
+        # TTL; if Redis is gone this fails too and the marks simply expire.
+        try:
+            self.client.delete(*(self.keys.evaluation_pending(h) for h in hosts))
+        except redis.RedisError:
+            pass
 
     @staticmethod
     def _data(host: str) -> EnqueueData:
         return Queue.prepare_data(EVALUATE_JOB, **_job_options(host))
 
-    def _enqueue_from_templates(self, batch: Sequence[str]) -> None:
+    def _template_commands(self, batch: Sequence[str]) -> list[tuple[Any, ...]] | None:
+        """The commands enqueuing ``batch``'s jobs from templates; None (and
+        the templates given up) when rq's enqueue turns out to be of another
+        shape."""
         templates = [self._templates.get(host) for host in batch]
         missing = [host for host, template in zip(batch, templates, strict=True)
                    if template is None]
@@ -180,8 +228,7 @@ class Evaluations:
                 logger.warning("rq %s enqueues in an unexpected way (%s); using "
                                "Queue.enqueue_many from now on", rq.__version__, exc)
                 self.lean = False
-                self.queue.enqueue_many([self._data(host) for host in batch])
-                return
+                return None
             self._templates.update(made)
             while len(self._templates) > MAX_TEMPLATES:
                 del self._templates[next(iter(self._templates))]
@@ -201,14 +248,7 @@ class Evaluations:
         commands += [(name, key, *ids) for (name, key), ids in pushes.items()]
         if self._transaction:
             commands = [("MULTI",), *commands, ("EXEC",)]
-        for reply in rawpipe.execute(self.client, commands):
-            if isinstance(reply, Exception):
-                raise reply
-            # EXEC's reply holds the errors of the commands it ran.
-            if isinstance(reply, list):
-                for item in reply:
-                    if isinstance(item, Exception):
-                        raise item
+        return commands
 
     def _template(self, host: str) -> _Template:
         """The template of a host not seen yet.

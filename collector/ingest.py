@@ -41,7 +41,7 @@ import msgpack
 import redis
 
 from collector import keepalive, rawpipe, scripts
-from collector.evaluate import Evaluations
+from collector.evaluate import Evaluations, PreparedJobs
 from collector.hostwrite import HostWrites, whole_write
 from collector.scripts import (
     APPLIED,
@@ -308,10 +308,10 @@ class Collector:
         self.started_ms = 0
         # Commands sent on one connection whose replies are not read yet, and
         # what they are, in order: a batch's scripts (its ops and the number
-        # of script calls) or, as None, the XREADGROUP of a read ahead, whose
-        # entries then go to _prefetched.
+        # of script calls), evaluation jobs, or, as None, the XREADGROUP of a
+        # read ahead, whose entries then go to _prefetched.
         self._inflight: rawpipe.InFlight | None = None
-        self._awaited: deque[tuple[list[_Op], int] | None] = deque()
+        self._awaited: deque[tuple[list[_Op], int] | PreparedJobs | None] = deque()
         self._reading_ahead = False
         self._prefetched: list[tuple[str, list[Any]]] | None = None
         self._changed: set[str] = set()  # hosts whose state changed, not yet evaluated
@@ -682,17 +682,21 @@ class Collector:
                 *([">"] * len(self.streams)))
 
     def _put(self, commands: list[tuple[Any, ...]],
-             awaited: tuple[list[_Op], int] | None) -> None:
-        if self._inflight is None:
+             awaited: tuple[list[_Op], int] | PreparedJobs | None) -> None:
+        if self._inflight is None or not self._inflight.open:
+            # (A connection whose replies were all read went back to the pool.)
             self._inflight = rawpipe.send(self.client, commands)
         else:
             self._inflight.send_more(commands)
         self._awaited.append(awaited)
 
     def _settle(self, keep: int = 0) -> None:
-        """Read and handle the replies in flight, all but the last ``keep`` sends'."""
+        """Read and handle the replies in flight, all but the last ``keep`` sends';
+        with ``keep`` 0 also those of what handling them sends (jobs)."""
         awaited = self._awaited
-        while len(awaited) > keep:
+        todo = len(awaited) - keep
+        while awaited and (todo > 0 or not keep):
+            todo -= 1
             assert self._inflight is not None
             group = awaited.popleft()
             if group is None:
@@ -700,6 +704,9 @@ class Collector:
                 self._reading_ahead = False
                 # Kept for the next read (they are delivered to this consumer).
                 self._prefetched = _raw_stream_replies(reply)
+            elif isinstance(group, PreparedJobs):
+                assert self.evaluations is not None
+                self.evaluations.finish(group, self._inflight.collect(len(group.commands)))
             else:
                 ops, count = group
                 self._handle(ops, self._inflight.collect(count))
@@ -916,8 +923,16 @@ class Collector:
             self.counters.errors += failed
         if marked and self.evaluations is not None:
             # The scripts took these hosts' marks: enqueue at once, so that a
-            # mark without its job lasts no longer than it did before.
-            self.counters.evaluations += self.evaluations.enqueue(marked)
+            # mark without its job lasts no longer than it did before. The
+            # jobs go behind the scripts in flight and are not waited for
+            # (their replies are checked with the next batch's); should the
+            # connection be lost first, their marks expire after their TTL.
+            prepared = self.evaluations.prepare(marked)
+            if prepared is None:
+                self.counters.evaluations += self.evaluations.enqueue(marked)
+            else:
+                self._put(prepared.commands, prepared)
+                self.counters.evaluations += len(prepared.hosts)
         if stop is not None:
             raise stop
         if missing_scripts:

@@ -36,6 +36,11 @@ class InFlight:
         self.connection = self.pool.get_connection()
         self.send_more(commands)
 
+    @property
+    def open(self) -> bool:
+        """Whether replies are still to be read (else the connection is back in the pool)."""
+        return self.connection is not None
+
     def send_more(self, commands: Sequence[tuple[Any, ...]]) -> None:
         """Send ``commands`` behind those in flight; their replies follow theirs."""
         if self.connection is None:

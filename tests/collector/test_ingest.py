@@ -650,3 +650,48 @@ def test_batch_arguments_pack_as_msgpack_texts_and_integers() -> None:
     assert msgpack.unpackb(_pack_texts(["a\udc80"]), raw=True) == [b"a\xed\xb2\x80"]
     # Bytes are raw strings (not bin, which Redis 6.2's cmsgpack refuses).
     assert _pack_with_bytes([b"\xff"]) == b"\x91\xa1\xff"
+
+
+def test_evaluation_jobs_go_behind_the_scripts_without_a_round_trip(
+        redis_client: redis.Redis, keys: Any, publish: Any, report: Any, event: Any,
+        make_collector: Any, monkeypatch: pytest.MonkeyPatch) -> None:
+    from collector import rawpipe
+    from collector.evaluate import PreparedJobs
+
+    total, collector = _small_batches_over_a_backlog(publish, report, event, make_collector)
+    waited: list[str] = []  # commands whose replies were waited for at once
+    real_execute = rawpipe.execute
+    monkeypatch.setattr(rawpipe, "execute",
+                        lambda client, commands: waited.extend(c[0] for c in commands)
+                        or real_execute(client, commands))
+    collector.read(None)
+    collector.read(None)  # handles the first batch's replies, whose scripts took marks
+    assert any(isinstance(group, PreparedJobs) for group in collector._awaited)
+    collector.drain()
+    assert set(waited) <= {"XREADGROUP"}  # only reads with nothing read ahead
+    assert collector.counters.evaluations == 10
+    assert redis_client.llen(f"rq:queue:{keys.evaluate_queue()}") == 10
+    _assert_backlog_applied(redis_client, keys, hosts=10, reports=6)
+    assert collector.counters.applied == total
+
+
+def test_jobs_sent_behind_the_scripts_that_fail_free_their_marks(
+        redis_client: redis.Redis, keys: Any, publish: Any, report: Any,
+        make_collector: Any) -> None:
+    publish(report("bbs-01", 1))
+    collector = make_collector()
+    collector.drain()  # one job (its template recorded), its mark held
+    redis_client.delete(keys.evaluation_pending("bbs-01"))
+    queue_key = f"rq:queue:{keys.evaluate_queue()}"
+    redis_client.delete(queue_key)
+    redis_client.set(queue_key, "not a list")  # rq's push fails inside the transaction
+    publish(report("bbs-01", 2))
+    publish(report("bbs-02", 1))
+    with pytest.raises(redis.ResponseError, match="WRONGTYPE"):
+        collector.drain()
+    # The reports are applied and acknowledged; only the jobs failed, and the
+    # next change of these hosts may try again.
+    assert not redis_client.exists(keys.evaluation_pending("bbs-01"),
+                                   keys.evaluation_pending("bbs-02"))
+    assert pending(redis_client, keys.reports_stream()) == 0
+    assert redis_client.hget(keys.host("bbs-01"), "seq") == b"2"
