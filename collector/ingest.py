@@ -315,7 +315,6 @@ class Collector:
         self._reading_ahead = False
         self._prefetched: list[tuple[str, list[Any]]] | None = None
         self._changed: set[str] = set()  # hosts whose state changed, not yet evaluated
-        self._marked: set[str] = set()  # hosts whose mark a batch script took, not enqueued
         self._host_keys: dict[str, tuple[str, ...]] = {}
         self._writes = HostWrites()  # what was last written per host hash
         self._history_length = str(settings.history_length)
@@ -489,9 +488,10 @@ class Collector:
         for stream in self.streams:
             cursor = "0"
             for _ in range(MAX_CLAIM_ROUNDS * 10):
-                reply = self.client.xreadgroup(self.group, self.name, {stream: cursor},
-                                               count=self.settings.batch_size)
-                entries = [e for _, es in _stream_replies(reply) for e in es]
+                reply = rawpipe.execute(self.client, [(
+                    "XREADGROUP", "GROUP", self.group, self.name, "COUNT",
+                    self.settings.batch_size, "STREAMS", stream, cursor)])[0]
+                entries = [e for _, es in _raw_stream_replies(reply) for e in es]
                 if not entries:
                     break
                 cursor = _text(entries[-1][0])
@@ -1046,6 +1046,8 @@ def _pack_texts(args: list[Any]) -> bytes:
         except UnicodeEncodeError:
             pass
     return _pack_with_bytes(args)
+
+
 # Texts of the small counts among an entry script's own arguments (which
 # are texts, as EVALSHA gives them when the script runs alone).
 _COUNT_TEXTS = tuple(str(n) for n in range(1024))
@@ -1083,11 +1085,3 @@ def _entry_fields(flat: list[Any] | None) -> dict[Any, Any] | None:
     if len(flat) == 2:  # the usual entry: its message alone
         return {flat[0]: flat[1]}
     return dict(zip(flat[::2], flat[1::2], strict=True))
-
-
-def _stream_replies(reply: Any) -> list[tuple[str, list[Any]]]:
-    """XREADGROUP's answer as (stream, entries) pairs, for RESP2 and RESP3 alike."""
-    if not reply:
-        return []
-    items = reply.items() if isinstance(reply, dict) else reply
-    return [(_text(stream), list(entries or [])) for stream, entries in items]

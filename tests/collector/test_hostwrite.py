@@ -14,7 +14,7 @@ import redis
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from collector.hostwrite import HostWrites
+from collector.hostwrite import ALWAYS_WRITTEN, HostWrites
 from collector.keepalive import GRACE_FIELD, GRACE_FIELD_MS
 from collector.scripts import STALE_SCRIPT, order_key
 from wire.messages import Report
@@ -107,6 +107,11 @@ def test_a_difference_sends_only_what_changed() -> None:
     assert "database.size_mb" not in sent and "agent_version" not in sent
     assert sent["disk_space.percent_used"] == "50.2"
     assert sent["seq"] == "2" and sent["stale"] == "no"
+    # Every field of every report is sent, whether the meta was recomputed
+    # whole (version changed) or only its changing part (all else alike).
+    for seq, version in ((3, "0.1.0"), (4, "0.2.0")):
+        write = writes.plan(make(seq, changed, version), ENTRY_MS + seq, order_key(1, seq))
+        assert set(ALWAYS_WRITTEN) <= set(write.pairs[0::2])
 
 
 def test_forgotten_and_overflowing_hosts_are_written_whole() -> None:

@@ -860,3 +860,15 @@ def test_report_fields_as_before(checks: dict[str, dict[str, Any]], observed_at:
     flat = flatten_checks(checks)
     assert flat == {k: v for k, v in reference_report_fields(report, entry_ms, stale).items()
                     if "." in k}
+
+
+def test_float_texts_come_the_same_from_the_cache() -> None:
+    from wire import state
+
+    values = [45.3, -0.0, 0.0, 2.675, 1e20, -0.0004, 60.0, float("inf"), float("nan")]
+    first = [float_text(value) for value in values]
+    assert first == [reference_format(value) for value in values]
+    assert [float_text(value) for value in values] == first  # now from the cache
+    for index in range(state._FLOAT_CACHE_LIMIT + 10):  # the cache stays bounded
+        float_text(index + 0.5)
+    assert len(state._float_texts) <= state._FLOAT_CACHE_LIMIT
