@@ -4,6 +4,7 @@ dead letters, signatures, evaluation hand-off and Redis trouble."""
 from __future__ import annotations
 
 import json
+import os
 import threading
 import time
 from typing import Any
@@ -695,3 +696,17 @@ def test_jobs_sent_behind_the_scripts_that_fail_free_their_marks(
                                    keys.evaluation_pending("bbs-02"))
     assert pending(redis_client, keys.reports_stream()) == 0
     assert redis_client.hget(keys.host("bbs-01"), "seq") == b"2"
+
+
+def test_the_run_command_tunes_the_garbage_collector(
+        redis_url: str, monkeypatch: pytest.MonkeyPatch,
+        capsys: pytest.CaptureFixture[str]) -> None:
+    from collector import cli, ingest
+
+    calls: list[bool] = []
+    monkeypatch.setattr(ingest, "tune_garbage_collector", lambda: calls.append(True))
+    for name in [n for n in os.environ if n.startswith("MTBBS_")]:
+        monkeypatch.delenv(name)
+    assert cli.main(["run", "--once", "--name", "gc", "--redis-url", redis_url]) == 0
+    assert calls == [True]
+    assert "processed 0 entries" in capsys.readouterr().out
