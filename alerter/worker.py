@@ -433,9 +433,20 @@ def _stop_on_signal() -> None:
 
 
 def _note_stop_in(worker: Any) -> None:
-    """While rq's work() starts up, a signal is noted in the worker, not raised."""
+    """While rq's work() starts up, a signal is noted in the worker, not raised.
+
+    rq forks its scheduler process meanwhile, and the child keeps this handler
+    until it installs its own: there a signal (rq's SIGTERM when the worker
+    stops at once) must end the child as by default, or the worker's
+    teardown waits for it forever.
+    """
+    owner = os.getpid()
 
     def handler(signum: int, frame: FrameType | None) -> None:
+        if os.getpid() != owner:
+            signal.signal(signum, signal.SIG_DFL)
+            os.kill(os.getpid(), signum)
+            return
         worker.note_stop(signum)
 
     for number in _STOP_SIGNALS:
