@@ -108,6 +108,17 @@ def float_text(value: float) -> str:
     text = _float_texts.get(value)
     if text is not None:
         return text
+    text = format_float(value)
+    if text:
+        if len(_float_texts) >= _FLOAT_CACHE_LIMIT:
+            _float_texts.clear()
+        _float_texts[value] = text
+    return text
+
+
+def format_float(value: float) -> str:
+    """:func:`float_text` without its cache, for values that seldom repeat
+    (a clock skew): they would only push the repeating ones out of it."""
     if -1e9 < value < 1e9:
         # Below 1e9 the value has at most 12 significant digits after
         # rounding, so '%.3f' without its trailing zeros is exactly
@@ -115,19 +126,13 @@ def float_text(value: float) -> str:
         text = ("%.3f" % value).rstrip("0")  # noqa: UP031 - the cheapest form
         if text[-1] == ".":
             text += "0"
-        if text == "-0.0":
-            text = "0.0"
-    elif value - value != 0.0:  # inf or nan
+        return "0.0" if text == "-0.0" else text
+    if value - value != 0.0:  # inf or nan
         return ""
-    else:
-        text = repr(round(value, 3))
-    if len(_float_texts) >= _FLOAT_CACHE_LIMIT:
-        _float_texts.clear()
-    _float_texts[value] = text
-    return text
+    return repr(round(value, 3))
 
 
-_FLOAT_CACHE_LIMIT = 8192
+_FLOAT_CACHE_LIMIT = 16384
 _float_texts: dict[float, str] = {}
 
 
@@ -219,7 +224,7 @@ def report_moment_texts(report: Report, entry_ms: int) -> tuple[str, str, str, s
     ``clock_skew_s`` of :func:`report_meta`: the fields every report changes."""
     observed_at = report.observed_at
     return (iso_from_ms(entry_ms), str(entry_ms), iso_from_seconds(observed_at),
-            str(report.seq), float_text(observed_at - entry_ms / 1000))
+            str(report.seq), format_float(observed_at - entry_ms / 1000))
 
 
 _STATUS_NAMES = {status: status.name for status in Status}

@@ -49,6 +49,7 @@ from wire.state import (
     STALE_WARNING,
     flatten_checks,
     float_text,
+    format_float,
     iso_from_ms,
     iso_from_seconds,
     report_fields,
@@ -764,6 +765,7 @@ def reference_format(value: Any) -> str:
 @example(1e-320)
 def test_float_text_is_the_rounded_repr(value: float) -> None:
     assert float_text(value) == reference_format(value)
+    assert format_float(value) == reference_format(value)
 
 
 def reference_report_fields(report: Report, entry_ms: int, stale: str) -> dict[str, str]:
@@ -872,3 +874,14 @@ def test_float_texts_come_the_same_from_the_cache() -> None:
     for index in range(state._FLOAT_CACHE_LIMIT + 10):  # the cache stays bounded
         float_text(index + 0.5)
     assert len(state._float_texts) <= state._FLOAT_CACHE_LIMIT
+
+
+def test_clock_skews_stay_out_of_the_float_cache() -> None:
+    # A skew seldom repeats: cached, it would push the repeating figures out.
+    from wire import state
+
+    report = Report(host="h", agent_version="1", epoch=1, seq=1, observed_at=NOW, checks={})
+    state._float_texts.clear()
+    texts = [state.report_moment_texts(report, int(NOW * 1000) + lag)[4] for lag in range(50)]
+    assert texts[:2] == ["0.0", "-0.001"]
+    assert not state._float_texts
