@@ -32,8 +32,12 @@ from wire.state import (
     field_text,
     flatten_checks,
     float_text,
+    checks_status,
     report_meta,
     report_moment_texts,
+    status_name,
+    unhealthy_checks,
+    unhealthy_text,
 )
 
 # Written with every report: they change each time (times, seq) or other
@@ -58,6 +62,7 @@ class _Written:
     checks: Mapping[str, Mapping[str, Any]]
     meta: dict[str, str]  # the meta fields as last computed whole (see _steady)
     steady: tuple[Any, ...]  # what those of them that are not in every report follow from
+    unhealthy: list[str]  # and the unhealthy checks, which status follows from
     writes: int
     shapes: dict[str, _Shape] = field(default_factory=dict)  # per check, when known
 
@@ -85,24 +90,36 @@ class HostWrites:
         host = report.host
         written = self._written.get(host)
         steady = _steady(report)
+        unhealthy = unhealthy_checks(report)
         if written is None or written.writes >= self.full_every:
             if written is None and len(self._written) >= self.max_hosts:
                 self._written.clear()
             meta = _meta(report, entry_ms)
-            self._written[host] = _Written(order, report.checks, meta, steady, 1)
+            self._written[host] = _Written(order, report.checks, meta, steady, unhealthy, 1)
             return _whole(report, meta)
         base = written.order
         before = written.meta
         if steady == written.steady:
             # The usual case: only the fields of every report change among
-            # the meta fields (status, epoch and the others are as before).
+            # the meta fields (epoch and the others are as before), and the
+            # status when the unhealthy checks did.
             last_seen, last_seen_ms, observed_at, seq, clock_skew = report_moment_texts(
                 report, entry_ms)
+            changed_unhealthy = unhealthy != written.unhealthy
+            if changed_unhealthy:
+                before["status"] = before["report_status"] = status_name(
+                    checks_status(unhealthy))
+                written.unhealthy = unhealthy
             status = before["status"]
             pairs = ["status", status, "report_status", status, "stale", STALE_NO,
                      "last_seen", last_seen, "last_seen_ms", last_seen_ms,
                      "observed_at", observed_at, "epoch", before["epoch"], "seq", seq,
                      "clock_skew_s", clock_skew]
+            if changed_unhealthy:
+                text = unhealthy_text(unhealthy)
+                if text != before["unhealthy"]:
+                    before["unhealthy"] = text
+                    pairs += ("unhealthy", text)
         else:
             meta = _meta(report, entry_ms)
             pairs = [value for name in ALWAYS_WRITTEN for value in (name, meta[name])]
@@ -111,6 +128,7 @@ class HostWrites:
                     pairs += (name, meta[name])
             written.meta = meta
             written.steady = steady
+            written.unhealthy = unhealthy
         deleted: list[str] = []
         written.shapes = _check_changes(written.checks, report.checks, written.shapes, pairs,
                                         deleted)
@@ -134,15 +152,15 @@ def whole_write(report: Report, entry_ms: int) -> HostWrite:
 
 
 def _steady(report: Report) -> tuple[Any, ...]:
-    """What the meta fields that not every report changes are computed from.
+    """What the meta fields that not every report changes are computed from,
+    but for the unhealthy checks (kept apart: they change more often).
 
-    When it is equal for two reports, so are their status, report_status,
-    stale, epoch and WRITTEN_WHEN_CHANGED texts (types count: 60 and 60.0
-    have different texts)."""
-    checks = report.checks
+    When it is equal for two reports, so are their stale, epoch and
+    WRITTEN_WHEN_CHANGED texts but ``unhealthy`` (types count: 60 and 60.0
+    have different texts); with the same unhealthy checks, so are their
+    status, report_status and unhealthy texts."""
     interval = report.interval
-    return (report.agent_version, interval, type(interval), report.epoch, tuple(checks),
-            [name for name, fields in checks.items() if not fields.get("healthy")])
+    return (report.agent_version, interval, type(interval), report.epoch, tuple(report.checks))
 
 
 def _meta(report: Report, entry_ms: int) -> dict[str, str]:

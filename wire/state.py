@@ -180,15 +180,8 @@ def report_meta(report: Report, entry_ms: int, stale: str = STALE_NO) -> dict[st
     """The fields of :func:`report_fields` that are not check results (see META_FIELDS
     less ``dropped_total``, which the collector keeps as a running sum)."""
     checks = report.checks
-    unhealthy = [n for n, f in checks.items() if not f.get("healthy")]
-    # report_status: a check is unhealthy iff not bool(healthy); the worst of
-    # its statuses, then the staleness.
-    if not unhealthy:
-        status = Status.OK
-    elif CRITICAL_CHECKS.isdisjoint(unhealthy):
-        status = Status.WARNING
-    else:
-        status = Status.CRITICAL
+    unhealthy = unhealthy_checks(report)
+    status = checks_status(unhealthy)
     if stale != STALE_NO:
         status = max(status, stale_status(stale))
     last_seen, last_seen_ms, observed_at, seq, clock_skew = report_moment_texts(report, entry_ms)
@@ -214,9 +207,33 @@ def report_meta(report: Report, entry_ms: int, stale: str = STALE_NO) -> dict[st
         "stale": stale,
         "interval_s": float_text(interval) if type(interval) is float else format_value(interval),
         "checks": names,
-        "unhealthy": (unhealthy[0] if len(unhealthy) == 1
-                      else ",".join(sorted(unhealthy))),
+        "unhealthy": unhealthy_text(unhealthy),
     }
+
+
+def unhealthy_checks(report: Report) -> list[str]:
+    """The names of the report's unhealthy checks, in report order: a check
+    is unhealthy iff not bool(healthy)."""
+    return [name for name, fields in report.checks.items() if not fields.get("healthy")]
+
+
+def checks_status(unhealthy: list[str]) -> Status:
+    """The status the checks named ``unhealthy`` give: the worst of theirs."""
+    if not unhealthy:
+        return Status.OK
+    if CRITICAL_CHECKS.isdisjoint(unhealthy):
+        return Status.WARNING
+    return Status.CRITICAL
+
+
+def status_name(status: Status) -> str:
+    """The stored text of a status."""
+    return _STATUS_NAMES[status]
+
+
+def unhealthy_text(unhealthy: list[str]) -> str:
+    """The stored ``unhealthy`` field: the names, sorted, comma-separated."""
+    return unhealthy[0] if len(unhealthy) == 1 else ",".join(sorted(unhealthy))
 
 
 def report_moment_texts(report: Report, entry_ms: int) -> tuple[str, str, str, str, str]:
