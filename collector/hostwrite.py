@@ -28,7 +28,6 @@ from typing import Any, NamedTuple
 
 from wire.messages import Report
 from wire.state import (
-    STALE_NO,
     field_text,
     flatten_checks,
     float_text,
@@ -40,12 +39,14 @@ from wire.state import (
     unhealthy_text,
 )
 
-# Written with every report: they change each time (times, seq) or other
-# writers may have changed them since (status, stale).
-ALWAYS_WRITTEN = ("status", "report_status", "stale", "last_seen", "last_seen_ms",
-                  "observed_at", "epoch", "seq", "clock_skew_s")
-# Written when they differ from the last report's.
-WRITTEN_WHEN_CHANGED = ("agent_version", "interval_s", "checks", "unhealthy")
+# Written with every report: they change each time.
+ALWAYS_WRITTEN = ("last_seen", "last_seen_ms", "observed_at", "seq", "clock_skew_s")
+# Written when they differ from the last report's. The sweep may have marked
+# the host stale since (stale and status): the script then writes stale 'no'
+# and the report's status (HostWrite.status) as well. Nothing else writes
+# status, report_status or epoch.
+WRITTEN_WHEN_CHANGED = ("status", "report_status", "epoch", "agent_version", "interval_s",
+                        "checks", "unhealthy")
 FULL_EVERY = 32
 MAX_HOSTS = 20_000
 
@@ -69,11 +70,14 @@ class _Written:
 
 class HostWrite(NamedTuple):
     """One report's write: ``base`` is '' for a whole write (the hash is
-    deleted first), else the ordering key the difference applies to."""
+    deleted first), else the ordering key the difference applies to, and
+    ``status`` the report's status, which a difference writes (with stale
+    'no') only over a hash the sweep marked stale."""
 
     base: str
     deleted: list[str]
     pairs: list[str]  # field, value, field, value, ...
+    status: str
 
 
 class HostWrites:
@@ -105,17 +109,14 @@ class HostWrites:
             # status when the unhealthy checks did.
             last_seen, last_seen_ms, observed_at, seq, clock_skew = report_moment_texts(
                 report, entry_ms)
-            changed_unhealthy = unhealthy != written.unhealthy
-            if changed_unhealthy:
-                before["status"] = before["report_status"] = status_name(
-                    checks_status(unhealthy))
+            pairs = ["last_seen", last_seen, "last_seen_ms", last_seen_ms,
+                     "observed_at", observed_at, "seq", seq, "clock_skew_s", clock_skew]
+            if unhealthy != written.unhealthy:
                 written.unhealthy = unhealthy
-            status = before["status"]
-            pairs = ["status", status, "report_status", status, "stale", STALE_NO,
-                     "last_seen", last_seen, "last_seen_ms", last_seen_ms,
-                     "observed_at", observed_at, "epoch", before["epoch"], "seq", seq,
-                     "clock_skew_s", clock_skew]
-            if changed_unhealthy:
+                status = status_name(checks_status(unhealthy))
+                if status != before["status"]:
+                    before["status"] = before["report_status"] = status
+                    pairs += ("status", status, "report_status", status)
                 text = unhealthy_text(unhealthy)
                 if text != before["unhealthy"]:
                     before["unhealthy"] = text
@@ -135,7 +136,7 @@ class HostWrites:
         written.order = order
         written.checks = report.checks
         written.writes += 1
-        return HostWrite(base, deleted, pairs)
+        return HostWrite(base, deleted, pairs, written.meta["status"])
 
     def forget(self, host: str) -> None:
         """Drop what is remembered of ``host``: its next write is whole."""
@@ -174,7 +175,7 @@ def _meta(report: Report, entry_ms: int) -> dict[str, str]:
 def _whole(report: Report, meta: Mapping[str, str]) -> HostWrite:
     fields = dict(meta)
     fields.update(flatten_checks(report.checks))
-    return HostWrite("", [], list(chain.from_iterable(fields.items())))
+    return HostWrite("", [], list(chain.from_iterable(fields.items())), meta["status"])
 
 
 def _check_changes(before: Mapping[str, Mapping[str, Any]],

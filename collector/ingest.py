@@ -777,10 +777,10 @@ class Collector:
         names = self._keys_of(host)
         deleted, pairs = write.deleted, write.pairs
         args: list[Any] = [
-            "report", 4, 1, 10 + len(deleted) + len(pairs),
+            "report", 4, 1, 11 + len(deleted) + len(pairs),
             self.group, entry_id, order, entry_id.partition("-")[0],
             history_line(report, entry_ms), self._history_length, _count_text(report.dropped),
-            host, write.base, _count_text(len(deleted)),
+            host, write.status, write.base, _count_text(len(deleted)),
         ]
         if deleted:
             args += deleted

@@ -46,14 +46,14 @@ end
 
 # KEYS: host hash, hosts index, history list, stream
 # ARGV: group, entry id, order, entry ms, history line, history length,
-#       dropped, host id, base, number of fields to delete, those fields,
-#       field, value, field, value, ...
+#       dropped, host id, status, base, number of fields to delete, those
+#       fields, field, value, field, value, ...
 # An empty base is a whole write (the hash is replaced); otherwise the fields
 # are a difference that applies only on top of the write whose ordering key
 # is the base (see collector.hostwrite), else NEED_FULL (-2, not acknowledged).
 REPORT = _COMMON + """
 local stored = redis.call('HMGET', KEYS[1], 'epoch', 'seq', 'dropped_total',
-                         'grace_until_ms', 'grace_until')
+                         'grace_until_ms', 'grace_until', 'stale')
 local current = false
 if stored[1] and stored[2] then
   current = string.rep('0', 20 - #stored[1]) .. stored[1] .. ':'
@@ -63,19 +63,20 @@ if stored[1] and stored[2] then
     return 0
   end
 end
-local ndel = tonumber(ARGV[10])
-if ARGV[9] == '' then
+local ndel = tonumber(ARGV[11])
+if ARGV[10] == '' then
   redis.call('DEL', KEYS[1])
-elseif current ~= ARGV[9] then
+elseif current ~= ARGV[10] then
   return -2
 else
-  if ndel > 0 then redis.call('HDEL', KEYS[1], unpack(ARGV, 11, 10 + ndel)) end
+  if ndel > 0 then redis.call('HDEL', KEYS[1], unpack(ARGV, 12, 11 + ndel)) end
   -- A report ends the keepalive's grace after an outage, as the whole
-  -- write's DEL does.
+  -- write's DEL does, and the staleness the sweep marked since the base.
   if stored[4] or stored[5] then redis.call('HDEL', KEYS[1], 'grace_until_ms', 'grace_until') end
+  if stored[6] ~= 'no' then redis.call('HSET', KEYS[1], 'stale', 'no', 'status', ARGV[9]) end
 end
 redis.call('HSET', KEYS[1], 'dropped_total', (tonumber(stored[3]) or 0) + tonumber(ARGV[7]),
-           unpack(ARGV, 11 + ndel))
+           unpack(ARGV, 12 + ndel))
 redis.call('ZADD', KEYS[2], ARGV[4], ARGV[8])
 if redis.call('LPUSH', KEYS[3], ARGV[5]) > tonumber(ARGV[6]) then
   redis.call('LTRIM', KEYS[3], 0, tonumber(ARGV[6]) - 1)

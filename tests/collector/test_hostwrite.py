@@ -53,6 +53,8 @@ def expected(report: Report, entry_ms: int) -> dict[str, str]:
 def apply(hash_: dict[str, str], write: Any) -> dict[str, str]:
     """What Redis does with a write (the script's DEL, HDEL and HSET)."""
     result = {} if write.base == "" else dict(hash_)
+    if write.base and result.get("stale") != "no":  # the sweep marked the host since
+        result.update(stale="no", status=write.status)
     for name in write.deleted:
         result.pop(name, None)
     result.update(zip(write.pairs[0::2], write.pairs[1::2], strict=True))
@@ -106,7 +108,10 @@ def test_a_difference_sends_only_what_changed() -> None:
     assert write.deleted == ["disk_space.free_gb"]
     assert "database.size_mb" not in sent and "agent_version" not in sent
     assert sent["disk_space.percent_used"] == "50.2"
-    assert sent["seq"] == "2" and sent["stale"] == "no"
+    assert sent["seq"] == "2"
+    # Neither changed: the script writes them only over a hash the sweep
+    # marked stale since (apply does what it does).
+    assert "stale" not in sent and "status" not in sent and write.status == "OK"
     # Every field of every report is sent, whether the meta was recomputed
     # whole (version changed) or only its changing part (all else alike).
     for seq, version in ((3, "0.1.0"), (4, "0.2.0")):

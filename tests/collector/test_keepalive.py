@@ -84,6 +84,25 @@ def test_transitions_and_recovery(redis_client: redis.Redis, keys: Any, publish:
     assert collector.counters.stale_transitions == 2
 
 
+def test_a_report_as_before_still_ends_the_staleness(redis_client: redis.Redis, keys: Any,
+                                                     publish: Any, report: Any,
+                                                     make_collector: Any) -> None:
+    # Its status did not change, so the difference does not carry it: the
+    # script writes it because the sweep marked the host stale meanwhile.
+    publish(report("bbs-01", 1, interval=0.2))
+    collector = make_collector()
+    collector.drain()
+    wait_until(lambda: bool(collector.sweep()))
+    fields = redis_client.hgetall(keys.host("bbs-01"))
+    assert (fields[b"stale"], fields[b"status"], fields[b"report_status"]) == (
+        b"warning", b"WARNING", b"OK")
+    publish(report("bbs-01", 2, interval=0.2))
+    collector.drain()
+    fields = redis_client.hgetall(keys.host("bbs-01"))
+    assert (fields[b"stale"], fields[b"status"], fields[b"report_status"], fields[b"seq"]) == (
+        b"no", b"OK", b"OK", b"2")
+
+
 def test_a_sweep_never_overwrites_a_fresh_report(redis_client: redis.Redis, keys: Any,
                                                  publish: Any, report: Any,
                                                  make_collector: Any) -> None:
