@@ -882,11 +882,17 @@ class Collector:
                     continue
                 results: list[Any] = [reply] * len(chunk)
             else:
-                results = [_entry_error(r) if isinstance(r, bytes) else r for r in reply[0]]
+                results = reply[0]
                 marked += [chunk[index - 1].host for index in reply[1]]
                 if len(reply) > 2:
                     # The final XACKs failed: nothing of this call is acknowledged.
                     results = [_entry_error(reply[2])] * len(chunk)
+                elif len(results) == len(chunk) and results.count(APPLIED) == len(results):
+                    # The usual batch, every entry applied: counted at once.
+                    self._count_applied(chunk)
+                    continue
+                else:
+                    results = [_entry_error(r) if isinstance(r, bytes) else r for r in results]
                 # The script stops at an error that concerns the whole server
                 # (a replica, a loading dataset): the entries after it are
                 # left pending, like the one that failed.
@@ -955,6 +961,20 @@ class Collector:
                 assert op.report is not None
                 whole.append(self._report_op(op.stream, op.entry_id, op.report, whole=True))
             self._handle(whole, rawpipe.execute(self.client, self._batch_commands(whole)))
+
+    def _count_applied(self, ops: list[_Op]) -> None:
+        """Count ``ops``, all applied (as the loop of :meth:`_handle` would)."""
+        counters = self.counters
+        dead = 0
+        for op in ops:
+            if op.mark is None:
+                if op.kind == "dead":
+                    dead += 1
+                else:
+                    self._changed.add(op.host)
+        counters.processed += len(ops)
+        counters.dead_lettered += dead
+        counters.applied += len(ops) - dead
 
     def _evaluate_changed(self) -> None:
         # Hosts changed by the batches of one read (both streams) are marked
