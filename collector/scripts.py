@@ -261,7 +261,7 @@ end
        + _as_function("snapshot", SNAPSHOT) + _as_function("dead_letter", DEAD_LETTER)) + """
 local run = {report = report, session = session, snapshot = snapshot, dead_letter = dead_letter}
 local ttl = tonumber(ARGS[1])
-local results, marked, seen = {}, {}, {}
+local results, marked, seen, wanted, wanted_by = {}, {}, {}, {}, {}
 local k, a, n, last = 1, 2, 0, #ARGS
 while a <= last do
   local fn, nk, nm, na = run[ARGS[a]], tonumber(ARGS[a + 1]), tonumber(ARGS[a + 2]),
@@ -272,9 +272,8 @@ while a <= last do
     results[n] = result
     if result == 1 and nm == 1 and ttl > 0 and not seen[KEYS[k + nk]] then
       seen[KEYS[k + nk]] = true
-      if redis.call('SET', KEYS[k + nk], '1', 'NX', 'EX', ttl) then
-        marked[#marked + 1] = n
-      end
+      wanted[#wanted + 1] = KEYS[k + nk]
+      wanted_by[#wanted] = n
     end
   else
     if type(result) == 'table' and result.err then result = result.err end
@@ -286,6 +285,17 @@ while a <= last do
   end
   k = k + nk + nm
   a = a + 4 + na
+end
+-- The marks of the hosts changed: one MGET finds those still held (a job
+-- waits for the host; during a backlog most are), SET NX takes the others.
+for i = 1, #wanted, 1000 do
+  local upto = math.min(i + 999, #wanted)
+  local held = redis.call('MGET', unpack(wanted, i, upto))
+  for j = i, upto do
+    if not held[j - i + 1] and redis.call('SET', wanted[j], '1', 'NX', 'EX', ttl) then
+      marked[#marked + 1] = wanted_by[j]
+    end
+  end
 end
 local ok, err = pcall(function()
   for _, key in ipairs(zadd_order) do bulk('ZADD', key, zadds[key]) end
