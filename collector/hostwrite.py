@@ -28,10 +28,10 @@ from typing import Any, NamedTuple
 
 from wire.messages import Report
 from wire.state import (
+    FLOAT_TEXTS,
+    checks_status,
     field_text,
     flatten_checks,
-    float_text,
-    checks_status,
     report_meta,
     report_moment_texts,
     status_name,
@@ -186,6 +186,7 @@ def _check_changes(before: Mapping[str, Mapping[str, Any]],
     stored, so a field turning into a list is gone too). ``shapes`` are those
     of ``before`` as far as known; returns those of ``after``."""
     add = pairs.append
+    float_texts = FLOAT_TEXTS
     after_shapes: dict[str, _Shape] = {}
     for name, fields in after.items():
         old = before.get(name)
@@ -205,7 +206,7 @@ def _check_changes(before: Mapping[str, Mapping[str, Any]],
                 kind = type(value)
                 if kind is float:
                     add(prefix + key)
-                    add(float_text(value))
+                    add(float_texts[value])
                 elif kind is int:
                     add(prefix + key)
                     add(str(value))

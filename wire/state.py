@@ -102,18 +102,27 @@ def float_text(value: float) -> str:
     """A float as stored text: rounded to 3 decimals, shortest form ('50.1',
     '2.0'); '' when not finite. Both zeros are '0.0', so that equal values
     always have equal texts."""
-    # Figures repeat across a fleet's reports (a percentage with one
-    # decimal has a thousand values): a lookup costs a fifth of formatting.
-    # Equal floats have equal texts, so the cache may answer for any of them.
-    text = _float_texts.get(value)
-    if text is not None:
+    return FLOAT_TEXTS[value]
+
+
+class _FloatTexts(dict[float, str]):
+    """float -> :func:`float_text`, formatted on a miss and kept, up to
+    _FLOAT_CACHE_LIMIT texts.
+
+    Figures repeat across a fleet's reports (a percentage with one decimal
+    has a thousand values): a lookup costs a fifth of formatting. Equal
+    floats have equal texts, so the cache may answer for any of them. Hot
+    loops index it directly (``FLOAT_TEXTS[value]``), which spares them a
+    function call per figure.
+    """
+
+    def __missing__(self, value: float) -> str:
+        text = format_float(value)
+        if text:  # not inf or nan (nan would never be found again)
+            if len(self) >= _FLOAT_CACHE_LIMIT:
+                self.clear()
+            self[value] = text
         return text
-    text = format_float(value)
-    if text:
-        if len(_float_texts) >= _FLOAT_CACHE_LIMIT:
-            _float_texts.clear()
-        _float_texts[value] = text
-    return text
 
 
 def format_float(value: float) -> str:
@@ -133,7 +142,7 @@ def format_float(value: float) -> str:
 
 
 _FLOAT_CACHE_LIMIT = 16384
-_float_texts: dict[float, str] = {}
+FLOAT_TEXTS = _FloatTexts()
 
 
 def format_value(value: FieldValue) -> str:

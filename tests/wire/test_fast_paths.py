@@ -873,7 +873,7 @@ def test_float_texts_come_the_same_from_the_cache() -> None:
     assert [float_text(value) for value in values] == first  # now from the cache
     for index in range(state._FLOAT_CACHE_LIMIT + 10):  # the cache stays bounded
         float_text(index + 0.5)
-    assert len(state._float_texts) <= state._FLOAT_CACHE_LIMIT
+    assert len(state.FLOAT_TEXTS) <= state._FLOAT_CACHE_LIMIT
 
 
 def test_clock_skews_stay_out_of_the_float_cache() -> None:
@@ -881,7 +881,7 @@ def test_clock_skews_stay_out_of_the_float_cache() -> None:
     from wire import state
 
     report = Report(host="h", agent_version="1", epoch=1, seq=1, observed_at=NOW, checks={})
-    state._float_texts.clear()
+    state.FLOAT_TEXTS.clear()
     texts = [state.report_moment_texts(report, int(NOW * 1000) + lag)[4] for lag in range(50)]
     assert texts[:2] == ["0.0", "-0.001"]
-    assert not state._float_texts
+    assert not state.FLOAT_TEXTS
