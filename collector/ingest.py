@@ -460,8 +460,10 @@ class Collector:
             ops += self._plan(stream, entries)
         # Both streams' scripts go in one send, so that Redis runs all of one
         # read while this process decodes the next (reports cost Redis more,
-        # session events less).
-        self._send(ops)
+        # session events less). Caught up, there is no next batch to decode
+        # meanwhile: its replies are handled at once (jobs enqueued) rather
+        # than after the next read, which may block for block_ms.
+        self._send(ops, keep=1 if full else 0)
         self._evaluate_changed()
         self.caught_up = not full
         return read
@@ -653,8 +655,9 @@ class Collector:
                                       f"collector error: {type(exc).__name__}: {exc}"))
         return ops
 
-    def _send(self, ops: list[_Op]) -> None:
-        """Send the scripts of ``ops``, then handle the replies of what went before.
+    def _send(self, ops: list[_Op], keep: int = 1) -> None:
+        """Send the scripts of ``ops``, then handle the replies of what went
+        before (``keep`` 0: of these scripts too).
 
         Redis runs this batch's scripts while the caller reads and decodes the
         next one; their replies are handled when that one is sent. Sending
@@ -666,7 +669,7 @@ class Collector:
         commands = self._batch_commands(ops)
         if commands:
             self._put(commands, (ops, len(commands)))
-        self._settle(keep=1 if commands else 0)
+        self._settle(keep=keep if commands else 0)
 
     def _read_ahead(self) -> None:
         """Send the XREADGROUP of the next batch behind what is in flight."""

@@ -84,6 +84,22 @@ def test_transitions_and_recovery(redis_client: redis.Redis, keys: Any, publish:
     assert collector.counters.stale_transitions == 2
 
 
+def test_a_lone_report_is_handed_to_the_alerter_at_once(redis_client: redis.Redis, keys: Any,
+                                                        publish: Any, report: Any,
+                                                        make_collector: Any) -> None:
+    # Caught up, the collector waits for its scripts' replies before the next
+    # (blocking) read: the job of a report arriving alone must not wait for
+    # the next entry or the end of that read.
+    collector = make_collector(block_ms=300, sweep_interval_s=60, heartbeat_interval_s=60,
+                               claim_interval_s=60)
+    collector.setup()
+    assert collector.step() == 0  # the first round's reclaim, sweep and heartbeat are done
+    publish(report("bbs-01", 1, disk=95.0))
+    assert collector.step() == 1
+    assert jobs_for(redis_client, keys, "bbs-01") == 1
+    assert collector.counters.applied == 1
+
+
 def test_a_report_as_before_still_ends_the_staleness(redis_client: redis.Redis, keys: Any,
                                                      publish: Any, report: Any,
                                                      make_collector: Any) -> None:
