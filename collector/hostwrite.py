@@ -41,10 +41,10 @@ from wire.state import (
 
 # Written with every report: they change each time.
 ALWAYS_WRITTEN = ("last_seen", "last_seen_ms", "observed_at", "seq", "clock_skew_s")
-# Written when they differ from the last report's. The sweep may have marked
-# the host stale since (stale and status): the script then writes stale 'no'
-# and the report's status (HostWrite.status) as well. Nothing else writes
-# status, report_status or epoch.
+# Written when they differ from the last report's. Besides reports, only the
+# sweep writes status, with stale, when it marks the host stale: the script
+# then writes stale 'no' and the report's status (HostWrite.status) as well.
+# Nothing but reports writes report_status or epoch.
 WRITTEN_WHEN_CHANGED = ("status", "report_status", "epoch", "agent_version", "interval_s",
                         "checks", "unhealthy")
 FULL_EVERY = 32
