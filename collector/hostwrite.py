@@ -94,7 +94,7 @@ class HostWrites:
         host = report.host
         written = self._written.get(host)
         steady = _steady(report)
-        unhealthy = unhealthy_checks(report)
+        unhealthy = unhealthy_checks(report.checks)
         if written is None or written.writes >= self.full_every:
             if written is None and len(self._written) >= self.max_hosts:
                 self._written.clear()

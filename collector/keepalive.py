@@ -50,7 +50,7 @@ from wire.state import (
     STALE_CRITICAL,
     STALE_NO,
     STALE_WARNING,
-    check_status,
+    checks_status,
     iso_from_ms,
     stale_status,
 )
@@ -198,8 +198,7 @@ def base_status(fields: Mapping[str, str]) -> Status:
     if stored:
         return Status.parse(stored)
     # A hash written without report_status: rebuild it from the unhealthy list.
-    unhealthy = [n for n in fields.get("unhealthy", "").split(",") if n]
-    return Status.worst(check_status(name, False) for name in unhealthy)
+    return checks_status([n for n in fields.get("unhealthy", "").split(",") if n])
 
 
 def host_status(fields: Mapping[str, str], stale: str) -> Status:

@@ -42,7 +42,7 @@ def check_status(name: str, healthy: bool) -> Status:
 
 def report_status(checks: Mapping[str, Mapping[str, Any]]) -> Status:
     """The worst status over a report's checks."""
-    return Status.worst(check_status(name, bool(f.get("healthy"))) for name, f in checks.items())
+    return checks_status(unhealthy_checks(checks))
 
 
 def stale_status(stale: str) -> Status:
@@ -189,7 +189,7 @@ def report_meta(report: Report, entry_ms: int, stale: str = STALE_NO) -> dict[st
     """The fields of :func:`report_fields` that are not check results (see META_FIELDS
     less ``dropped_total``, which the collector keeps as a running sum)."""
     checks = report.checks
-    unhealthy = unhealthy_checks(report)
+    unhealthy = unhealthy_checks(checks)
     status = checks_status(unhealthy)
     if stale != STALE_NO:
         status = max(status, stale_status(stale))
@@ -220,14 +220,15 @@ def report_meta(report: Report, entry_ms: int, stale: str = STALE_NO) -> dict[st
     }
 
 
-def unhealthy_checks(report: Report) -> list[str]:
-    """The names of the report's unhealthy checks, in report order: a check
-    is unhealthy iff not bool(healthy)."""
-    return [name for name, fields in report.checks.items() if not fields.get("healthy")]
+def unhealthy_checks(checks: Mapping[str, Mapping[str, Any]]) -> list[str]:
+    """The names of the unhealthy ones of a report's ``checks``, in report
+    order: a check is unhealthy iff not bool(healthy)."""
+    return [name for name, fields in checks.items() if not fields.get("healthy")]
 
 
 def checks_status(unhealthy: list[str]) -> Status:
-    """The status the checks named ``unhealthy`` give: the worst of theirs."""
+    """The status the checks named ``unhealthy`` give: the worst of theirs
+    (check_status's rule, written out for the collector's hot path)."""
     if not unhealthy:
         return Status.OK
     if CRITICAL_CHECKS.isdisjoint(unhealthy):
