@@ -20,8 +20,8 @@ other change to a hash (a hand edit) lasts a bounded number of reports.
 
 from __future__ import annotations
 
-from collections.abc import Mapping
-from dataclasses import dataclass, field
+from collections.abc import Callable, Iterable, Mapping
+from dataclasses import dataclass
 from itertools import chain, compress
 from operator import ne
 from typing import Any, NamedTuple
@@ -51,8 +51,7 @@ FULL_EVERY = 32
 MAX_HOSTS = 20_000
 
 _MISSING = object()
-# A check's field names in order and the types of their values.
-_Shape = tuple[list[str], list[type]]
+_dict_values: Callable[[Any], Iterable[Any]] = dict.values
 
 
 @dataclass(slots=True)
@@ -65,7 +64,18 @@ class _Written:
     steady: tuple[Any, ...]  # what those of them that are not in every report follow from
     unhealthy: list[str]  # and the unhealthy checks, which status follows from
     writes: int
-    shapes: dict[str, _Shape] = field(default_factory=dict)  # per check, when known
+    flat: _Flat
+
+
+class _Flat(NamedTuple):
+    """A report's check fields in one row: their layout (check names, then
+    each check's field names), the types and values of the fields in that
+    order, and their hash field names (``check.field``)."""
+
+    layout: tuple[tuple[str, ...], ...]
+    types: list[type]
+    values: list[Any]
+    names: list[str]
 
 
 class HostWrite(NamedTuple):
@@ -99,7 +109,8 @@ class HostWrites:
             if written is None and len(self._written) >= self.max_hosts:
                 self._written.clear()
             meta = _meta(report, entry_ms)
-            self._written[host] = _Written(order, report.checks, meta, steady, unhealthy, 1)
+            self._written[host] = _Written(order, report.checks, meta, steady, unhealthy, 1,
+                                           _flat(report.checks, None))
             return _whole(report, meta)
         base = written.order
         before = written.meta
@@ -131,8 +142,8 @@ class HostWrites:
             written.steady = steady
             written.unhealthy = unhealthy
         deleted: list[str] = []
-        written.shapes = _check_changes(written.checks, report.checks, written.shapes, pairs,
-                                        deleted)
+        written.flat = _check_changes(written.checks, report.checks, written.flat, pairs,
+                                      deleted)
         written.order = order
         written.checks = report.checks
         written.writes += 1
@@ -178,47 +189,59 @@ def _whole(report: Report, meta: Mapping[str, str]) -> HostWrite:
     return HostWrite("", [], list(chain.from_iterable(fields.items())), meta["status"])
 
 
+def _flat(checks: Mapping[str, Mapping[str, Any]], before: _Flat | None) -> _Flat:
+    """The row of ``checks``; its names are taken from ``before`` when the
+    layout is the same."""
+    layout = (tuple(checks), *map(tuple, checks.values()))
+    try:
+        values = list(chain.from_iterable(map(_dict_values, checks.values())))
+    except TypeError:  # a check that is a mapping but not a dict
+        values = [value for fields in checks.values() for value in fields.values()]
+    if before is not None and before.layout == layout:
+        names = before.names
+    else:
+        names = [f"{name}.{key}" for name, fields in checks.items() for key in fields]
+    return _Flat(layout, list(map(type, values)), values, names)
+
+
 def _check_changes(before: Mapping[str, Mapping[str, Any]],
-                   after: Mapping[str, Mapping[str, Any]], shapes: Mapping[str, _Shape],
-                   pairs: list[str], deleted: list[str]) -> dict[str, _Shape]:
+                   after: Mapping[str, Mapping[str, Any]], flat_before: _Flat,
+                   pairs: list[str], deleted: list[str]) -> _Flat:
     """Add to ``pairs`` the check fields whose text changed from ``before`` to
     ``after`` and to ``deleted`` those that are gone (list fields are not
-    stored, so a field turning into a list is gone too). ``shapes`` are those
-    of ``before`` as far as known; returns those of ``after``."""
-    add = pairs.append
-    float_texts = FLOAT_TEXTS
-    after_shapes: dict[str, _Shape] = {}
+    stored, so a field turning into a list is gone too). ``flat_before`` is
+    the row of ``before``; returns that of ``after``."""
+    flat = _flat(after, flat_before)
+    if flat.layout == flat_before.layout and flat.types == flat_before.types:
+        # The usual case, the same checks with the same fields in the same
+        # order and values of the same types: a text changed exactly where
+        # the value did (equal values of one type have one text), found by
+        # C-level loops over the whole row.
+        add = pairs.append
+        float_texts = FLOAT_TEXTS
+        for name, value in compress(zip(flat.names, flat.values, strict=True),
+                                    map(ne, flat.values, flat_before.values)):
+            kind = type(value)
+            if kind is float:
+                add(name)
+                add(float_texts[value])
+            elif kind is int:
+                add(name)
+                add(str(value))
+            elif kind is str:
+                add(name)
+                add(value)
+            else:
+                text = field_text(value)
+                if text is not None:  # a list field, before as now: not stored
+                    add(name)
+                    add(text)
+        return flat
     for name, fields in after.items():
         old = before.get(name)
         if old is None:
             old = {}
         prefix = name + "."
-        values, olds = fields.values(), old.values()
-        shape = after_shapes[name] = (list(fields), list(map(type, values)))
-        old_shape = shapes.get(name)
-        if old_shape is None:
-            old_shape = (list(old), list(map(type, olds)))
-        if shape == old_shape:
-            # The usual case, the same fields in the same order with values of
-            # the same types: a text changed exactly where the value did (equal
-            # values of one type have one text), found by C-level loops.
-            for key, value in compress(fields.items(), map(ne, values, olds)):
-                kind = type(value)
-                if kind is float:
-                    add(prefix + key)
-                    add(float_texts[value])
-                elif kind is int:
-                    add(prefix + key)
-                    add(str(value))
-                elif kind is str:
-                    add(prefix + key)
-                    add(value)
-                else:
-                    text = field_text(value)
-                    if text is not None:  # a list field, before as now: not stored
-                        add(prefix + key)
-                        add(text)
-            continue
         for key, value in fields.items():
             previous = old.get(key, _MISSING)
             # Equal values of one type have one text (1 == 1.0 == True, but
@@ -227,8 +250,7 @@ def _check_changes(before: Mapping[str, Mapping[str, Any]],
                 continue
             text = field_text(value)
             if text is not None:
-                add(prefix + key)
-                add(text)
+                pairs += (prefix + key, text)
             elif previous is not _MISSING and field_text(previous) is not None:
                 deleted.append(prefix + key)
         if old.keys() != fields.keys():
@@ -238,4 +260,4 @@ def _check_changes(before: Mapping[str, Mapping[str, Any]],
         for name in before.keys() - after.keys():
             deleted += [f"{name}.{key}" for key, value in before[name].items()
                         if field_text(value) is not None]
-    return after_shapes
+    return flat

@@ -82,6 +82,33 @@ def test_differences_add_up_to_the_whole_hash(sequence: list[Any]) -> None:
     assert all(b == keys[i - 1] for i, b in enumerate(bases) if b)
 
 
+@settings(max_examples=200, deadline=None)
+@given(st.data())
+def test_differences_of_reports_alike_add_up_to_the_whole_hash(data: Any) -> None:
+    # An agent's reports mostly keep their checks and fields and change some
+    # values; now and then a value changes type or a field comes or goes.
+    layout = data.draw(checks.filter(bool))
+    writes = HostWrites(full_every=1000)
+    stored: dict[str, str] = {}
+    current = {name: dict(fields) for name, fields in layout.items()}
+    for seq in range(1, data.draw(st.integers(2, 10)) + 1):
+        for fields in current.values():
+            for key in list(fields):
+                move = data.draw(st.sampled_from(["keep", "keep", "alike", "alike", "any",
+                                                  "drop"]))
+                if move == "alike" and type(fields[key]) in (int, float):
+                    fields[key] = type(fields[key])(data.draw(st.integers(-3, 3)))
+                elif move == "any":
+                    fields[key] = data.draw(values)
+                elif move == "drop" and key != "healthy":
+                    del fields[key]
+        report = make(seq, {name: dict(fields) for name, fields in current.items()})
+        write = writes.plan(report, ENTRY_MS + seq, order_key(1, seq))
+        assert (seq == 1) == (write.base == "")
+        stored = apply(stored, write)
+        assert stored == expected(report, ENTRY_MS + seq)
+
+
 def test_equal_values_of_another_type_or_sign_are_rewritten() -> None:
     # 1 == 1.0 == True and 0.0 == -0.0, but each has its own text.
     writes = HostWrites()
