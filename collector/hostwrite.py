@@ -219,8 +219,13 @@ def _check_changes(before: Mapping[str, Mapping[str, Any]],
         # C-level loops over the whole row.
         add = pairs.append
         float_texts = FLOAT_TEXTS
-        for name, value in compress(zip(flat.names, flat.values, strict=True),
-                                    map(ne, flat.values, flat_before.values)):
+        names, values = flat.names, flat.values
+        # Indexes rather than zip(names, values): most fields are unchanged,
+        # and a (name, value) tuple for each would cost more than the two
+        # lookups of the changed ones.
+        for index in compress(range(len(values)), map(ne, values, flat_before.values)):
+            name = names[index]
+            value = values[index]
             kind = type(value)
             if kind is float:
                 add(name)

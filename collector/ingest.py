@@ -71,7 +71,7 @@ from wire.messages import (
     SessionEvent,
     decode_entry,
 )
-from wire.state import entry_id_ms, float_text, iso_from_ms, session_fields_text, session_text
+from wire.state import float_text, iso_from_ms, session_fields_text, session_text
 
 logger = logging.getLogger(__name__)
 
@@ -609,8 +609,10 @@ class Collector:
         decoded: list[tuple[str, Any, Any]] = []
         reads: list[tuple[str, str]] = []
         ops: list[_Op] = []
+        signed = self.host_keys is not None
         for raw_id, fields in entries:
-            entry_id = _text(raw_id)
+            entry_id = (raw_id.decode("utf-8", "replace") if type(raw_id) is bytes
+                        else _text(raw_id))
             count = delivered.get(entry_id, 1) if delivered else 1
             if count > self.settings.max_deliveries:
                 ops.append(self._dead(stream, entry_id, fields,
@@ -628,7 +630,7 @@ class Collector:
             except DecodeError as exc:
                 ops.append(self._dead(stream, entry_id, fields, f"undecodable: {exc.reason}"))
                 continue
-            problem = self._authenticate(message.host, fields)
+            problem = signed and self._authenticate(message.host, fields)
             if problem:
                 self.counters.spoofed += 1
                 logger.warning("entry %s of %s: %s", entry_id, stream, problem)
@@ -772,7 +774,8 @@ class Collector:
                    whole: bool = False) -> _Op:
         """The script call for ``report``: the difference to the host's last
         write, or (``whole``, or nothing remembered) its whole hash."""
-        entry_ms = entry_id_ms(entry_id)
+        entry_ms_text = entry_id.partition("-")[0]
+        entry_ms = int(entry_ms_text)
         order = order_key(report.epoch, report.seq)
         write = (whole_write(report, entry_ms) if whole
                  else self._writes.plan(report, entry_ms, order))
@@ -781,7 +784,7 @@ class Collector:
         deleted, pairs = write.deleted, write.pairs
         args: list[Any] = [
             "report", 4, 1, 11 + len(deleted) + len(pairs),
-            self.group, entry_id, order, entry_id.partition("-")[0],
+            self.group, entry_id, order, entry_ms_text,
             history_line(report, entry_ms), self._history_length, _count_text(report.dropped),
             host, write.status, write.base, _count_text(len(deleted)),
         ]

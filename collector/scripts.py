@@ -350,6 +350,19 @@ ALL = (
 REPORT_SCRIPT, SESSION_SCRIPT, SNAPSHOT_SCRIPT, STALE_SCRIPT, DEAD_LETTER_SCRIPT, BATCH_SCRIPT = ALL
 
 
+# The "epoch:" part of ordering keys, by epoch: an agent keeps its epoch for
+# as long as its spool lasts, so formatting it once saves half the work.
+_EPOCH_TEXTS_LIMIT = 4096
+_epoch_texts: dict[int, str] = {}
+
+
 def order_key(epoch: int, seq: int) -> str:
     """The string ordering key of ``(epoch, seq)``."""
-    return "%020d:%020d" % (epoch, seq)  # noqa: UP031 - measurably faster than f"{epoch:020d}"
+    prefix = _epoch_texts.get(epoch)
+    if prefix is None:
+        prefix = "%020d:" % epoch  # noqa: UP031 - measurably faster than f"{epoch:020d}:"
+        if len(_epoch_texts) >= _EPOCH_TEXTS_LIMIT:
+            _epoch_texts.clear()
+        _epoch_texts[epoch] = prefix
+    # zfill pads as %020d does (after the sign) in half the time.
+    return prefix + str(seq).zfill(20)

@@ -58,6 +58,8 @@ _SECOND_CACHE_LIMIT = 4096
 _second_texts: dict[int, str] = {}
 # Years 1970..9999, where the cached form and strftime's agree.
 _LAST_CACHED_SECOND = 253_402_300_799
+# ".000Z" to ".999Z": the end of a text with milliseconds.
+_MILLI_TEXTS = tuple(f".{milli:03d}Z" for milli in range(1000))
 
 
 def _second_text(second: int) -> str:
@@ -73,7 +75,8 @@ def _second_text(second: int) -> str:
 def iso_from_ms(ms: int | float) -> str:
     """``2026-11-28T10:30:45Z`` (UTC, second precision) from unix milliseconds."""
     if type(ms) is int and 0 <= ms <= _LAST_CACHED_SECOND * 1000:
-        return _second_text(ms // 1000) + "Z"
+        second = ms // 1000
+        return (_second_texts.get(second) or _second_text(second)) + "Z"
     return datetime.fromtimestamp(ms / 1000, UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
 
 
@@ -88,7 +91,7 @@ def iso_from_seconds(seconds: float) -> str:
         if micros >= 1_000_000:
             micros -= 1_000_000
             second += 1
-        return f"{_second_text(second)}.{micros // 1000:03d}Z"
+        return (_second_texts.get(second) or _second_text(second)) + _MILLI_TEXTS[micros // 1000]
     return datetime.fromtimestamp(seconds, UTC).strftime("%Y-%m-%dT%H:%M:%S.%f")[:-3] + "Z"
 
 

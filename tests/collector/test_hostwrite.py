@@ -221,3 +221,10 @@ def test_what_other_writers_did_is_undone_or_rewritten(redis_client: redis.Redis
     assert stored["disk_space.percent_used"] == "53.0"
     assert collector.counters.applied == 4 and other.counters.applied == 1
     assert not redis_client.xpending(keys.reports_stream(), "collectors")["pending"]
+
+
+@given(st.integers(0, 2**64), st.integers(0, 2**64))
+def test_ordering_keys_are_zero_padded_and_order_as_text(epoch: int, seq: int) -> None:
+    key = order_key(epoch, seq)
+    assert key == f"{epoch:020d}:{seq:020d}"
+    assert (key < order_key(epoch, seq + 1)) and (key < order_key(epoch + 1, 0))
