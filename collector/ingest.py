@@ -35,6 +35,7 @@ from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from itertools import chain
+from operator import attrgetter
 from typing import Any
 
 import msgpack
@@ -170,6 +171,11 @@ class _Op:
     def call(self, client: Any) -> Any:
         """The entry's script run alone (EVALSHA), without the batch around it."""
         return self.script.call(client, self.keys[:self.args[1]], self.args[4:])
+
+
+_op_keys = attrgetter("keys")
+_op_args = attrgetter("args")
+_op_kind = attrgetter("kind")
 
 
 class _Overlay(dict[tuple[str, str], str | None]):
@@ -318,6 +324,7 @@ class Collector:
         self._host_keys: dict[str, tuple[str, ...]] = {}
         self._writes = HostWrites()  # what was last written per host hash
         self._history_length = str(settings.history_length)
+        self._hosts_index = keys.hosts_index()
         self._mark_ttl = settings.evaluation_ttl_s if settings.evaluate else 0
         now = clock()
         self._next_claim = now
@@ -723,11 +730,12 @@ class Collector:
         commands = []
         for start in range(0, len(ops), BATCH_ENTRIES):
             chunk = ops[start:start + BATCH_ENTRIES]
-            keys = list(chain.from_iterable([op.keys for op in chunk]))
+            # (attrgetter and map: C-level loops over the chunk.)
+            keys = list(chain.from_iterable(map(_op_keys, chunk)))
             args: list[Any] = [self._mark_ttl]
-            args.extend(chain.from_iterable([op.args for op in chunk]))
+            args.extend(chain.from_iterable(map(_op_args, chunk)))
             # Only a dead letter carries bytes (the entry's payload).
-            packed = (_pack_with_bytes(args) if any(op.kind == "dead" for op in chunk)
+            packed = (_pack_with_bytes(args) if "dead" in map(_op_kind, chunk)
                       else _pack_texts(args))
             commands.append(("EVALSHA", BATCH_SCRIPT.sha, len(keys), *keys, packed))
         return commands
@@ -792,8 +800,8 @@ class Collector:
             args += deleted
         args += pairs
         return _Op("report", stream, entry_id, REPORT_SCRIPT,
-                   [names[0], self.keys.hosts_index(), names[1], stream, names[4]], args, host,
-                   mark=names[4], report=report)
+                   [names[0], self._hosts_index, names[1], stream, names[4]], args, host, None,
+                   names[4], report)
 
     def _session_op(self, stream: str, entry_id: str, event: SessionEvent,
                     overlay: _Overlay | None) -> _Op:
@@ -817,7 +825,7 @@ class Collector:
                 if overlay is not None:
                     overlay[(host, info.client_id)] = text
             return _Op("snapshot", stream, entry_id, SNAPSHOT_SCRIPT, keys, args, host, event,
-                       mark=names[4])
+                       names[4])
         key = (host, event.client_id)
         expect, expected = "any", ""
         if needs_merge(event):
@@ -834,8 +842,9 @@ class Collector:
             overlay[key] = None if op == "del" else text
         args = ["session", 3, 1, 9, self.group, entry_id, order, op, event.client_id, text,
                 expect, expected, _MAX_ORDER_MARKS_TEXT]
+        # Positional: a keyword costs the constructor a dict per entry.
         return _Op("session", stream, entry_id, SESSION_SCRIPT, keys, args, host, event,
-                   mark=names[4])
+                   names[4])
 
     def _dead(self, stream: str, entry_id: str, fields: Mapping[Any, Any] | None,
               reason: str) -> _Op:
