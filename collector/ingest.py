@@ -72,7 +72,12 @@ from wire.messages import (
     SessionEvent,
     decode_entry,
 )
-from wire.state import float_text, iso_from_ms, session_fields_text, session_text
+from wire.state import (
+    FLOAT_TEXTS,
+    iso_from_ms,
+    session_fields_text,
+    session_text,
+)
 
 logger = logging.getLogger(__name__)
 
@@ -213,7 +218,7 @@ def _figure(fields: Mapping[str, Any] | None, name: str) -> str:
         return ""
     value = fields.get(name)
     if type(value) is float:
-        return float_text(value)
+        return FLOAT_TEXTS[value]  # float_text's cache, without the call
     if type(value) is int:
         return str(value)
     return ""
@@ -1109,7 +1114,11 @@ def _raw_stream_replies(reply: Any) -> list[tuple[str, list[Any]]]:
         raise reply
     if not reply:
         return []
-    return [(_text(stream), [(entry_id, _entry_fields(flat)) for entry_id, flat in entries or []])
+    # The usual entry, its message alone, is made a dict here rather than
+    # through a call per entry.
+    return [(_text(stream), [(entry_id, {flat[0]: flat[1]} if flat is not None and len(flat) == 2
+                              else _entry_fields(flat))
+                             for entry_id, flat in entries or []])
             for stream, entries in (reply.items() if isinstance(reply, dict) else reply)]
 
 
