@@ -51,6 +51,8 @@ FULL_EVERY = 32
 MAX_HOSTS = 20_000
 
 _MISSING = object()
+# dict.values unbound, for map() over a report's checks (decoded checks are
+# dicts; _flat falls back for other mappings).
 _dict_values: Callable[[Any], Iterable[Any]] = dict.values
 
 
