@@ -227,14 +227,13 @@ def server_line(client: redis.Redis) -> str:
 
 def group_progress(client: redis.Redis, last_ids: dict[str, bytes]) -> tuple[bool, bool]:
     """(every entry delivered to the group, and none of them pending any more)."""
-    delivered = pending = False
+    pending = False
     for stream, last in last_ids.items():
-        for group in client.xinfo_groups(stream):
-            if group["name"] == COLLECTOR_GROUP.encode():
-                delivered = group["last-delivered-id"] == last
-                pending = bool(group["pending"])
-                if not delivered:
-                    return False, False
+        group = next((g for g in client.xinfo_groups(stream)
+                      if g["name"] == COLLECTOR_GROUP.encode()), None)
+        if group is None or group["last-delivered-id"] != last:
+            return False, False
+        pending = pending or bool(group["pending"])
     return True, not pending
 
 
