@@ -8,6 +8,7 @@ newest report, whoever else wrote to it in between.
 
 from __future__ import annotations
 
+from types import MappingProxyType
 from typing import Any
 
 import redis
@@ -228,3 +229,16 @@ def test_ordering_keys_are_zero_padded_and_order_as_text(epoch: int, seq: int) -
     key = order_key(epoch, seq)
     assert key == f"{epoch:020d}:{seq:020d}"
     assert (key < order_key(epoch, seq + 1)) and (key < order_key(epoch + 1, 0))
+
+
+def test_checks_given_as_other_mappings_are_written_alike() -> None:
+    # Decoded reports hold dicts; a report built by hand may hold any mapping.
+    plain = HostWrites()
+    proxied = HostWrites()
+    for seq, disk in enumerate([50.1, 50.2, 50.2], start=1):
+        checks = {"disk_space": {"healthy": True, "percent_used": disk, "free_gb": 1}}
+        wrapped = MappingProxyType({name: MappingProxyType(fields)
+                                    for name, fields in checks.items()})
+        expected_write = plain.plan(make(seq, checks), ENTRY_MS + seq, order_key(1, seq))
+        assert proxied.plan(make(seq, wrapped), ENTRY_MS + seq,
+                            order_key(1, seq)) == expected_write
