@@ -627,6 +627,7 @@ class Collector:
         ops: list[_Op] = []
         signed = self.host_keys is not None
         for raw_id, fields in entries:
+            # _text, spared a call for the usual bytes id (once per entry).
             entry_id = (raw_id.decode("utf-8", "replace") if type(raw_id) is bytes
                         else _text(raw_id))
             count = delivered.get(entry_id, 1) if delivered else 1
