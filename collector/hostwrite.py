@@ -31,7 +31,6 @@ from wire.state import (
     FLOAT_TEXTS,
     checks_status,
     field_text,
-    flatten_checks,
     report_meta,
     report_moment_texts,
     status_name,
@@ -49,6 +48,12 @@ WRITTEN_WHEN_CHANGED = ("status", "report_status", "epoch", "agent_version", "in
                         "checks", "unhealthy")
 FULL_EVERY = 32
 MAX_HOSTS = 20_000
+
+# A host's first write (and every whole one) finds its hash field names
+# (``check.field``, never changed once made) by the layout of its checks:
+# the hosts of a fleet run the same agent, so a few layouts serve them all.
+MAX_LAYOUTS = 1024
+_layout_names: dict[tuple[tuple[str, ...], ...], list[str]] = {}
 
 _MISSING = object()
 # dict.values unbound, for map() over a report's checks (decoded checks are
@@ -111,9 +116,10 @@ class HostWrites:
             if written is None and len(self._written) >= self.max_hosts:
                 self._written.clear()
             meta = _meta(report, entry_ms)
+            flat = _flat(report.checks, None)
             self._written[host] = _Written(order, report.checks, meta, steady, unhealthy, 1,
-                                           _flat(report.checks, None))
-            return _whole(report, meta)
+                                           flat)
+            return _whole(meta, flat)
         base = written.order
         before = written.meta
         if steady == written.steady:
@@ -162,7 +168,7 @@ class HostWrites:
 def whole_write(report: Report, entry_ms: int) -> HostWrite:
     """The whole hash of ``report`` received at Redis time ``entry_ms``, leaving
     what is remembered alone."""
-    return _whole(report, _meta(report, entry_ms))
+    return _whole(_meta(report, entry_ms), _flat(report.checks, None))
 
 
 def _steady(report: Report) -> tuple[Any, ...]:
@@ -185,9 +191,19 @@ def _meta(report: Report, entry_ms: int) -> dict[str, str]:
     return meta
 
 
-def _whole(report: Report, meta: Mapping[str, str]) -> HostWrite:
+def _whole(meta: Mapping[str, str], flat: _Flat) -> HostWrite:
+    """The whole hash: ``meta``, then the check fields of ``flat`` (the row of
+    the report's checks) as flatten_checks gives them."""
+    float_texts = FLOAT_TEXTS
+    # field_text written out for the usual types: a call per field would
+    # cost more than the rest of the loop (a list field's text is None).
+    texts = [value if kind is str else float_texts[value] if kind is float
+             else ("true" if value else "false") if kind is bool
+             else str(value) if kind is int else field_text(value)
+             for value, kind in zip(flat.values, flat.types, strict=True)]
     fields = dict(meta)
-    fields.update(flatten_checks(report.checks))
+    fields.update({name: text for name, text in zip(flat.names, texts, strict=True)
+                   if text is not None})
     return HostWrite("", [], list(chain.from_iterable(fields.items())), meta["status"])
 
 
@@ -202,7 +218,12 @@ def _flat(checks: Mapping[str, Mapping[str, Any]], before: _Flat | None) -> _Fla
     if before is not None and before.layout == layout:
         names = before.names
     else:
-        names = [f"{name}.{key}" for name, fields in checks.items() for key in fields]
+        names = _layout_names.get(layout)
+        if names is None:
+            names = [f"{name}.{key}" for name, fields in checks.items() for key in fields]
+            if len(_layout_names) >= MAX_LAYOUTS:
+                _layout_names.clear()
+            _layout_names[layout] = names
     return _Flat(layout, list(map(type, values)), values, names)
 
 

@@ -242,3 +242,21 @@ def test_checks_given_as_other_mappings_are_written_alike() -> None:
         expected_write = plain.plan(make(seq, checks), ENTRY_MS + seq, order_key(1, seq))
         assert proxied.plan(make(seq, wrapped), ENTRY_MS + seq,
                             order_key(1, seq)) == expected_write
+
+
+def test_hosts_with_the_same_checks_but_other_fields_get_their_own_names() -> None:
+    # Whole writes take their field names from a cache shared by all hosts,
+    # keyed by the checks' layout: names and order of the checks and fields.
+    writes = HostWrites()
+    layouts = [{"disk_space": {"healthy": True, "free_gb": 2.5}},
+               {"disk_space": {"healthy": True, "percent_used": 50.1}},
+               {"disk_space": {"percent_used": 50.1, "healthy": True}},
+               {"memory": {"healthy": True, "free_gb": 2.5}}]
+    for number, report_checks in enumerate(layouts):
+        report = Report(host=f"bbs-{number}", agent_version="0.1.0", epoch=1, seq=1,
+                        observed_at=1_795_000_000.0, checks=report_checks)
+        write = writes.plan(report, ENTRY_MS, order_key(1, 1))
+        assert write.base == ""
+        assert apply({}, write) == expected(report, ENTRY_MS)
+        assert write.pairs[-4::2] == [f"{name}.{key}" for name, fields in report_checks.items()
+                                      for key in fields]
