@@ -218,12 +218,13 @@ def _flat(checks: Mapping[str, Mapping[str, Any]], before: _Flat | None) -> _Fla
     if before is not None and before.layout == layout:
         names = before.names
     else:
-        names = _layout_names.get(layout)
-        if names is None:
-            names = [f"{name}.{key}" for name, fields in checks.items() for key in fields]
+        known = _layout_names.get(layout)
+        if known is None:
+            known = [f"{name}.{key}" for name, fields in checks.items() for key in fields]
             if len(_layout_names) >= MAX_LAYOUTS:
                 _layout_names.clear()
-            _layout_names[layout] = names
+            _layout_names[layout] = known
+        names = known
     return _Flat(layout, list(map(type, values)), values, names)
 
 
