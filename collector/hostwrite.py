@@ -56,6 +56,7 @@ MAX_LAYOUTS = 1024
 _layout_names: dict[tuple[tuple[str, ...], ...], list[str]] = {}
 
 _MISSING = object()
+_new_tuple = tuple.__new__
 # dict.values unbound, for map() over a report's checks (decoded checks are
 # dicts; _flat falls back for other mappings).
 _dict_values: Callable[[Any], Iterable[Any]] = dict.values
@@ -225,7 +226,8 @@ def _flat(checks: Mapping[str, Mapping[str, Any]], before: _Flat | None) -> _Fla
                 _layout_names.clear()
             _layout_names[layout] = known
         names = known
-    return _Flat(layout, list(map(type, values)), values, names)
+    # (tuple.__new__: the NamedTuple's own __new__ is a Python function.)
+    return _new_tuple(_Flat, (layout, list(map(type, values)), values, names))
 
 
 def _check_changes(before: Mapping[str, Mapping[str, Any]],
@@ -236,7 +238,9 @@ def _check_changes(before: Mapping[str, Mapping[str, Any]],
     stored, so a field turning into a list is gone too). ``flat_before`` is
     the row of ``before``; returns that of ``after``."""
     flat = _flat(after, flat_before)
-    if flat.layout == flat_before.layout and flat.types == flat_before.types:
+    # The names are the same list exactly when the layout is the same (_flat
+    # takes them from the row before, or from the cache by layout).
+    if flat.names is flat_before.names and flat.types == flat_before.types:
         # The usual case, the same checks with the same fields in the same
         # order and values of the same types: a text changed exactly where
         # the value did (equal values of one type have one text), found by
