@@ -156,7 +156,7 @@ class HostWrites:
         written.order = order
         written.checks = report.checks
         written.writes += 1
-        return HostWrite(base, deleted, pairs, written.meta["status"])
+        return _new_tuple(HostWrite, (base, deleted, pairs, written.meta["status"]))
 
     def forget(self, host: str) -> None:
         """Drop what is remembered of ``host``: its next write is whole."""

@@ -36,7 +36,7 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 from itertools import chain
 from operator import attrgetter
-from typing import Any
+from typing import Any, NamedTuple
 
 import msgpack
 import redis
@@ -155,8 +155,7 @@ class Counters:
         return dict(self.__dict__)
 
 
-@dataclass(slots=True)
-class _Op:
+class _Op(NamedTuple):
     """One planned script call for one stream entry, as the batch script takes it.
 
     ``keys`` are the script's keys followed by ``mark`` when there is one;
@@ -185,6 +184,10 @@ class _Op:
 _op_keys = attrgetter("keys")
 _op_args = attrgetter("args")
 _op_kind = attrgetter("kind")
+
+
+# _Op(...) with every field given, without the NamedTuple's Python-level __new__.
+_new_op = tuple.__new__
 
 
 class _Overlay(dict[tuple[str, str], str | None]):
@@ -809,9 +812,9 @@ class Collector:
         if deleted:
             args += deleted
         args += pairs
-        return _Op("report", stream, entry_id, REPORT_SCRIPT,
-                   [names[0], self._hosts_index, names[1], stream, names[4]], args, host, None,
-                   names[4], report)
+        return _new_op(_Op, ("report", stream, entry_id, REPORT_SCRIPT,
+                             [names[0], self._hosts_index, names[1], stream, names[4]], args,
+                             host, None, names[4], report))
 
     def _session_op(self, stream: str, entry_id: str, event: SessionEvent,
                     overlay: _Overlay | None) -> _Op:
@@ -834,8 +837,8 @@ class Collector:
                 args.extend((info.client_id, text))
                 if overlay is not None:
                     overlay[(host, info.client_id)] = text
-            return _Op("snapshot", stream, entry_id, SNAPSHOT_SCRIPT, keys, args, host, event,
-                       names[4])
+            return _new_op(_Op, ("snapshot", stream, entry_id, SNAPSHOT_SCRIPT, keys, args,
+                                 host, event, names[4], None))
         key = (host, event.client_id)
         expect, expected = "any", ""
         if needs_merge(event):
@@ -852,9 +855,8 @@ class Collector:
             overlay[key] = None if op == "del" else text
         args = ["session", 3, 1, 9, self.group, entry_id, order, op, event.client_id, text,
                 expect, expected, _MAX_ORDER_MARKS_TEXT]
-        # Positional: a keyword costs the constructor a dict per entry.
-        return _Op("session", stream, entry_id, SESSION_SCRIPT, keys, args, host, event,
-                   names[4])
+        return _new_op(_Op, ("session", stream, entry_id, SESSION_SCRIPT, keys, args, host,
+                             event, names[4], None))
 
     def _dead(self, stream: str, entry_id: str, fields: Mapping[Any, Any] | None,
               reason: str) -> _Op:
