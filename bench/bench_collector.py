@@ -28,7 +28,9 @@ The end of a collector round is watched closely only while its last
 batches are in flight, so that this process takes little from the two it
 measures. It prints entries per second of each round and of the best ones,
 the ratio collector / XADD of the best rounds (goal >= 0.30), the ratio to
-the best single XADD pass (as this benchmark judged before), and, as a
+the best single XADD pass (as this benchmark judged before), the ratio of
+each round to the XADD window after it (with their median: how far these
+spread shows how much the machine drifted within the run), and, as a
 yardstick, the rate at which this process runs only the
 contract's own per-entry work (decode and validate, format the stored text):
 no single Python collector can beat that floor. To show where the time of
@@ -51,6 +53,7 @@ import argparse
 import os
 import random
 import signal
+import statistics
 import subprocess
 import sys
 import tempfile
@@ -375,6 +378,13 @@ def main() -> int:
                   f"{n / floor / raw_rate:.2f}")
             print(f"ratio to the best single XADD pass: {rate * min(single_passes) / n:.3f} "
                   "(how this benchmark judged before its windows were matched)")
+            # Each round against the XADD window right after it: what the
+            # machine's drift does to one pair shows in how far they spread.
+            paired = [(n / run.elapsed) / (entries / seconds)
+                      for run, (seconds, entries) in zip(rounds, references, strict=True)]
+            print("ratio of each round to the XADD window after it: "
+                  f"{' '.join(f'{r:.3f}' for r in paired)} "
+                  f"(median {statistics.median(paired):.3f})")
             if benchmark_rate:
                 # A C client pipelining one fixed entry: an upper bound of
                 # Redis's own intake, not the goal's reference.
