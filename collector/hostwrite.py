@@ -198,14 +198,20 @@ def _whole(meta: Mapping[str, str], flat: _Flat) -> HostWrite:
     float_texts = FLOAT_TEXTS
     # field_text written out for the usual types: a call per field would
     # cost more than the rest of the loop (a list field's text is None).
-    texts = [value if kind is str else float_texts[value] if kind is float
-             else ("true" if value else "false") if kind is bool
-             else str(value) if kind is int else field_text(value)
-             for value, kind in zip(flat.values, flat.types, strict=True)]
-    fields = dict(meta)
-    fields.update({name: text for name, text in zip(flat.names, texts, strict=True)
-                   if text is not None})
-    return HostWrite("", [], list(chain.from_iterable(fields.items())), meta["status"])
+    texts: list[Any] = [value if kind is str else float_texts[value] if kind is float
+                        else ("true" if value else "false") if kind is bool
+                        else str(value) if kind is int else field_text(value)
+                        for value, kind in zip(flat.values, flat.types, strict=True)]
+    # The names are unique (meta names have no dot, and check names, which
+    # have none either, are unique, as are the field names of a check): the
+    # pairs go straight into one list, with no dict between.
+    pairs = list(chain.from_iterable(meta.items()))
+    if None in texts:
+        pairs += [item for name, text in zip(flat.names, texts, strict=True)
+                  if text is not None for item in (name, text)]
+    else:
+        pairs += chain.from_iterable(zip(flat.names, texts, strict=True))
+    return HostWrite("", [], pairs, meta["status"])
 
 
 def _flat(checks: Mapping[str, Mapping[str, Any]], before: _Flat | None) -> _Flat:
