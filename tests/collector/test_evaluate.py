@@ -3,8 +3,11 @@ that leave in Redis what ``Queue.enqueue_many`` leaves and that rq workers run."
 
 from __future__ import annotations
 
+import base64
 import logging
 import subprocess
+import uuid
+import zlib
 from collections.abc import Callable
 from datetime import UTC, datetime, timedelta
 from typing import Any
@@ -39,7 +42,8 @@ def reference_enqueue(client: redis.Redis, keys: KeySpace, hosts: list[str]) -> 
 
 def snapshot(client: redis.Redis, keys: KeySpace, since: datetime) -> dict[bytes, Any]:
     """Every key with its type, value and TTL (in minutes, rounded up); job ids are
-    replaced by their place in the queue and times (checked) by a placeholder."""
+    replaced by their place in the queue, times (checked) by a placeholder, and
+    a job's compressed call by the call (the lean path compresses it its own way)."""
     queue_key = f"rq:queue:{keys.evaluate_queue()}".encode()
     ids = client.lrange(queue_key, 0, -1)
     assert len(set(ids)) == len(ids)
@@ -59,6 +63,7 @@ def snapshot(client: redis.Redis, keys: KeySpace, since: datetime) -> dict[bytes
             for field in TIME_FIELDS:
                 moment = utcparse(value.pop(field).decode())
                 assert since - timedelta(seconds=1) <= moment <= until
+            value[b"data"] = zlib.decompress(value[b"data"])
         elif kind == b"list":
             value = [name(item) for item in client.lrange(key, 0, -1)]
         elif kind == b"set":
@@ -79,12 +84,15 @@ def evaluations(redis_client: redis.Redis, keys: KeySpace) -> Evaluations:
     return made
 
 
-@pytest.mark.parametrize("derive", [True, False], ids=["derived", "each-recorded"])
+@pytest.mark.parametrize("derive", ["read", "to_dict", None],
+                         ids=["derived", "derived-through-to_dict", "each-recorded"])
 def test_the_lean_path_writes_what_enqueue_many_writes(
         redis_client: redis.Redis, keys: KeySpace, evaluations: Evaluations,
-        monkeypatch: pytest.MonkeyPatch, derive: bool) -> None:
-    if not derive:  # as if two recordings did not tell how hosts differ
+        monkeypatch: pytest.MonkeyPatch, derive: str | None) -> None:
+    if derive is None:  # as if two recordings did not tell how hosts differ
         monkeypatch.setattr(Evaluations, "_learn", lambda self, first, second: None)
+    elif derive == "to_dict":  # as if they did not tell how to read the values off a Job
+        monkeypatch.setattr(evaluate, "_readers", lambda fields, probes, encode: None)
     since = datetime.now(UTC)
     reference_enqueue(redis_client, keys, HOSTS)
     expected = snapshot(redis_client, keys, since)
@@ -98,12 +106,59 @@ def test_the_lean_path_writes_what_enqueue_many_writes(
         assert snapshot(redis_client, keys, since) == expected
         redis_client.flushdb()
     assert evaluations.lean
-    if derive:
+    if derive is not None:
         # What differs between hosts in rq 3.0: the compressed call, the description.
         assert evaluations._slots is not None
         assert {slot.field for slot in evaluations._slots} == {"data", "description"}
+        assert (evaluations._readers is None) is (derive == "to_dict")
     else:
         assert evaluations._slots is None
+
+
+def test_derived_hosts_are_read_off_the_job_without_to_dict(
+        redis_client: redis.Redis, keys: KeySpace, evaluations: Evaluations,
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    assert evaluations.enqueue(["bbs-01", "bbs-02"]) == 2  # recorded: the slots learnt
+    assert evaluations._readers == {"data": evaluate._compressed,
+                                    "description": evaluate._as_is}
+
+    def refuse(self: Job, *args: Any, **kwargs: Any) -> dict[str, Any]:
+        raise AssertionError("to_dict called for a derived host")
+
+    monkeypatch.setattr(Job, "to_dict", refuse)
+    assert evaluations.enqueue(["bbs-03", "掲示板-4"]) == 2
+    queue = Queue(keys.evaluate_queue(), connection=redis_client, serializer=RQ_SERIALIZER)
+    derived = [job for job in queue.get_jobs() if job.args[0] in ("bbs-03", "掲示板-4")]
+    assert sorted(job.description for job in derived) == ["evaluate bbs-03", "evaluate 掲示板-4"]
+
+
+def test_a_value_that_is_neither_as_is_nor_compressed_is_left_to_to_dict(
+        redis_client: redis.Redis) -> None:
+    job = Job.create(EVALUATE_JOB, args=("bbs-01",), description="evaluate bbs-01",
+                     connection=redis_client, serializer=RQ_SERIALIZER)
+    values = {"description": b"evaluate bbs-01", "data": zlib.compress(job.data)}
+    encode = redis_client.get_encoder().encode
+    assert evaluate._readers(["description", "data"], [(job, values)], encode) == {
+        "description": evaluate._as_is, "data": evaluate._compressed}
+    assert zlib.decompress(evaluate._compressed(job, "data", encode)) == job.data
+    # Stored as it is, it is read as it is; stored some other way (here: as
+    # base64), it is not read off the job.
+    assert evaluate._readers(["data"], [(job, {"data": job.data})], encode) == {
+        "data": evaluate._as_is}
+    assert evaluate._readers(["data"], [(job, {"data": base64.b64encode(job.data)})],
+                             encode) is None
+    assert evaluate._readers(["description"], [(job, {"description": b"other"})],
+                             encode) is None
+
+
+def test_job_ids_are_uuid4_texts_as_rq_makes_them() -> None:
+    ids = evaluate._job_ids(500)
+    assert len(set(ids)) == 500
+    for job_id in ids:
+        made = uuid.UUID(job_id.decode())
+        assert made.version == 4 and made.variant == uuid.RFC_4122
+        assert str(made).encode() == job_id
+    assert evaluate._job_ids(0) == []
 
 
 def test_lean_jobs_read_back_through_rq(redis_client: redis.Redis, keys: KeySpace,
