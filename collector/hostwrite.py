@@ -96,6 +96,7 @@ class HostWrite(NamedTuple):
     deleted: list[str]
     pairs: list[str]  # field, value, field, value, ...
     status: str
+    last_seen: str  # the entry's time as last_seen has it (the history line's too)
 
 
 class HostWrites:
@@ -143,6 +144,7 @@ class HostWrites:
                     pairs += ("unhealthy", text)
         else:
             meta = _meta(report, entry_ms)
+            last_seen = meta["last_seen"]
             pairs = [value for name in ALWAYS_WRITTEN for value in (name, meta[name])]
             for name in WRITTEN_WHEN_CHANGED:
                 if before[name] != meta[name]:
@@ -156,7 +158,7 @@ class HostWrites:
         written.order = order
         written.checks = report.checks
         written.writes += 1
-        return _new_tuple(HostWrite, (base, deleted, pairs, written.meta["status"]))
+        return _new_tuple(HostWrite, (base, deleted, pairs, written.meta["status"], last_seen))
 
     def forget(self, host: str) -> None:
         """Drop what is remembered of ``host``: its next write is whole."""
@@ -211,7 +213,7 @@ def _whole(meta: Mapping[str, str], flat: _Flat) -> HostWrite:
                   if text is not None for item in (name, text)]
     else:
         pairs += chain.from_iterable(zip(flat.names, texts, strict=True))
-    return HostWrite("", [], pairs, meta["status"])
+    return HostWrite("", [], pairs, meta["status"], meta["last_seen"])
 
 
 def _flat(checks: Mapping[str, Mapping[str, Any]], before: _Flat | None) -> _Flat:
@@ -270,9 +272,9 @@ def _check_changes(before: Mapping[str, Mapping[str, Any]],
             elif kind is str:
                 add(name)
                 add(value)
-            else:
+            elif kind is not tuple:  # a list field (a tuple, before as now) is not stored
                 text = field_text(value)
-                if text is not None:  # a list field, before as now: not stored
+                if text is not None:
                     add(name)
                     add(text)
         return flat

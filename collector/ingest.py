@@ -208,11 +208,12 @@ class _Overlay(dict[tuple[str, str], str | None]):
         self.clients.setdefault(key[0], set()).add(key[1])
 
 
-def history_line(report: Report, entry_ms: int) -> str:
-    """``timestamp,sessions,disk_percent,memory_mb`` for the host history list."""
+def history_line(report: Report, timestamp: str) -> str:
+    """``timestamp,sessions,disk_percent,memory_mb`` for the host history list;
+    ``timestamp`` is the entry's time as the host's last_seen has it."""
     checks = report.checks
     return ",".join((
-        iso_from_ms(entry_ms),
+        timestamp,
         _figure(checks.get("sessions"), "active_sessions"),
         _figure(checks.get("disk_space"), "percent_used"),
         _figure(checks.get("memory"), "process_rss_mb"),
@@ -806,7 +807,8 @@ class Collector:
         args: list[Any] = [
             "report", 4, 1, 11 + len(deleted) + len(pairs),
             self.group, entry_id, order, entry_ms_text,
-            history_line(report, entry_ms), self._history_length, _count_text(report.dropped),
+            history_line(report, write.last_seen), self._history_length,
+            _count_text(report.dropped),
             host, write.status, write.base, _count_text(len(deleted)),
         ]
         if deleted:
@@ -841,8 +843,9 @@ class Collector:
                                  host, event, names[4], None))
         key = (host, event.client_id)
         expect, expected = "any", ""
-        if needs_merge(event):
-            assert overlay is not None  # _plan tracks the batch when an event merges
+        # _plan tracks the batch (an overlay) exactly when an event of it
+        # merges: without one, no event needs to be asked.
+        if overlay is not None and needs_merge(event):
             current = overlay.get(key)
             expect, expected = ("absent", "") if current is None else ("equal", current)
             text = merged_session_text(event, current)

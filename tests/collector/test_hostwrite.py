@@ -260,3 +260,22 @@ def test_hosts_with_the_same_checks_but_other_fields_get_their_own_names() -> No
         assert apply({}, write) == expected(report, ENTRY_MS)
         assert write.pairs[-4::2] == [f"{name}.{key}" for name, fields in report_checks.items()
                                       for key in fields]
+
+
+def test_the_same_field_names_split_otherwise_between_checks_are_another_layout() -> None:
+    # The checks' field names, all in a row, are alike ("healthy", "x",
+    # "healthy"); which check each belongs to is not.
+    first = {"database": {"healthy": True, "x": 1}, "memory": {"healthy": True}}
+    second = {"database": {"healthy": True}, "memory": {"x": 1, "healthy": True}}
+    writes = HostWrites()
+    stored: dict[str, str] = {}
+    for seq, report_checks in enumerate([first, second, first], start=1):
+        report = make(seq, report_checks)
+        stored = apply(stored, writes.plan(report, ENTRY_MS + seq, order_key(1, seq)))
+        assert stored == expected(report, ENTRY_MS + seq)
+    # A new host's whole write takes its names from the cache by layout.
+    for number, report_checks in enumerate([first, second]):
+        report = Report(host=f"bbs-{number + 10}", agent_version="0.1.0", epoch=1, seq=1,
+                        observed_at=1_795_000_000.0, checks=report_checks)
+        assert apply({}, writes.plan(report, ENTRY_MS, order_key(1, 1))) == expected(
+            report, ENTRY_MS)
