@@ -802,7 +802,8 @@ class Collector:
         write = (whole_write(report, entry_ms) if whole
                  else self._writes.plan(report, entry_ms, order))
         host = report.host
-        names = self._keys_of(host)
+        # (_keys_of, spared its call for a host already seen.)
+        names = self._host_keys.get(host) or self._keys_of(host)
         deleted, pairs = write.deleted, write.pairs
         args: list[Any] = [
             "report", 4, 1, 11 + len(deleted) + len(pairs),
@@ -824,7 +825,7 @@ class Collector:
         the sessions this batch merges, updated with what earlier events of the
         batch leave; None when no event of the batch merges."""
         host = event.host
-        names = self._keys_of(host)
+        names = self._host_keys.get(host) or self._keys_of(host)
         keys = [names[2], names[3], stream, names[4]]
         order = order_key(event.epoch, event.seq)
         if event.kind == SNAPSHOT:
