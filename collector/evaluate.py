@@ -375,20 +375,18 @@ class Evaluations:
         else:
             self._scratch.args = options["args"]
             self._scratch.description = options["description"]
-        readers = self._readers
-        if readers is not None:
-            values = {field: read(self._scratch, field, self._encode)
-                      for field, read in readers.items()}
-        else:
-            values = self._scratch.to_dict()
         encode = self._encode
+        if self._readers is not None:
+            values = {field: read(self._scratch, field, encode)
+                      for field, read in self._readers.items()}
+        else:
+            values = {field: encode(value) for field, value in self._scratch.to_dict().items()}
         changed: dict[int, list[bytes]] = {}
         for index, position, field in slots:
             if field not in values:
                 raise _Unexpected(f"rq's job has no {field!r} for host {host!r}")
             args = changed.setdefault(index, list(reference.commands[index].args))
-            value = values[field]
-            args[position] = value if readers is not None else encode(value)
+            args[position] = values[field]
         return _Template(tuple(_Command(tuple(changed[index]), command.ids, command.stamps)
                                if index in changed else command
                                for index, command in enumerate(reference.commands)),
