@@ -34,7 +34,8 @@ class CollectorSettings:
     name: str | None = setting(None, "consumer name in the group (default: <hostname>-<pid>); "
                                "give a fixed name to resume its own pending entries after a "
                                "restart")
-    batch_size: int = setting(500, "entries read per stream and per XREADGROUP",
+    batch_size: int = setting(500, "entries read per stream at a time (ahead, in a backlog: "
+                              "twice as many session events)",
                               check=_at_least_one)
     block_ms: int = setting(1000, "longest wait of one XREADGROUP for new entries (ms)",
                             check=_at_least_one)

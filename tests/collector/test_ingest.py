@@ -585,15 +585,46 @@ def test_the_next_batch_is_in_hand_while_a_batch_is_written(
     # Working off a backlog, the XREADGROUP of the next batch went out before
     # this batch was decoded: its entries have arrived while this batch's
     # scripts are still in flight, so the next read waits for nothing.
+    from collector.ingest import SESSION_READ_FACTOR
+
     total, collector = _small_batches_over_a_backlog(publish, report, event, make_collector)
     assert collector.read(None) == 14  # seven of each stream
     assert collector._inflight is not None and len(collector._awaited) == 1
     assert len(collector._awaited[0][0]) == 14  # type: ignore[index]
-    assert collector._prefetched and sum(len(e) for _, e in collector._prefetched) == 14
+    # Read ahead, seven reports and twice as many session events.
+    assert collector._prefetched
+    assert {stream: len(entries) for stream, entries in collector._prefetched} == {
+        keys.reports_stream(): 7, keys.sessions_stream(): 7 * SESSION_READ_FACTOR}
     assert not collector._reading_ahead
     collector.drain()
     _assert_backlog_applied(redis_client, keys, hosts=10, reports=6)
     assert collector.counters.applied == total
+
+
+def test_a_read_ahead_is_full_by_the_count_of_each_stream(
+        redis_client: redis.Redis, keys: Any, publish: Any, report: Any, event: Any,
+        make_collector: Any) -> None:
+    # 14 reports and 30 session events, read 7 (and, ahead, 14 session
+    # events) at a time: the third read's 9 session events are fewer than
+    # its read asked for, so the backlog is worked off.
+    for seq in (1, 2):
+        for index in range(7):
+            publish(report(f"bbs-{index:03d}", seq))
+    for seq in range(1, 31):
+        publish(event("connected", seq, host="bbs-000", client_id=f"192.0.2.{seq}:5000",
+                      connected_at=time.time()))
+    collector = make_collector(batch_size=7)
+    collector.setup()
+    assert collector.read(None) == 14  # 7 + 7, the first read (not ahead)
+    assert not collector.caught_up
+    assert collector.read(None) == 7 + 14
+    assert not collector.caught_up
+    assert collector.read(None) == 9
+    assert collector.caught_up
+    assert collector._inflight is None and not collector._reading_ahead
+    assert redis_client.hlen(keys.host_sessions("bbs-000")) == 30
+    assert pending(redis_client, keys.sessions_stream()) == 0
+    assert pending(redis_client, keys.reports_stream()) == 0
 
 
 def test_the_garbage_collector_is_tuned_for_the_ingest_loop() -> None:
