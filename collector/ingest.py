@@ -490,16 +490,22 @@ class Collector:
             # Working off a backlog: Redis reads the next batch (after the
             # scripts in flight) while this one is decoded.
             self._read_ahead()
-        ops: list[_Op] = []
+        # Each script call goes out as soon as its entries are planned, so
+        # that Redis starts on them while this process plans the next ones
+        # (at the end of a backlog the collector then waits for one call, not
+        # for a whole read's). Caught up, there is no next batch to decode
+        # meanwhile: the replies are handled at once (jobs enqueued) rather
+        # than after the next read, which may block for block_ms.
+        sends = 0
         for stream, entries in batches:
             read += len(entries)
-            ops += self._plan(stream, entries)
-        # Both streams' scripts go in one send, so that Redis runs all of one
-        # read while this process decodes the next (reports cost Redis more,
-        # session events less). Caught up, there is no next batch to decode
-        # meanwhile: its replies are handled at once (jobs enqueued) rather
-        # than after the next read, which may block for block_ms.
-        self._send(ops, keep=1 if full else 0)
+            for start in range(0, len(entries), BATCH_ENTRIES):
+                ops = self._plan(stream, entries[start:start + BATCH_ENTRIES])
+                commands = self._batch_commands(ops)
+                if commands:
+                    self._put(commands, (ops, len(commands)))
+                    sends += 1
+        self._settle(keep=sends if full else 0)
         self._evaluate_changed()
         self.caught_up = not full
         return read

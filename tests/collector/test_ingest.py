@@ -532,7 +532,13 @@ def test_a_backlog_is_read_ahead_in_batches_of_many_scripts(
 
     total = _backlog(publish, report, event, hosts=130, reports=4)
     collector = make_collector(batch_size=BATCH_ENTRIES + 60)
-    assert collector.drain() == total
+    collector.setup()
+    first = collector.read(None)
+    assert first == 2 * (BATCH_ENTRIES + 60)
+    # Each call went out as soon as its entries were planned.
+    assert [len(ops) for ops, _ in collector._awaited] == [  # type: ignore[misc]
+        BATCH_ENTRIES, 60, BATCH_ENTRIES, 60]
+    assert first + collector.drain() == total
     _assert_backlog_applied(redis_client, keys, hosts=130, reports=4)
     assert collector.counters.applied == total
     assert collector.counters.evaluations == 130
@@ -589,8 +595,10 @@ def test_the_next_batch_is_in_hand_while_a_batch_is_written(
 
     total, collector = _small_batches_over_a_backlog(publish, report, event, make_collector)
     assert collector.read(None) == 14  # seven of each stream
-    assert collector._inflight is not None and len(collector._awaited) == 1
-    assert len(collector._awaited[0][0]) == 14  # type: ignore[index]
+    # One script call per stream here (a call takes BATCH_ENTRIES at most),
+    # each sent as soon as it was planned, their replies not waited for.
+    assert collector._inflight is not None
+    assert [len(ops) for ops, _ in collector._awaited] == [7, 7]  # type: ignore[misc]
     # Read ahead, seven reports and twice as many session events.
     assert collector._prefetched
     assert {stream: len(entries) for stream, entries in collector._prefetched} == {
