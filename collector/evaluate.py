@@ -20,7 +20,12 @@ recordings (the compressed call, the description) taken from one rq
 process. Each value is read off that Job as the recordings showed it to be
 stored: as the attribute is, or as a zlib stream of it (else through
 ``Job.to_dict()``, which compresses and formats every field of the job and
-costs several times as much). A job is then sent from its host's template
+costs several times as much). Where both recordings show a value (or the
+call it compresses) to be the host id between a fixed beginning and end,
+as a host id of the wire contract, which neither JSON nor repr escapes,
+always is, a host's value is that frame around its id, without a Job or
+rq's serializer: a third less work for a host new to the process. A job is
+then sent from its host's template
 with a fresh job id and the batch's time in place of the recorded ones, the
 whole batch run by one Lua script, as atomic as rq's ``MULTI``/``EXEC`` and
 with one reply rather than one per command: about 15 µs per job.
@@ -39,6 +44,7 @@ from __future__ import annotations
 
 import logging
 import os
+import re
 import zlib
 from collections.abc import Callable, Iterable, Sequence
 from typing import Any, NamedTuple
@@ -150,6 +156,9 @@ class Evaluations:
         # How each slot's value is read off a Job without Job.to_dict(), once
         # the two recordings showed it (None: through to_dict).
         self._readers: dict[str, _Reader] | None = None
+        # Each slot's value as the host's id between a fixed beginning and
+        # end, once the two recordings showed it (None: read off a Job).
+        self._frames: dict[str, _Frame] | None = None
         # One rq Job reused for every derived host: only its call's arguments
         # and its description depend on the host (see _job_options), and
         # building a Job costs more than the rest of a derivation.
@@ -362,12 +371,38 @@ class Evaluations:
                 return None
         self._readers = _readers({slot.field for slot in found},
                                  ((one_job, one_values), (other_job, other_values)), encode)
+        if self._readers is not None:
+            self._frames = _frames(self._readers, ((first[0], one_values),
+                                                   (second[0], other_values)))
         return found
 
     def _derive(self, host: str, slots: tuple[_Slot, ...]) -> _Template:
         """The host's template: the first recorded one with this host's values in ``slots``."""
         assert self._probe is not None
         reference = self._probe[1]
+        frames = self._frames
+        if frames is not None and _PLAIN_HOST.fullmatch(host):
+            # The id in place of the recorded host's: no Job, no serializer.
+            plain = host.encode()
+            values = {field: frame.value(plain) for field, frame in frames.items()}
+        else:
+            values = self._job_values(host)
+        changed: dict[int, list[bytes]] = {}
+        for index, position, field in slots:
+            if field not in values:
+                raise _Unexpected(f"rq's job has no {field!r} for host {host!r}")
+            args = changed.setdefault(index, list(reference.commands[index].args))
+            args[position] = values[field]
+        # The reference's commands, those with a slot replaced (tuple.__new__:
+        # a NamedTuple's own __new__ is a Python function).
+        commands = list(reference.commands)
+        for index, args in changed.items():
+            command = commands[index]
+            commands[index] = _new_tuple(_Command, (tuple(args), command.ids, command.stamps))
+        return _new_tuple(_Template, (tuple(commands), reference.pushes))
+
+    def _job_values(self, host: str) -> dict[str, bytes]:
+        """The values rq's Job of ``host`` stores, read off one scratch Job."""
         options = _job_options(host)
         if self._scratch is None:
             self._scratch = self.queue.create_job(EVALUATE_JOB, status=JobStatus.QUEUED,
@@ -377,20 +412,9 @@ class Evaluations:
             self._scratch.description = options["description"]
         encode = self._encode
         if self._readers is not None:
-            values = {field: read(self._scratch, field, encode)
-                      for field, read in self._readers.items()}
-        else:
-            values = {field: encode(value) for field, value in self._scratch.to_dict().items()}
-        changed: dict[int, list[bytes]] = {}
-        for index, position, field in slots:
-            if field not in values:
-                raise _Unexpected(f"rq's job has no {field!r} for host {host!r}")
-            args = changed.setdefault(index, list(reference.commands[index].args))
-            args[position] = values[field]
-        return _Template(tuple(_Command(tuple(changed[index]), command.ids, command.stamps)
-                               if index in changed else command
-                               for index, command in enumerate(reference.commands)),
-                         reference.pushes)
+            return {field: read(self._scratch, field, encode)
+                    for field, read in self._readers.items()}
+        return {field: encode(value) for field, value in self._scratch.to_dict().items()}
 
 
 # Runs the commands packed in its argument, in order (Redis's cmsgpack reads
@@ -433,6 +457,60 @@ def _as_is(job: Job, field: str, encode: Callable[[Any], bytes]) -> bytes:
     return encode(getattr(job, field))
 
 
+_new_tuple = tuple.__new__
+
+# Host ids whose text neither JSON nor repr escapes: in rq's stored call and
+# in the description they stand as they are (the wire contract's ids all do).
+_PLAIN_HOST = re.compile(r"[A-Za-z0-9._-]+")
+
+
+class _Frame(NamedTuple):
+    """A slot's value for any plain host id, as the two recordings showed it:
+    the id between ``before`` and ``after`` (of the value itself, or of the
+    call it is the zlib stream of)."""
+
+    before: bytes
+    after: bytes
+    compressed: bool
+
+    def value(self, host: bytes) -> bytes:
+        plain = self.before + host + self.after
+        return _deflate(plain) if self.compressed else plain
+
+
+def _frames(readers: dict[str, _Reader],
+            probes: tuple[tuple[str, dict[str, bytes]], tuple[str, dict[str, bytes]]],
+            ) -> dict[str, _Frame] | None:
+    """Each slot's value as a frame around the host id, if both recorded hosts
+    (plain ids) show it in exactly one place of the value (or of the call it
+    compresses) with all else alike; None otherwise (values are then read off
+    a Job)."""
+    (one, one_values), (other, other_values) = probes
+    if not (_PLAIN_HOST.fullmatch(one) and _PLAIN_HOST.fullmatch(other)):
+        return None
+    one_id, other_id = one.encode(), other.encode()
+    frames = {}
+    for field, reader in readers.items():
+        compressed = reader is _compressed
+        one_plain, other_plain = one_values.get(field), other_values.get(field)
+        if compressed:
+            one_plain = _decompressed(one_plain or b"")
+            other_plain = _decompressed(other_plain or b"")
+        if one_plain is None or other_plain is None:
+            return None
+        fits = []
+        at = one_plain.find(one_id)
+        while at >= 0:
+            before, after = one_plain[:at], one_plain[at + len(one_id):]
+            if before + other_id + after == other_plain:
+                fits.append((before, after))
+            at = one_plain.find(one_id, at + 1)
+        if len(fits) != 1:
+            return None
+        frames[field] = _Frame(*fits[0], compressed)
+    return frames
+
+
 def _compressed(job: Job, field: str, encode: Callable[[Any], bytes]) -> bytes:
     """The job's attribute ``field`` (bytes) as a zlib stream (the call, which
     rq stores compressed and reads with zlib.decompress).
@@ -444,8 +522,12 @@ def _compressed(job: Job, field: str, encode: Callable[[Any], bytes]) -> bytes:
     same bytes in an eighth of the time; the stream differs from rq's, the
     call does not.
     """
+    return _deflate(getattr(job, field))
+
+
+def _deflate(data: bytes) -> bytes:
+    """``data`` as a zlib stream, made cheaply (see _compressed)."""
     compressor = zlib.compressobj(0, zlib.DEFLATED, 9, 1)
-    data = getattr(job, field)
     return compressor.compress(data) + compressor.flush()
 
 

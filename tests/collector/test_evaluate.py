@@ -126,7 +126,20 @@ def test_derived_hosts_are_read_off_the_job_without_to_dict(
         raise AssertionError("to_dict called for a derived host")
 
     monkeypatch.setattr(Job, "to_dict", refuse)
+    # A plain host id takes the place of the recorded one's; any other host
+    # (not a host id of the wire contract) is read off a Job.
+    assert evaluations._frames is not None
+    assert set(evaluations._frames) == {"data", "description"}
+    read_off_a_job: list[str] = []
+    job_values = Evaluations._job_values
+
+    def counting(self: Evaluations, host: str) -> dict[str, bytes]:
+        read_off_a_job.append(host)
+        return job_values(self, host)
+
+    monkeypatch.setattr(Evaluations, "_job_values", counting)
     assert evaluations.enqueue(["bbs-03", "掲示板-4"]) == 2
+    assert read_off_a_job == ["掲示板-4"]
     queue = Queue(keys.evaluate_queue(), connection=redis_client, serializer=RQ_SERIALIZER)
     derived = [job for job in queue.get_jobs() if job.args[0] in ("bbs-03", "掲示板-4")]
     assert sorted(job.description for job in derived) == ["evaluate bbs-03", "evaluate 掲示板-4"]
@@ -149,6 +162,28 @@ def test_a_value_that_is_neither_as_is_nor_compressed_is_left_to_to_dict(
                              encode) is None
     assert evaluate._readers(["description"], [(job, {"description": b"other"})],
                              encode) is None
+
+
+def test_frames_put_a_host_id_where_both_recordings_had_theirs() -> None:
+    frames = evaluate._frames
+    as_is = {"x": evaluate._as_is}
+    # The recorded id "a" also stands elsewhere: only the place where the
+    # other recording has its own id is the host's.
+    found = frames(as_is, (("a", {"x": b"[a] a!"}), ("b", {"x": b"[a] b!"})))
+    assert found == {"x": evaluate._Frame(b"[a] ", b"!", False)}
+    assert found["x"].value(b"bbs-9") == b"[a] bbs-9!"
+    # The call, stored as a zlib stream: framed inside, compressed again.
+    one, other = b'["f", null, ["bbs-01"], {}]', b'["f", null, ["bbs-02"], {}]'
+    stored = frames({"x": evaluate._compressed}, (("bbs-01", {"x": zlib.compress(one)}),
+                                                   ("bbs-02", {"x": zlib.compress(other)})))
+    assert stored is not None
+    assert zlib.decompress(stored["x"].value(b"x.y_z-1")) == b'["f", null, ["x.y_z-1"], {}]'
+    # No frame when the values differ elsewhere too, when an id is not in its
+    # value, or when a recorded host is not a plain id (its text may be escaped).
+    assert frames(as_is, (("a", {"x": b"a 1"}), ("b", {"x": b"b 2"}))) is None
+    assert frames(as_is, (("a", {"x": b"none"}), ("b", {"x": b"none"}))) is None
+    assert frames(as_is, (("a\"", {"x": b"a\\\""}), ("b", {"x": b"b"}))) is None
+    assert frames(as_is, (("a", {}), ("b", {}))) is None
 
 
 def test_job_ids_are_uuid4_texts_as_rq_makes_them() -> None:
