@@ -31,6 +31,7 @@ from wire.state import (
     FLOAT_TEXTS,
     checks_status,
     field_text,
+    new_float_text,
     report_meta,
     report_moment_texts,
     status_name,
@@ -197,10 +198,11 @@ def _meta(report: Report, entry_ms: int) -> dict[str, str]:
 def _whole(meta: Mapping[str, str], flat: _Flat) -> HostWrite:
     """The whole hash: ``meta``, then the check fields of ``flat`` (the row of
     the report's checks) as flatten_checks gives them."""
-    float_texts = FLOAT_TEXTS
+    float_texts = FLOAT_TEXTS.get
     # field_text written out for the usual types: a call per field would
     # cost more than the rest of the loop (a list field's text is None).
-    texts: list[Any] = [value if kind is str else float_texts[value] if kind is float
+    texts: list[Any] = [value if kind is str
+                        else (float_texts(value) or new_float_text(value)) if kind is float
                         else ("true" if value else "false") if kind is bool
                         else str(value) if kind is int else field_text(value)
                         for value, kind in zip(flat.values, flat.types, strict=True)]
@@ -254,7 +256,7 @@ def _check_changes(before: Mapping[str, Mapping[str, Any]],
         # the value did (equal values of one type have one text), found by
         # C-level loops over the whole row.
         add = pairs.append
-        float_texts = FLOAT_TEXTS
+        float_texts = FLOAT_TEXTS.get
         names, values = flat.names, flat.values
         # Indexes rather than zip(names, values): most fields are unchanged,
         # and a (name, value) tuple for each would cost more than the two
@@ -265,7 +267,7 @@ def _check_changes(before: Mapping[str, Mapping[str, Any]],
             kind = type(value)
             if kind is float:
                 add(name)
-                add(float_texts[value])
+                add(float_texts(value) or new_float_text(value))
             elif kind is int:
                 add(name)
                 add(str(value))

@@ -75,6 +75,7 @@ from wire.messages import (
 from wire.state import (
     FLOAT_TEXTS,
     iso_from_ms,
+    new_float_text,
     session_fields_text,
     session_text,
 )
@@ -234,7 +235,7 @@ def _figure(fields: Mapping[str, Any] | None, name: str) -> str:
         return ""
     value = fields.get(name)
     if type(value) is float:
-        return FLOAT_TEXTS[value]  # float_text's cache, without the call
+        return FLOAT_TEXTS.get(value) or new_float_text(value)  # float_text, without the call
     if type(value) is int:
         return str(value)
     return ""

@@ -105,27 +105,27 @@ def float_text(value: float) -> str:
     """A float as stored text: rounded to 3 decimals, shortest form ('50.1',
     '2.0'); '' when not finite. Both zeros are '0.0', so that equal values
     always have equal texts."""
-    return FLOAT_TEXTS[value]
+    return FLOAT_TEXTS.get(value) or new_float_text(value)
 
 
-class _FloatTexts(dict[float, str]):
-    """float -> :func:`float_text`, formatted on a miss and kept, up to
-    _FLOAT_CACHE_LIMIT texts.
+def new_float_text(value: float) -> str:
+    """:func:`float_text` of a value not in FLOAT_TEXTS, kept there (up to
+    _FLOAT_CACHE_LIMIT texts).
 
     Figures repeat across a fleet's reports (a percentage with one decimal
     has a thousand values): a lookup costs a fifth of formatting. Equal
     floats have equal texts, so the cache may answer for any of them. Hot
-    loops index it directly (``FLOAT_TEXTS[value]``), which spares them a
-    function call per figure.
+    loops look it up themselves (``FLOAT_TEXTS.get(value) or
+    new_float_text(value)``), which spares them a call per figure. (A plain
+    dict: indexing a dict subclass, as one with ``__missing__``, goes through
+    a Python-level slot and costs twice a plain ``get``.)
     """
-
-    def __missing__(self, value: float) -> str:
-        text = format_float(value)
-        if text:  # not inf or nan (nan would never be found again)
-            if len(self) >= _FLOAT_CACHE_LIMIT:
-                self.clear()
-            self[value] = text
-        return text
+    text = format_float(value)
+    if text:  # not inf or nan (nan would never be found again)
+        if len(FLOAT_TEXTS) >= _FLOAT_CACHE_LIMIT:
+            FLOAT_TEXTS.clear()
+        FLOAT_TEXTS[value] = text
+    return text
 
 
 def format_float(value: float) -> str:
@@ -145,7 +145,7 @@ def format_float(value: float) -> str:
 
 
 _FLOAT_CACHE_LIMIT = 16384
-FLOAT_TEXTS = _FloatTexts()
+FLOAT_TEXTS: dict[float, str] = {}
 
 
 def format_value(value: FieldValue) -> str:
