@@ -501,11 +501,7 @@ class Collector:
         for stream, entries in batches:
             read += len(entries)
             for start in range(0, len(entries), BATCH_ENTRIES):
-                ops = self._plan(stream, entries[start:start + BATCH_ENTRIES])
-                commands = self._batch_commands(ops)
-                if commands:
-                    self._put(commands, (ops, len(commands)))
-                    sends += 1
+                sends += self._put_ops(self._plan(stream, entries[start:start + BATCH_ENTRIES]))
         self._settle(keep=sends if full else 0)
         self._evaluate_changed()
         self.caught_up = not full
@@ -712,10 +708,15 @@ class Collector:
         a merge retried) is ordered by the entries' ordering keys, whichever
         arrives first.
         """
+        sent = self._put_ops(ops)
+        self._settle(keep=keep if sent else 0)
+
+    def _put_ops(self, ops: list[_Op]) -> bool:
+        """Send the batch script calls of ``ops`` (if any), their replies awaited."""
         commands = self._batch_commands(ops)
         if commands:
             self._put(commands, (ops, len(commands)))
-        self._settle(keep=keep if commands else 0)
+        return bool(commands)
 
     def _read_ahead(self) -> None:
         """Send the XREADGROUPs of the next batch (one per stream, each with
