@@ -871,6 +871,10 @@ def test_float_texts_come_the_same_from_the_cache() -> None:
     first = [float_text(value) for value in values]
     assert first == [reference_format(value) for value in values]
     assert [float_text(value) for value in values] == first  # now from the cache
+    # Kept: the finite ones, by value (-0.0 == 0.0); never inf or nan.
+    assert all(state.FLOAT_TEXTS.get(value) == text
+               for value, text in zip(values[:-2], first[:-2], strict=True))
+    assert not any(math.isinf(value) or math.isnan(value) for value in state.FLOAT_TEXTS)
     for index in range(state._FLOAT_CACHE_LIMIT + 10):  # the cache stays bounded
         float_text(index + 0.5)
     assert len(state.FLOAT_TEXTS) <= state._FLOAT_CACHE_LIMIT
