@@ -1,6 +1,12 @@
 #!/bin/sh
-# Create (or reuse) the project's virtual environment and install into it.
-# Sourced by up.sh and test.sh, which set EXTRA to the pip extra to install.
+# Create (or reuse) the project's virtual environment and install into it the
+# locked dependencies, then the project itself. Sourced by up.sh and test.sh,
+# which set LOCK to the lock they need (requirements/run.txt or test.txt).
+#
+# Every version comes from the lock, with hashes checked, so every machine gets
+# the same packages until someone runs scripts/lock.sh on purpose. When the
+# environment already holds this lock and this checkout, nothing is installed
+# again, so a second start works without a network.
 set -eu
 PYTHON=${PYTHON:-python3}
 VENV=${MTBBS_VENV:-.venv}
@@ -22,7 +28,33 @@ if [ ! -x "$VENV/bin/python" ]; then
         fi
     fi
 fi
-"$VENV/bin/python" -m pip install --quiet --disable-pip-version-check --upgrade pip
-# A stale build/ directory can carry modules that were since removed.
-rm -rf build ./*.egg-info
-"$VENV/bin/python" -m pip install --quiet --disable-pip-version-check ".[$EXTRA]"
+
+# What is installed is recorded as fingerprints of the lock and of the
+# project's own files; a match means there is nothing to do.
+fingerprint() {
+    # shellcheck disable=SC2068 # the arguments are file and folder names
+    find $@ -type f ! -name '*.pyc' ! -path '*/__pycache__/*' -print 2>/dev/null \
+        | LC_ALL=C sort | xargs cat | cksum
+}
+PIP="$VENV/bin/python -m pip --quiet --disable-pip-version-check"
+LOCK_STAMP="$VENV/.mtbbs-lock"
+SOURCE_STAMP="$VENV/.mtbbs-source"
+lock_now="$LOCK $(fingerprint "$LOCK")"
+if [ "$(cat "$LOCK_STAMP" 2>/dev/null)" != "$lock_now" ]; then
+    echo "installing the locked dependencies from $LOCK into $VENV" \
+         "(the first time takes one to three minutes)" >&2
+    rm -f "$SOURCE_STAMP"
+    # --no-deps: the lock lists every package, its dependencies included.
+    $PIP install --require-hashes --no-deps -r "$LOCK"
+    echo "$lock_now" > "$LOCK_STAMP"
+fi
+source_now=$(fingerprint pyproject.toml README.md wire agent collector alerter stack demobbs)
+if [ "$(cat "$SOURCE_STAMP" 2>/dev/null)" != "$source_now" ]; then
+    # A stale build/ directory can carry modules that were since removed.
+    rm -rf build ./*.egg-info
+    # The build backend (setuptools) comes from the lock, so building the
+    # project needs no download.
+    $PIP install --no-deps --no-build-isolation --no-index .
+    rm -rf build ./*.egg-info
+    echo "$source_now" > "$SOURCE_STAMP"
+fi

@@ -4,7 +4,7 @@
 # Arguments are passed to pytest.
 set -eu
 cd "$(dirname "$0")/.."
-EXTRA=test
+LOCK=requirements/test.txt
 . scripts/bootstrap.sh
 VENV=${MTBBS_VENV:-.venv}
 echo "== ruff"

@@ -4,7 +4,7 @@
 # BBS. Arguments are passed to `mtbbs-monitor up`. Ctrl-C stops everything.
 set -eu
 cd "$(dirname "$0")/.."
-EXTRA=embedded
+LOCK=requirements/run.txt
 . scripts/bootstrap.sh
 VENV=${MTBBS_VENV:-.venv}
 exec "$VENV/bin/mtbbs-monitor" up --demo "$@"

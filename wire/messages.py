@@ -690,7 +690,7 @@ if msgspec is not None:
         host = wire.host
         if not (host in _valid_hosts or _learn_host(host)):
             return None
-        if type(wire) is _WireSession:
+        if isinstance(wire, _WireSession):
             # Only a snapshot carries sessions; any other event names its client.
             client_id = wire.client_id
             raw_sessions = wire.sessions
