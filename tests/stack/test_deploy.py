@@ -2,7 +2,7 @@
 
 Each unit's ExecStart must be a command line our CLI accepts, every
 MTBBS_ variable of the environment file must name a real setting, and the
-hardening the README promises must be there.
+hardening docs/deployment.md promises must be there.
 """
 
 from __future__ import annotations
@@ -148,3 +148,13 @@ def test_logrotate_example(repo_root: Path, tmp_path: Path) -> None:
                                  str(config)],
                                 capture_output=True, text=True, timeout=60, check=False)
         assert "error" not in result.stderr.lower(), result.stderr
+
+
+@pytest.mark.parametrize("name", ["docs/deployment.md", "docs/deployment.ja.md"])
+def test_the_logrotate_docs_create_the_user_first(repo_root: Path, name: str) -> None:
+    """The example's files belong to mtbbs: the docs create that user before it."""
+    text = (repo_root / name).read_text(encoding="utf-8")
+    section = text[text.index("## logrotate"):text.index("## docker compose")]
+    assert "unknown user 'mtbbs'" in section
+    assert section.index("useradd --system") < section.index("deploy/logrotate/mtbbs-monitor /etc")
+    assert "useradd --system mtbbs" in (repo_root / "deploy/logrotate/mtbbs-monitor").read_text()
