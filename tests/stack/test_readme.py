@@ -5,6 +5,8 @@
   docs/configuration.ja.md is the one the settings code generates;
 * every Redis key of ``wire.keys.KeySpace`` and every command and
   sub-command is in both READMEs' tables;
+* every page of docs/ is linked from the README of its language, and every
+  relative link of every page reaches an existing file (and heading);
 * every command line in a shell example of any page parses with the
   command's parser;
 * every jq path of the examples returns a value from real
@@ -23,6 +25,7 @@ import sqlite3
 import subprocess
 import sys
 import time
+import unicodedata
 from pathlib import Path
 from typing import Any
 
@@ -264,3 +267,82 @@ def test_python_jq_agrees_with_jq_on_defaults() -> None:
     assert python_jq(document, ".a.b // 0") == 0
     assert python_jq(document, ".a.c") == 3
     assert python_jq(document, ".a.x") is None
+
+
+# -- links ----------------------------------------------------------------------
+
+LINK = re.compile(r"\[[^\]]*\]\(([^)\s]+)\)")
+
+
+def prose(text: str) -> str:
+    """The text without fenced code blocks and code spans."""
+    text = re.sub(r"^```.*?^```", "", text, flags=re.MULTILINE | re.DOTALL)
+    return re.sub(r"`[^`\n]*`", "", text)
+
+
+def slug(heading: str) -> str:
+    """GitHub's anchor of a heading: lower case, punctuation dropped, spaces to -."""
+    kept = "".join(char for char in heading.strip().lower()
+                   if char in " -_" or unicodedata.category(char)[0] in "LMN")
+    return kept.replace(" ", "-")
+
+
+def anchors(text: str) -> set[str]:
+    found: set[str] = set()
+    for heading in re.findall(r"^#+ (.+)$", prose_keeping_headings(text), re.MULTILINE):
+        name = slug(heading)
+        number = 0
+        while (f"{name}-{number}" if number else name) in found:
+            number += 1
+        found.add(f"{name}-{number}" if number else name)
+    return found
+
+
+def prose_keeping_headings(text: str) -> str:
+    """The text without fenced code blocks (a heading keeps its code spans)."""
+    return re.sub(r"^```.*?^```", "", text, flags=re.MULTILINE | re.DOTALL)
+
+
+def relative_links(text: str) -> list[str]:
+    return [target for target in LINK.findall(prose(text))
+            if not re.match(r"[a-z][a-z0-9+.-]*:", target)]
+
+
+@pytest.mark.parametrize("name", PAGES)
+def test_every_relative_link_resolves(repo_root: Path, name: str) -> None:
+    page_path = repo_root / name
+    broken = []
+    for target in relative_links(read(repo_root, name)):
+        path, _, anchor = target.partition("#")
+        destination = (page_path.parent / path).resolve() if path else page_path
+        if not destination.exists():
+            broken.append(f"{target}: no such file")
+        elif anchor and destination.suffix == ".md" and \
+                anchor not in anchors(destination.read_text(encoding="utf-8")):
+            broken.append(f"{target}: no such heading")
+    assert not broken, broken
+
+
+def test_the_link_checker_sees_links_and_headings() -> None:
+    text = "# A `b` c: d\n\nsee [x](docs/x.md#y), [web](https://example.org), `[no](z)`\n"
+    assert relative_links(text) == ["docs/x.md#y"]
+    assert anchors(text) == {"a-b-c-d"}
+    assert slug("`mtbbs-collector status` — the Nagios/Icinga plugin") == \
+        "mtbbs-collector-status--the-nagiosicinga-plugin"
+    assert slug("Nagios・Zabbix・cron・メトリクス CSV・Prometheus 連携") == \
+        "nagioszabbixcronメトリクス-csvprometheus-連携"
+
+
+def test_every_page_is_linked_from_the_readme_of_its_language(repo_root: Path) -> None:
+    """The README is the front door: no page of docs/ is left unreachable."""
+    english = set(relative_links(read(repo_root, "README.md")))
+    japanese = set(relative_links(read(repo_root, "README.ja.md")))
+    english = {link.partition("#")[0] for link in english}
+    japanese = {link.partition("#")[0] for link in japanese}
+    for name in PAGES:
+        if not name.startswith("docs/") or name.endswith(".ja.md"):
+            continue
+        assert name in english, f"README.md does not link {name}"
+        translated = name.removesuffix(".md") + ".ja.md"
+        assert (translated if translated in PAGES else name) in japanese, \
+            f"README.ja.md does not link {translated if translated in PAGES else name}"
