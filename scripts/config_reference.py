@@ -2,11 +2,12 @@
 """Print the configuration reference (Markdown tables) from the settings code.
 
     python scripts/config_reference.py              # print the tables
-    python scripts/config_reference.py --check README.md README.ja.md
-    python scripts/config_reference.py --write README.md README.ja.md
+    python scripts/config_reference.py --check      # docs/configuration.md and .ja.md
+    python scripts/config_reference.py --write docs/configuration.md docs/configuration.ja.md
 
 --check exits 1 when a file's marked block differs from the code; --write
-replaces the block between the markers in place.
+replaces the block between the markers in place. Without file names both
+act on the pages of ``stack.reference.DOCUMENTS``.
 """
 
 from __future__ import annotations
@@ -23,8 +24,11 @@ def main(argv: list[str] | None = None) -> int:
     action = parser.add_mutually_exclusive_group()
     action.add_argument("--check", action="store_true", help="check the files' blocks")
     action.add_argument("--write", action="store_true", help="rewrite the files' blocks")
-    parser.add_argument("files", nargs="*", type=Path)
+    parser.add_argument("files", nargs="*", type=Path,
+                        help=f"default: {' '.join(reference.DOCUMENTS)}")
     args = parser.parse_args(argv)
+    files = args.files or [Path(__file__).resolve().parents[1] / name
+                           for name in reference.DOCUMENTS]
     missing = reference.missing_sections()
     if missing:
         print(f"note: no settings class found for [{'], ['.join(missing)}]", file=sys.stderr)
@@ -32,7 +36,7 @@ def main(argv: list[str] | None = None) -> int:
         print(reference.markdown(), end="")
         return 0
     stale = []
-    for path in args.files:
+    for path in files:
         text = path.read_text(encoding="utf-8")
         if reference.current_block(text) is None:
             print(f"{path}: no configuration reference block", file=sys.stderr)

@@ -2,7 +2,8 @@
 
 Each component keeps its settings in a frozen dataclass; this module knows
 which dataclass reads which section of the TOML file, renders the Markdown
-tables of the README from them (``scripts/config_reference.py``) and lists
+tables of the configuration pages (``DOCUMENTS``) from them
+(``scripts/config_reference.py``) and lists
 the ``MTBBS_...`` environment variables that mean something, so that the
 deployment files can be checked against the code.
 """
@@ -18,7 +19,7 @@ from typing import Any
 
 from wire.config import CONFIG_ENV, describe, env_name
 
-# (section, module, class), in the order the README presents them.
+# (section, module, class), in the order the reference presents them.
 SECTIONS: tuple[tuple[str, str, str], ...] = (
     ("redis", "wire.config", "RedisSettings"),
     ("checks", "agent.checks.settings", "CheckSettings"),
@@ -45,6 +46,10 @@ PACKAGES = ("wire", "agent", "collector", "alerter", "demobbs", "stack")
 
 BEGIN_MARK = "<!-- BEGIN CONFIG REFERENCE (scripts/config_reference.py) -->"
 END_MARK = "<!-- END CONFIG REFERENCE -->"
+
+# The pages that carry the reference between the marks, relative to the
+# repository: English and Japanese (the tables are the same).
+DOCUMENTS = ("docs/configuration.md", "docs/configuration.ja.md")
 
 
 def settings_class(module: str, name: str) -> type | None:
@@ -140,7 +145,7 @@ def _cell(text: str) -> str:
 
 
 def markdown() -> str:
-    """The Markdown tables of every section, as the README carries them."""
+    """The Markdown tables of every section, as the configuration pages carry them."""
     lines = [
         "| variable | meaning |",
         "|---|---|",
@@ -148,7 +153,7 @@ def markdown() -> str:
     ]
     for section, cls in sections():
         summary = (cls.__doc__ or "").strip().splitlines()[0] if cls.__doc__ else ""
-        lines += ["", f"#### `[{section}]`", ""]
+        lines += ["", f"### `[{section}]`", ""]
         if summary:
             lines += [_cell(summary), ""]
         lines += ["| setting | environment | default | meaning |", "|---|---|---|---|"]
@@ -161,22 +166,22 @@ def markdown() -> str:
 
 
 def block() -> str:
-    """The reference between its markers, as it stands in the README."""
+    """The reference between its markers, as it stands in a configuration page."""
     return f"{BEGIN_MARK}\n{markdown()}{END_MARK}"
 
 
-def current_block(readme: str) -> str | None:
-    """The marked block of a README's text, or None when it has none."""
-    start = readme.find(BEGIN_MARK)
-    end = readme.find(END_MARK)
+def current_block(page: str) -> str | None:
+    """The marked block of a page's text, or None when it has none."""
+    start = page.find(BEGIN_MARK)
+    end = page.find(END_MARK)
     if start < 0 or end < start:
         return None
-    return readme[start:end + len(END_MARK)]
+    return page[start:end + len(END_MARK)]
 
 
-def update(readme: str) -> str:
-    """``readme`` with its marked block replaced by the current reference."""
-    old = current_block(readme)
+def update(page: str) -> str:
+    """``page`` with its marked block replaced by the current reference."""
+    old = current_block(page)
     if old is None:
         raise ValueError(f"no {BEGIN_MARK} ... {END_MARK} block")
-    return readme.replace(old, block())
+    return page.replace(old, block())

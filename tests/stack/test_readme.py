@@ -1,10 +1,14 @@
-"""README.md and README.ja.md stay true to the code.
+"""README.md, README.ja.md and the pages of docs/ stay true to the code.
 
 * README.md opens with the two commands of a fresh clone;
-* the configuration reference is the one the settings code generates;
+* the configuration reference of docs/configuration.md and
+  docs/configuration.ja.md is the one the settings code generates;
 * every Redis key of ``wire.keys.KeySpace`` and every command and
-  sub-command is documented in both languages;
-* every command line in a shell example parses with the command's parser;
+  sub-command is in both READMEs' tables;
+* every page of docs/ is linked from the README of its language, and every
+  relative link of every page reaches an existing file (and heading);
+* every command line in a shell example of any page parses with the
+  command's parser;
 * every jq path of the examples returns a value from real
   ``mtbbs-health-check --json`` output (with jq when installed, and in Python
   in any case).
@@ -21,6 +25,7 @@ import sqlite3
 import subprocess
 import sys
 import time
+import unicodedata
 from pathlib import Path
 from typing import Any
 
@@ -34,6 +39,17 @@ from wire.state import session_text
 
 READMES = ("README.md", "README.ja.md")
 FIRST_COMMANDS = ["./scripts/up.sh", "./scripts/test.sh"]
+ROOT = Path(__file__).resolve().parents[2]
+# Every page: the READMEs and docs/, English and Japanese (``*.ja.md``).
+PAGES = tuple(sorted([*READMES, *(p.relative_to(ROOT).as_posix()
+                                  for p in (ROOT / "docs").glob("*.md"))]))
+
+
+def language_pages(language: str) -> list[str]:
+    """The pages a reader of ``language`` ("en" or "ja") is sent to."""
+    japanese = [name for name in PAGES if name.endswith(".ja.md")]
+    return japanese if language == "ja" else [name for name in PAGES
+                                              if name not in japanese]
 
 
 def read(root: Path, name: str) -> str:
@@ -50,6 +66,11 @@ def readme(request: pytest.FixtureRequest, repo_root: Path) -> str:
     return read(repo_root, request.param)
 
 
+@pytest.fixture(params=PAGES)
+def page(request: pytest.FixtureRequest, repo_root: Path) -> str:
+    return read(repo_root, request.param)
+
+
 def test_readme_opens_with_the_two_commands(repo_root: Path) -> None:
     text = read(repo_root, "README.md")
     _, first = code_blocks(text)[0]
@@ -59,10 +80,16 @@ def test_readme_opens_with_the_two_commands(repo_root: Path) -> None:
     assert text.index("```") < 300
 
 
-def test_configuration_reference_is_current(readme: str) -> None:
+@pytest.mark.parametrize("name", reference.DOCUMENTS)
+def test_configuration_reference_is_current(repo_root: Path, name: str) -> None:
     assert reference.missing_sections() == []
-    assert reference.current_block(readme) == reference.block(), \
-        "run: python scripts/config_reference.py --write README.md README.ja.md"
+    assert reference.current_block(read(repo_root, name)) == reference.block(), \
+        "run: python scripts/config_reference.py --write"
+
+
+def test_the_configuration_pages_are_the_pages_of_both_languages() -> None:
+    assert set(reference.DOCUMENTS) == {"docs/configuration.md", "docs/configuration.ja.md"}
+    assert set(reference.DOCUMENTS) <= set(PAGES)
 
 
 def test_every_settings_class_is_in_the_reference() -> None:
@@ -118,6 +145,9 @@ def example_command_lines(text: str) -> list[str]:
         for line in joined.splitlines():
             if line.lstrip().startswith("#"):
                 continue
+            # A usage synopsis ("acl [--role R]") shows the syntax, not a call.
+            if "[-" in line:
+                continue
             # Redirections are the shell's, not arguments.
             line = re.sub(r"\s\d*>>?(&\d|\s*\S+)", " ", line)
             for match in OURS.finditer(line):
@@ -125,14 +155,36 @@ def example_command_lines(text: str) -> list[str]:
     return lines
 
 
-def test_every_example_command_parses(readme: str, valid_invocation: Any) -> None:
-    examples = example_command_lines(readme)
-    assert len(examples) >= 20
-    for line in examples:
-        argv = shlex.split(line)
-        # Placeholders and shell variables stand for values a sysop fills in.
-        argv = [re.sub(r"\$\{?\w+\}?|<[^>]+>", "x", part) for part in argv]
+# Placeholders and shell variables stand for values a sysop fills in; so do
+# Nagios macros ($HOSTNAME$, $ARG1$: a host or a number, so 1 stands for them).
+PLACEHOLDER = re.compile(r"\$\{?\w+\}?|<[^>]+>")
+NAGIOS_MACRO = re.compile(r"\$\w+\$")
+
+
+def fill_in(part: str) -> str:
+    return PLACEHOLDER.sub("x", NAGIOS_MACRO.sub("1", part))
+
+
+def test_every_example_command_parses(page: str, valid_invocation: Any) -> None:
+    for line in example_command_lines(page):
+        argv = [fill_in(part) for part in shlex.split(line)]
         valid_invocation(argv)
+
+
+@pytest.mark.parametrize("language", ["en", "ja"])
+def test_each_language_has_its_examples(repo_root: Path, language: str) -> None:
+    """The examples moved with their sections: each language keeps them all."""
+    texts = [read(repo_root, name) for name in language_pages(language)]
+    assert sum(len(example_command_lines(text)) for text in texts) >= 20
+    assert sum(len(jq_examples(text)) for text in texts) >= 5
+
+
+def test_usage_synopses_and_macros_are_not_examples() -> None:
+    text = "```\nmtbbs-monitor acl [--role agent|all]\nmtbbs-agent spool --json\n```\n"
+    assert example_command_lines(text) == ["mtbbs-agent spool --json"]
+    assert fill_in("$ARG1$") == "1"
+    assert fill_in("${HOST}") == "x"
+    assert fill_in("<host>") == "x"
 
 
 # -- jq paths -------------------------------------------------------------------
@@ -189,9 +241,8 @@ def health_json(tmp_path_factory: pytest.TempPathFactory, redis_server: Any) -> 
     return result.stdout
 
 
-def test_jq_paths_return_values(readme: str, health_json: str) -> None:
-    examples = jq_examples(readme)
-    assert len(examples) >= 5
+def test_jq_paths_return_values(page: str, health_json: str) -> None:
+    examples = jq_examples(page)
     document = json.loads(health_json)
     for arguments, program in examples:
         assert "--json" in arguments
@@ -216,3 +267,82 @@ def test_python_jq_agrees_with_jq_on_defaults() -> None:
     assert python_jq(document, ".a.b // 0") == 0
     assert python_jq(document, ".a.c") == 3
     assert python_jq(document, ".a.x") is None
+
+
+# -- links ----------------------------------------------------------------------
+
+LINK = re.compile(r"\[[^\]]*\]\(([^)\s]+)\)")
+
+
+def prose(text: str) -> str:
+    """The text without fenced code blocks and code spans."""
+    text = re.sub(r"^```.*?^```", "", text, flags=re.MULTILINE | re.DOTALL)
+    return re.sub(r"`[^`\n]*`", "", text)
+
+
+def slug(heading: str) -> str:
+    """GitHub's anchor of a heading: lower case, punctuation dropped, spaces to -."""
+    kept = "".join(char for char in heading.strip().lower()
+                   if char in " -_" or unicodedata.category(char)[0] in "LMN")
+    return kept.replace(" ", "-")
+
+
+def anchors(text: str) -> set[str]:
+    found: set[str] = set()
+    for heading in re.findall(r"^#+ (.+)$", prose_keeping_headings(text), re.MULTILINE):
+        name = slug(heading)
+        number = 0
+        while (f"{name}-{number}" if number else name) in found:
+            number += 1
+        found.add(f"{name}-{number}" if number else name)
+    return found
+
+
+def prose_keeping_headings(text: str) -> str:
+    """The text without fenced code blocks (a heading keeps its code spans)."""
+    return re.sub(r"^```.*?^```", "", text, flags=re.MULTILINE | re.DOTALL)
+
+
+def relative_links(text: str) -> list[str]:
+    return [target for target in LINK.findall(prose(text))
+            if not re.match(r"[a-z][a-z0-9+.-]*:", target)]
+
+
+@pytest.mark.parametrize("name", PAGES)
+def test_every_relative_link_resolves(repo_root: Path, name: str) -> None:
+    page_path = repo_root / name
+    broken = []
+    for target in relative_links(read(repo_root, name)):
+        path, _, anchor = target.partition("#")
+        destination = (page_path.parent / path).resolve() if path else page_path
+        if not destination.exists():
+            broken.append(f"{target}: no such file")
+        elif anchor and destination.suffix == ".md" and \
+                anchor not in anchors(destination.read_text(encoding="utf-8")):
+            broken.append(f"{target}: no such heading")
+    assert not broken, broken
+
+
+def test_the_link_checker_sees_links_and_headings() -> None:
+    text = "# A `b` c: d\n\nsee [x](docs/x.md#y), [web](https://example.org), `[no](z)`\n"
+    assert relative_links(text) == ["docs/x.md#y"]
+    assert anchors(text) == {"a-b-c-d"}
+    assert slug("`mtbbs-collector status` — the Nagios/Icinga plugin") == \
+        "mtbbs-collector-status--the-nagiosicinga-plugin"
+    assert slug("Nagios・Zabbix・cron・メトリクス CSV・Prometheus 連携") == \
+        "nagioszabbixcronメトリクス-csvprometheus-連携"
+
+
+def test_every_page_is_linked_from_the_readme_of_its_language(repo_root: Path) -> None:
+    """The README is the front door: no page of docs/ is left unreachable."""
+    english = set(relative_links(read(repo_root, "README.md")))
+    japanese = set(relative_links(read(repo_root, "README.ja.md")))
+    english = {link.partition("#")[0] for link in english}
+    japanese = {link.partition("#")[0] for link in japanese}
+    for name in PAGES:
+        if not name.startswith("docs/") or name.endswith(".ja.md"):
+            continue
+        assert name in english, f"README.md does not link {name}"
+        translated = name.removesuffix(".md") + ".ja.md"
+        assert (translated if translated in PAGES else name) in japanese, \
+            f"README.ja.md does not link {translated if translated in PAGES else name}"
