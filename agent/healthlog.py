@@ -141,7 +141,8 @@ def _described(word: str, text: str) -> str:
     return f"{word} ({text})" if text else word
 
 
-def _duration(seconds: float) -> str:
+def duration_text(seconds: float) -> str:
+    """``45 s``, ``3 min 10 s``, ``2 h 14 min``: a length of time for a log line."""
     seconds = int(round(seconds))
     if seconds < 60:
         return f"{seconds} s"
@@ -182,7 +183,7 @@ class HealthLog:
             if lines:
                 level, text = lines[-1]
                 lines[-1] = (level, f"{text}; all checks healthy again after "
-                                    f"{_duration(self.clock() - self._unhealthy_since)}")
+                                    f"{duration_text(self.clock() - self._unhealthy_since)}")
             self._unhealthy_since = None
         for level, text in lines:
             logger.log(level, "%s", text)

@@ -26,6 +26,7 @@ from typing import Any
 
 from redis.exceptions import RedisError
 
+from agent.healthlog import duration_text
 from agent.spool import Pending, Spool
 from wire.auth import sign
 from wire.keys import KeySpace
@@ -125,8 +126,8 @@ class Publisher:
             delivered += len(pending)
         if self.failures:
             down = self.clock() - (self._down_since or self.clock())
-            logger.info("Redis reachable again after %.0f s (%d failed attempts); %d spooled "
-                        "reports delivered", down, self.failures, delivered)
+            logger.info("Redis reachable again after %s (%d failed attempts); %d spooled "
+                        "reports delivered", duration_text(down), self.failures, delivered)
         self.failures = 0
         self._down_since = None
         self._last_error = None

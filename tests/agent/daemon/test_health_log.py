@@ -8,7 +8,7 @@ from typing import Any
 
 import pytest
 
-from agent.healthlog import HealthLog, detail
+from agent.healthlog import HealthLog, detail, duration_text
 
 Checks = dict[str, dict[str, Any]]
 
@@ -136,3 +136,8 @@ def test_a_slower_banner_is_not_a_new_state(logged: Callable[..., Any]) -> None:
 
     assert logged(slow(2500), slow(2400), slow(3100)) == [
         ("WARNING", "telnet: unhealthy (banner after 2500 ms, threshold 2000 ms)")]
+
+
+def test_durations_read_like_a_person_writes_them() -> None:
+    assert [duration_text(s) for s in (0.4, 59.6, 190, 8040, 90061)] == [
+        "0 s", "1 min 0 s", "3 min 10 s", "2 h 14 min", "25 h 1 min"]
