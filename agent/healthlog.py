@@ -128,7 +128,7 @@ class CheckState:
 
     healthy: bool
     reason: str  # the unhealthy detail without its figures; empty when healthy
-    shown: str = field(default="", compare=False)  # the detail as last logged
+    shown: str = field(default="", compare=False)  # the detail as last seen
 
     @classmethod
     def of(cls, name: str, fields: Mapping[str, FieldValue]) -> CheckState:
