@@ -42,7 +42,7 @@ from wire.cli import (
     load_config,
     setup_logging,
 )
-from wire.config import connect, load_section
+from wire.config import RedisSettings, connect, load_section
 from wire.errors import ConfigError
 from wire.keys import KeySpace
 
@@ -120,6 +120,23 @@ def host_key(settings: AgentSettings, host: str) -> bytes | None:
     return key
 
 
+def setup_summary(redis_settings: RedisSettings, checks: CheckSettings,
+                  signed: bool) -> str:
+    """The configuration a sysop checks first, for the start-up line (no secrets)."""
+    if checks.bbs_pid is not None:
+        process = f"pid {checks.bbs_pid}"
+    elif checks.bbs_pidfile is not None:
+        process = f"pidfile {checks.bbs_pidfile}"
+    else:
+        process = f"process matching {checks.bbs_match!r}"
+    return (f"redis={redis_settings.redacted_url()} prefix={redis_settings.prefix}"
+            f"{' (signed)' if signed else ''}, db={checks.db}, data_dir={checks.data_dir}, "
+            f"BBS {process}; limits: disk {checks.disk_percent:g}%, "
+            f"RSS {checks.process_rss_mb:g} MB, system memory "
+            f"{checks.system_memory_percent:g}%, {checks.max_sessions} sessions, "
+            f"{checks.max_same_ip} per IP")
+
+
 def systemd_notifier(env: Mapping[str, str]) -> Notify | None:
     """A sender of sd_notify messages when systemd gave us a socket."""
     address = env.get("NOTIFY_SOCKET", "")
@@ -158,7 +175,8 @@ def run(args: argparse.Namespace, env: Mapping[str, str]) -> int:
                               backoff=Backoff(settings.backoff_initial, settings.backoff_max,
                                               settings.backoff_jitter))
         daemon = Daemon(settings, probe, host=host, spool=spool, publisher=publisher,
-                        run_checks=checks, notify=systemd_notifier(env))
+                        run_checks=checks, notify=systemd_notifier(env),
+                        setup=setup_summary(redis_settings, check_settings, key is not None))
         for number in (signal.SIGTERM, signal.SIGINT):
             signal.signal(number, lambda _signum, _frame: daemon.stop())
         report = daemon.run(once=args.once)

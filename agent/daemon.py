@@ -4,7 +4,8 @@ Each cycle runs the host checks (the SQLite ``quick_check`` only when it is
 due, its last result repeated in between), the telnet probe, and the seed's
 uptime metrics, builds a :class:`wire.messages.Report`, appends it to the
 spool and lets the publisher deliver what the spool holds. Health is logged
-with the seed's lines. ``stop()`` (wired to SIGTERM and SIGINT by the CLI)
+by :class:`agent.healthlog.HealthLog`: a line when a check changes state,
+not one per cycle. ``stop()`` (wired to SIGTERM and SIGINT by the CLI)
 ends the loop after the current cycle; the spool then gets one last delivery
 attempt and the daemon returns.
 
@@ -30,6 +31,7 @@ import agent
 from agent.checks import CheckSettings, check_memory, run_checks
 from agent.checks.telnet import CHECK_NAME as TELNET
 from agent.checks.telnet import probe_telnet
+from agent.healthlog import AGENT, HealthLog
 from agent.publisher import Publisher
 from agent.settings import AgentSettings, ProbeSettings
 from agent.spool import Spool
@@ -47,8 +49,6 @@ CheckRunner = Callable[[bool, str | None], Mapping[str, Mapping[str, FieldValue]
 Notify = Callable[[str], None]
 
 UPTIME = "uptime"
-# An entry the agent adds when the check runner itself failed.
-AGENT = "agent"
 
 
 def _iso(seconds: float) -> str:
@@ -146,28 +146,6 @@ class HostChecks:
             self._cached = (pid, started) if started is not None else None
 
 
-def _short(value: Any) -> Any:
-    if isinstance(value, tuple | list):
-        return f"[{len(value)} items]"
-    return value
-
-
-def loggable(checks: Mapping[str, Mapping[str, FieldValue]]) -> dict[str, dict[str, Any]]:
-    """The report for a log line: lists (the sessions) shown by their length."""
-    return {name: {k: _short(v) for k, v in fields.items()} for name, fields in checks.items()}
-
-
-def log_health(checks: Mapping[str, Mapping[str, FieldValue]]) -> None:
-    """Log a cycle's health the way the seed's monitor did."""
-    unhealthy = [name for name, fields in checks.items() if not fields.get("healthy")]
-    if unhealthy:
-        logger.warning("Unhealthy components detected: %s", unhealthy)
-        logger.warning("Full health report: %s", loggable(checks))
-    else:
-        logger.info("Health check passed: all components healthy")
-        logger.debug("Full health report: %s", loggable(checks))
-
-
 class Daemon:
     """One agent: a schedule, the checks, the spool and the publisher."""
 
@@ -176,7 +154,7 @@ class Daemon:
                  clock: Callable[[], float] = time.monotonic,
                  wall: Callable[[], float] = time.time,
                  boot_time: Callable[[], float] = psutil.boot_time,
-                 notify: Notify | None = None) -> None:
+                 notify: Notify | None = None, setup: str = "") -> None:
         self.settings = settings
         self.probe = probe
         self.host = host
@@ -187,6 +165,10 @@ class Daemon:
         self.wall = wall
         self.boot_time = boot_time
         self.notify = notify or (lambda _message: None)
+        # What the start-up line adds about the parts the daemon does not own
+        # (Redis, the database, the limits): the caller knows them.
+        self.setup = setup
+        self.health_log = HealthLog(clock)
         self.cycles = 0
         self._stop = threading.Event()
         self._last_integrity: str | None = None
@@ -269,7 +251,7 @@ class Daemon:
         checks = self._valid(self.measure(), observed_at)
         report = self.spool.add(self._report(checks, observed_at))
         self.cycles += 1
-        log_health(report.checks)
+        self.health_log.update(report.checks)
         logger.debug("Report epoch=%d seq=%d spooled", report.epoch, report.seq)
         return report
 
@@ -279,10 +261,12 @@ class Daemon:
         last: Report | None = None
         attempts = 0
         next_cycle = self.clock()
-        logger.info("Agent started: host=%s, interval=%gs, integrity every %gs, spool=%s "
-                    "(epoch %d, %d waiting)", self.host, self.settings.interval,
-                    self.settings.integrity_interval, self.spool.path, self.spool.epoch,
-                    len(self.spool))
+        probe = (f"{self.probe.host}:{self.probe.port} (banner within {self.probe.slow_ms:g} ms)"
+                 if self.probe.enabled else "off")
+        logger.info("Agent started: host=%s, interval=%gs, integrity every %gs, probe %s, "
+                    "spool=%s (epoch %d, %d waiting)%s", self.host, self.settings.interval,
+                    self.settings.integrity_interval, probe, self.spool.path, self.spool.epoch,
+                    len(self.spool), f"; {self.setup}" if self.setup else "")
         self.notify("READY=1")
         while not self.stopping:
             now = self.clock()

@@ -4,7 +4,9 @@ Every report goes through the spool (:mod:`agent.spool`); the publisher sends
 the spool's oldest reports first with ``XADD ... MAXLEN ~`` and removes them
 from the spool only after Redis answered. When Redis cannot be reached the
 reports stay spooled and the next attempt waits for a capped exponential
-backoff with jitter; each failed attempt is logged with its delay.
+backoff with jitter. The outage is logged once when it starts (again only if
+the error changes) and once when Redis answers again; each retry in between
+is logged at DEBUG.
 
 A reply lost after Redis executed the XADD would make the retry add the
 report twice. The XADD therefore runs in a small Lua script that records the
@@ -24,6 +26,7 @@ from typing import Any
 
 from redis.exceptions import RedisError
 
+from agent.healthlog import duration_text
 from agent.spool import Pending, Spool
 from wire.auth import sign
 from wire.keys import KeySpace
@@ -86,6 +89,8 @@ class Publisher:
         self.clock = clock
         self.failures = 0
         self.next_attempt = 0.0
+        self._down_since: float | None = None
+        self._last_error: str | None = None
         self._stream = keys.reports_stream()
         self._last_sent_key = keys.agent_last_sent(host)
         self._script = client.register_script(_SEND_SCRIPT)
@@ -120,9 +125,12 @@ class Publisher:
             self.spool.delivered(pending[-1].rowid, sum(p.carried for p in pending))
             delivered += len(pending)
         if self.failures:
-            logger.info("Redis reachable again after %d failed attempts; %d spooled reports "
-                        "delivered", self.failures, delivered)
+            down = self.clock() - (self._down_since or self.clock())
+            logger.info("Redis reachable again after %s (%d failed attempts); %d spooled "
+                        "reports delivered", duration_text(down), self.failures, delivered)
         self.failures = 0
+        self._down_since = None
+        self._last_error = None
         self.next_attempt = 0.0
         return delivered
 
@@ -151,9 +159,16 @@ class Publisher:
         self.failures += 1
         delay = self.backoff.delay(self.failures)
         self.next_attempt = self.clock() + delay
-        logger.warning("Redis unreachable (%s: %s); %d reports spooled, %d delivered; "
-                       "retry %d in %.1f s", type(exc).__name__, _first_line(exc),
-                       len(self.spool), delivered, self.failures, delay)
+        if self._down_since is None:
+            self._down_since = self.clock()
+        error = f"{type(exc).__name__}: {_first_line(exc)}"
+        # One line per outage (and per new kind of error in it), not per retry:
+        # the spool's own lines tell how far the reports pile up.
+        level = logging.DEBUG if error == self._last_error else logging.WARNING
+        self._last_error = error
+        logger.log(level, "Redis unreachable (%s); %d reports spooled, %d delivered; "
+                   "retry %d in %.1f s", error, len(self.spool), delivered, self.failures,
+                   delay)
 
 
 def _first_line(exc: BaseException) -> str:

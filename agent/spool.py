@@ -5,6 +5,8 @@ a report survives a Redis outage and a SIGKILLed agent (the file is SQLite in
 WAL mode; each append is committed before the publisher sees it). The spool
 is bounded: past ``max_reports`` the oldest reports are dropped and counted,
 and the next report delivered carries that count in ``Report.dropped``.
+Growth is logged as it passes 10, 50 and 90 % of the bound, and dropping
+once when it starts and once when it ends, not for every report.
 
 The spool also keeps the agent's identity in time: its ``epoch`` (chosen when
 the file is created, unix milliseconds so a later spool has a larger epoch)
@@ -47,6 +49,8 @@ CREATE TABLE IF NOT EXISTS meta (
 );
 """
 _COUNTERS = ("seq", "dropped_pending", "dropped_total")
+# Fill levels (percent of max_reports) announced once each as the spool grows.
+FILL_LEVELS = (10, 50, 90)
 
 
 class SpoolError(WireError):
@@ -101,6 +105,8 @@ class Spool:
                  clock: Callable[[], float] = time.time) -> None:
         self.path = Path(path)
         self.max_reports = max_reports
+        self._fill_announced = 0
+        self._dropped_while_full: int | None = None
         self._lock_file = self._lock()
         try:
             self._db = self._open(synchronous)
@@ -184,10 +190,35 @@ class Spool:
             if dropped > 0:
                 self._set_meta("dropped_pending", self._meta("dropped_pending") + dropped)
                 self._set_meta("dropped_total", self._meta("dropped_total") + dropped)
-        if dropped > 0:
-            logger.warning("Spool full (%d reports): dropped the %d oldest", self.max_reports,
-                           dropped)
+        self._note_drops(dropped)
+        self._note_fill(len(self))
         return report
+
+    def _note_drops(self, dropped: int) -> None:
+        """Log the start and the end of a time of dropping, not every drop."""
+        if dropped > 0 and self._dropped_while_full is None:
+            logger.warning("Spool full (%d reports): dropped the %d oldest; from now on the "
+                           "oldest report goes for each new one", self.max_reports, dropped)
+            self._dropped_while_full = dropped
+        elif dropped > 0 and self._dropped_while_full is not None:
+            self._dropped_while_full += dropped
+            logger.debug("Spool full: dropped the %d oldest", dropped)
+        elif self._dropped_while_full is not None:
+            logger.info("Spool has room again; %d reports were dropped while it was full",
+                        self._dropped_while_full)
+            self._dropped_while_full = None
+
+    def _note_fill(self, pending: int) -> None:
+        """Log the spool passing a fill level upwards, once until it falls below again."""
+        # One waiting report is the normal state between a cycle and its
+        # delivery, so a level that one report reaches is no news.
+        reached = [level for level in FILL_LEVELS
+                   if 1 < -(-level * self.max_reports // 100) <= pending]
+        top = max(reached, default=0)
+        if top > self._fill_announced:
+            logger.warning("Spool %d%% full: %d of at most %d reports wait for Redis", top,
+                           pending, self.max_reports)
+        self._fill_announced = top
 
     def peek(self, limit: int) -> list[Pending]:
         """Up to ``limit`` reports, oldest first; the first carries the pending drops."""

@@ -192,7 +192,9 @@ class Session:
     async def run(self) -> None:
         reporter = self.bbs.reporter
         reporter.register_session(self.client_id)
-        logger.info("session %s connected", self.client_id)
+        # A connection that never logs in is most often a monitor's probe,
+        # once a cycle: only logins and their ends are news at INFO.
+        logger.debug("session %s connected", self.client_id)
         try:
             if self.bbs.settings.banner_delay:
                 await asyncio.sleep(self.bbs.settings.banner_delay)
@@ -213,7 +215,10 @@ class Session:
             pass
         finally:
             reporter.unregister_session(self.client_id)
-            logger.info("session %s disconnected", self.client_id)
+            if self.user is not None:
+                logger.info("session %s (%r) disconnected", self.client_id, self.user.user_id)
+            else:
+                logger.debug("session %s disconnected without logging in", self.client_id)
             if self.user is not None:
                 with contextlib.suppress(Exception):
                     await asyncio.shield(self.bbs.call(self.bbs.db.record_access,

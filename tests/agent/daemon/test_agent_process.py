@@ -78,12 +78,12 @@ def test_once_exits_like_the_health_check(
     healthy = subprocess.run(agent_cmd(redis_url, "--once"), env=clean_env,
                              capture_output=True, text=True, timeout=60)
     assert healthy.returncode == 0, healthy.stderr
-    assert "Health check passed: all components healthy" in healthy.stderr
+    assert "Health: all 5 checks healthy" in healthy.stderr
 
     warning = subprocess.run(agent_cmd(redis_url, "--once", "--disk-threshold", "0"),
                              env=clean_env, capture_output=True, text=True, timeout=60)
     assert warning.returncode == 1, warning.stderr
-    assert "Unhealthy components detected: ['disk_space']" in warning.stderr
+    assert "[WARNING] agent.healthlog: disk_space: unhealthy (" in warning.stderr
 
     critical = subprocess.run(agent_cmd(redis_url, "--once", "--db",
                                         str(tmp_path / "missing.db")),

@@ -17,7 +17,7 @@ import pytest
 import redis
 
 from agent.checks import CheckSettings
-from agent.daemon import Daemon, HostChecks, exit_status, log_health, uptime_fields
+from agent.daemon import Daemon, HostChecks, exit_status, uptime_fields
 from agent.publisher import Publisher
 from agent.settings import AgentSettings, ProbeSettings
 from agent.spool import Spool
@@ -156,20 +156,6 @@ def test_a_result_the_wire_refuses_is_replaced_not_fatal(tmp_path: Path) -> None
     assert report.checks["disk_space"] == {"healthy": True, "percent_used": 50.0}
     assert report.checks["memory"]["healthy"] is False
     assert "invalid result" in str(report.checks["memory"]["error"])
-
-
-def test_health_is_logged_with_the_seed_lines(caplog: pytest.LogCaptureFixture) -> None:
-    with caplog.at_level(logging.DEBUG, logger="agent.daemon"):
-        log_health({"database": {"healthy": True}, "disk_space": {"healthy": True}})
-        log_health({"database": {"healthy": True},
-                    "disk_space": {"healthy": False, "percent_used": 92.5},
-                    "sessions": {"healthy": True, "sessions": ({"client_id": "a"},) * 3}})
-    lines = [(r.levelname, r.getMessage()) for r in caplog.records]
-    assert ("INFO", "Health check passed: all components healthy") in lines
-    assert ("WARNING", "Unhealthy components detected: ['disk_space']") in lines
-    full = [m for level, m in lines if level == "WARNING" and m.startswith("Full health report")]
-    assert len(full) == 1
-    assert "'percent_used': 92.5" in full[0] and "[3 items]" in full[0]
 
 
 def test_exit_status_follows_the_seed_codes() -> None:

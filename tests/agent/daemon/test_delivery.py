@@ -159,14 +159,16 @@ def test_retries_back_off_exponentially_up_to_the_cap(
     made.daemon.cycle()
     made.publisher.clock = lambda: 100.0  # so that next_attempt - 100 is the delay itself
     delays = []
-    with caplog.at_level(logging.WARNING, logger="agent.publisher"):
+    with caplog.at_level(logging.DEBUG, logger="agent.publisher"):
         for _ in range(8):
             made.publisher.flush(force=True)
             delays.append(round(made.publisher.next_attempt - 100.0, 6))
     assert delays == [0.05, 0.1, 0.2, 0.4, 0.4, 0.4, 0.4, 0.4]
-    retries = [r.getMessage() for r in caplog.records if "retry" in r.getMessage()]
+    retries = [r for r in caplog.records if "retry" in r.getMessage()]
     assert len(retries) == 8
-    assert "retry 8 in 0.4 s" in retries[-1]
+    assert "retry 8 in 0.4 s" in retries[-1].getMessage()
+    # The outage is a WARNING once; the same error again is only DEBUG.
+    assert [r.levelname for r in retries] == ["WARNING"] + ["DEBUG"] * 7
 
 
 def test_backoff_never_exceeds_its_cap() -> None:
