@@ -245,7 +245,41 @@ class _Stopped(BaseException):
         self.signum = signum
 
 
-class _AlerterWorkerMixin:
+class BoundedPubsubTeardown:
+    """For an rq Worker class: its teardown waits for rq's pubsub thread at most
+    :data:`PUBSUB_STOP_WAIT_S` (see the module doc). Put it before rq's class."""
+
+    name: str
+    # rq's command channel: set by rq's subscribe() at the start of work().
+    pubsub: Any
+    pubsub_thread: Any
+    pubsub_channel_name: str
+
+    def unsubscribe(self) -> None:
+        """rq's unsubscribe from its command channel, never waiting long for the thread.
+
+        The thread is told to end first and the unsubscribe sent after: its
+        reply then wakes the thread, which ends instead of waiting for a
+        new subscription (see the module doc).
+        """
+        thread, pubsub = self.pubsub_thread, self.pubsub
+        if thread is None or pubsub is None:
+            return
+        _end_after_current_read(thread)
+        if thread.is_alive():
+            try:
+                pubsub.unsubscribe()
+            except redis.RedisError as exc:
+                # Closing the connection below unsubscribes as well.
+                logger.debug("unsubscribing from %s failed: %s", self.pubsub_channel_name, exc)
+            thread.join(timeout=PUBSUB_STOP_WAIT_S)
+            if thread.is_alive():
+                logger.debug("the pubsub thread of %s did not end within %.0f s; left to end "
+                             "on its own", self.name, PUBSUB_STOP_WAIT_S)
+        pubsub.close()
+
+
+class _AlerterWorkerMixin(BoundedPubsubTeardown):
     """What both worker classes add to rq's."""
 
     alerter_context: AlerterContext
@@ -254,10 +288,6 @@ class _AlerterWorkerMixin:
     serializer: Any
     queues: list[Queue]
     _stop_requested: bool
-    # rq's command channel: set by rq's subscribe() at the start of work().
-    pubsub: Any
-    pubsub_thread: Any
-    pubsub_channel_name: str
     # The signal that asked this worker to stop, once one did.
     stop_signal: int | None = None
     # True while a batch of evaluations runs after a job (see execute_job).
@@ -294,29 +324,6 @@ class _AlerterWorkerMixin:
         """
         self.stop_signal = signum
         self._stop_requested = True
-
-    def unsubscribe(self) -> None:
-        """rq's unsubscribe from its command channel, never waiting long for the thread.
-
-        The thread is told to end first and the unsubscribe sent after: its
-        reply then wakes the thread, which ends instead of waiting for a
-        new subscription (see the module doc).
-        """
-        thread, pubsub = self.pubsub_thread, self.pubsub
-        if thread is None or pubsub is None:
-            return
-        _end_after_current_read(thread)
-        if thread.is_alive():
-            try:
-                pubsub.unsubscribe()
-            except redis.RedisError as exc:
-                # Closing the connection below unsubscribes as well.
-                logger.debug("unsubscribing from %s failed: %s", self.pubsub_channel_name, exc)
-            thread.join(timeout=PUBSUB_STOP_WAIT_S)
-            if thread.is_alive():
-                logger.debug("the pubsub thread of %s did not end within %.0f s; left to end "
-                             "on its own", self.name, PUBSUB_STOP_WAIT_S)
-        pubsub.close()
 
     def teardown(self) -> None:
         """rq's teardown (deregistration), then later signals stop run_worker directly."""
