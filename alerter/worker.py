@@ -34,10 +34,22 @@ shutdown. Only an end of rq's loop that nobody asked for (rq quits on a Redis
 timeout or an unhandled error) starts a fresh worker, after a pause in which
 a signal also ends the process at once. The signal handlers found at the start
 are back in place when :func:`run_worker` returns.
+
+**Teardown in bounded time.** rq listens for its commands on a pubsub
+channel in a thread that redis-py runs; at teardown rq unsubscribes and then
+stops that thread. If the thread has already read the reply to the
+unsubscribe and gone back to wait for a subscription (up to a minute) when
+the stop comes, redis-py 8.2's ``stop()``, which waits for the thread without
+a limit, holds the worker that long: a ``--burst`` run or a stop signal
+ended a minute late whenever the machine was busy. The worker therefore
+asks the thread to end *before* it unsubscribes, so the reply to the
+unsubscribe wakes a thread that already knows to end, and waits for it at
+most :data:`PUBSUB_STOP_WAIT_S`.
 """
 
 from __future__ import annotations
 
+import inspect
 import logging
 import math
 import os
@@ -64,6 +76,11 @@ from wire.config import connect
 from wire.keys import EVALUATE_JOB, RQ_SERIALIZER
 
 logger = logging.getLogger(__name__)
+
+# How long a teardown waits for rq's pubsub thread to end. It normally ends as
+# soon as the reply to the unsubscribe arrives; a thread that does not is a
+# daemon thread and is left to end on its own.
+PUBSUB_STOP_WAIT_S = 2.0
 
 # rq's heartbeat TTL for jobs without a timeout.
 _NO_TIMEOUT_TTL = 420
@@ -208,6 +225,18 @@ def take_evaluations(ctx: AlerterContext, connection: Any, queue: Queue, batch: 
     return taken
 
 
+def _end_after_current_read(thread: Any) -> None:
+    """Tell redis-py's pubsub thread to end once its current read returns, without waiting.
+
+    redis-py 8.2's ``stop()`` also waits for the thread, without a limit
+    unless given a timeout; earlier versions only clear the thread's flag.
+    """
+    if "timeout" in inspect.signature(thread.stop).parameters:
+        thread.stop(timeout=0)
+    else:
+        thread.stop()
+
+
 class _Stopped(BaseException):
     """A stop signal outside rq's loop (a BaseException: nothing may swallow it)."""
 
@@ -216,7 +245,41 @@ class _Stopped(BaseException):
         self.signum = signum
 
 
-class _AlerterWorkerMixin:
+class BoundedPubsubTeardown:
+    """For an rq Worker class: its teardown waits for rq's pubsub thread at most
+    :data:`PUBSUB_STOP_WAIT_S` (see the module doc). Put it before rq's class."""
+
+    name: str
+    # rq's command channel: set by rq's subscribe() at the start of work().
+    pubsub: Any
+    pubsub_thread: Any
+    pubsub_channel_name: str
+
+    def unsubscribe(self) -> None:
+        """rq's unsubscribe from its command channel, never waiting long for the thread.
+
+        The thread is told to end first and the unsubscribe sent after: its
+        reply then wakes the thread, which ends instead of waiting for a
+        new subscription (see the module doc).
+        """
+        thread, pubsub = self.pubsub_thread, self.pubsub
+        if thread is None or pubsub is None:
+            return
+        _end_after_current_read(thread)
+        if thread.is_alive():
+            try:
+                pubsub.unsubscribe()
+            except redis.RedisError as exc:
+                # Closing the connection below unsubscribes as well.
+                logger.debug("unsubscribing from %s failed: %s", self.pubsub_channel_name, exc)
+            thread.join(timeout=PUBSUB_STOP_WAIT_S)
+            if thread.is_alive():
+                logger.debug("the pubsub thread of %s did not end within %.0f s; left to end "
+                             "on its own", self.name, PUBSUB_STOP_WAIT_S)
+        pubsub.close()
+
+
+class _AlerterWorkerMixin(BoundedPubsubTeardown):
     """What both worker classes add to rq's."""
 
     alerter_context: AlerterContext

@@ -131,6 +131,10 @@ def _convert(name: str, raw: Any, hint: Any, *, from_text: bool) -> Any:
             items = raw.split(",") if from_text and isinstance(raw, str) else raw
             if not isinstance(items, list | tuple):
                 raise ValueError
+            # Numbers pass as their text (retry_intervals = [5, 30]); a nested
+            # list, a table, a date or a boolean would become text nobody wrote.
+            if any(isinstance(i, bool) or not isinstance(i, str | int | float) for i in items):
+                raise ValueError
             return tuple(str(i).strip() for i in items if str(i).strip())
     except (TypeError, ValueError):
         type_name = getattr(kind, "__name__", str(kind))

@@ -4,6 +4,8 @@ allow-list."""
 from __future__ import annotations
 
 import signal
+import threading
+import time
 from collections.abc import Iterator
 from typing import Any
 
@@ -12,7 +14,13 @@ from rq.exceptions import StopRequested
 from rq.worker import WorkerStatus
 
 from alerter import worker as worker_module
-from alerter.worker import ALLOWED_JOBS, AlerterJob, RefusedJob, build_worker
+from alerter.worker import (
+    ALLOWED_JOBS,
+    PUBSUB_STOP_WAIT_S,
+    AlerterJob,
+    RefusedJob,
+    build_worker,
+)
 from wire.keys import EVALUATE_JOB, RQ_SERIALIZER
 
 HANDLED = (signal.SIGTERM, signal.SIGINT, signal.SIGALRM)
@@ -109,7 +117,10 @@ def test_run_worker_puts_back_the_signal_handlers_it_found(make_context: Any,
     and leaves them so; run_worker restores the caller's."""
     ctx = make_context()
     ours = {number: signal.getsignal(number) for number in HANDLED}
+    started = time.monotonic()
     assert worker_module.run_worker(ctx, burst=True) == 0
+    # An empty burst takes about a second; rq's teardown once held it a minute.
+    assert time.monotonic() - started < 15
     assert {number: signal.getsignal(number) for number in HANDLED} == ours
 
 
@@ -133,6 +144,77 @@ def test_rqs_stop_handler_is_remembered(make_context: Any, guarded_signals: list
     finished.teardown()
     with pytest.raises(worker_module._Stopped):
         finished.request_stop(signal.SIGTERM, None)
+
+
+class WaitForSubscriptionSeen(threading.Event):
+    """redis-py's ``subscribed_event``, telling when a thread waits for a subscription."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.waited = threading.Event()
+
+    def wait(self, timeout: float | None = None) -> bool:
+        if not self.is_set():
+            self.waited.set()
+        return super().wait(timeout)
+
+
+def test_teardown_does_not_wait_a_minute_for_rqs_pubsub_thread(
+        make_context: Any, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The order of events that held a ``worker --burst`` for a minute on a busy
+    machine, made certain: rq's command thread reads the reply to the
+    unsubscribe and is back in the pubsub before the teardown stops it."""
+    worker = build_worker(make_context())
+    worker.subscribe()
+    pubsub, thread = worker.pubsub, worker.pubsub_thread
+    subscription = WaitForSubscriptionSeen()
+    subscription.set()  # subscribed, as rq's subscribe() left it
+    pubsub.subscribed_event = subscription
+    send_unsubscribe = pubsub.unsubscribe
+
+    def unsubscribe_then_let_the_thread_run_first(*args: Any) -> Any:
+        sent = send_unsubscribe(*args)
+        # The thread handles the reply, then either ends or waits (up to
+        # 60 s) for a subscription; only then does the teardown go on.
+        deadline = time.monotonic() + 10
+        while thread.is_alive() and not subscription.waited.is_set():
+            assert time.monotonic() < deadline, "the thread neither ended nor waited"
+            time.sleep(0.01)
+        return sent
+
+    monkeypatch.setattr(pubsub, "unsubscribe", unsubscribe_then_let_the_thread_run_first)
+    started = time.monotonic()
+    teardown = threading.Thread(target=worker.teardown, daemon=True)
+    teardown.start()
+    teardown.join(timeout=PUBSUB_STOP_WAIT_S + 5)
+    assert not teardown.is_alive(), "the teardown waits for rq's pubsub thread"
+    assert time.monotonic() - started < PUBSUB_STOP_WAIT_S + 2
+    # The thread was told to end before the reply came, so it ended then.
+    assert not subscription.waited.is_set()
+    assert not thread.is_alive()
+
+
+def test_teardown_waits_a_bounded_time_for_a_pubsub_thread_that_does_not_end(
+        make_context: Any, monkeypatch: pytest.MonkeyPatch) -> None:
+    """rq's command thread already waiting for a subscription when the teardown
+    comes (nothing will wake it for a minute): the teardown goes on after
+    PUBSUB_STOP_WAIT_S and leaves the daemon thread to end on its own."""
+    monkeypatch.setattr(worker_module, "PUBSUB_STOP_WAIT_S", 0.3)
+    worker = build_worker(make_context())
+    worker.subscribe()
+    pubsub, thread = worker.pubsub, worker.pubsub_thread
+    subscription = WaitForSubscriptionSeen()  # never set: the subscription never comes
+    pubsub.subscribed_event = subscription
+    # A command rq ignores wakes the thread; back in the loop, it waits.
+    worker.connection.publish(worker.pubsub_channel_name, '{"command": "none"}')
+    assert subscription.waited.wait(timeout=10)
+    started = time.monotonic()
+    teardown = threading.Thread(target=worker.teardown, daemon=True)
+    teardown.start()
+    teardown.join(timeout=10)
+    assert not teardown.is_alive(), "the teardown waits for rq's pubsub thread"
+    assert time.monotonic() - started < 0.3 + 2
+    assert thread.is_alive()  # still waiting: the bound, not the thread, ended the wait
 
 
 def test_heartbeat_ttls_follow_the_grace(make_context: Any) -> None:

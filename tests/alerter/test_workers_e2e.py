@@ -11,12 +11,11 @@ import json
 import signal
 import subprocess
 import threading
-import time
 from typing import Any
 
 import pytest
 import redis
-from rq.job import Job
+from rq.job import Job, JobStatus
 
 from wire.keys import RQ_SERIALIZER, KeySpace
 
@@ -130,9 +129,17 @@ def test_silences_suppress(alerter_config: Any, workers: Any, hosts: Any, sink: 
     assert added.returncode == 0, added.stderr
     silence_id = added.stdout.strip()
     workers(config)
-    hosts.report("bbs-01", database=False)
-    settled()
-    time.sleep(1.5)  # a maintenance round and a tick pass: still nothing
+    seen = hosts.report("bbs-01", database=False)
+    wait_for(lambda: hosts.judged("bbs-01", "database", seen), message="the report judged")
+    # Then a tick (the re-evaluation of active alerts), which the worker
+    # starts by setting this key.
+    redis_client.delete(keys.alerter_tick())
+    wait_for(lambda: redis_client.exists(keys.alerter_tick()), message="a tick")
+    # The worker runs jobs between its maintenance rounds, notification jobs
+    # before evaluations: once a report enqueued now is judged, the tick and
+    # whatever it had to send are done.
+    seen = hosts.report("bbs-01", database=False)
+    wait_for(lambda: hosts.judged("bbs-01", "database", seen), message="a later report judged")
     settled()
     assert sink.all_requests() == [] and smtp.messages == []
     log = [json.loads(x) for x in redis_client.lrange(keys.notification_log(), 0, -1)]
@@ -182,11 +189,17 @@ def test_slack_500_is_retried_and_404_is_not(alerter_config: Any, workers: Any, 
     sink.default = reply(status=404, body="no_service")
     hosts.report("bbs-02", database=False)
     wait_for(lambda: redis_client.hlen(keys.notifications_failed()), message="the failure")
-    settled()
-    time.sleep(2.5)  # longer than the retry interval: no second attempt comes
-    assert [r["status"] for r in sink.all_requests()] == [500, 502, 200, 404]
     [record] = [json.loads(v) for v in redis_client.hvals(keys.notifications_failed())]
     assert record["permanent"] and record["attempts"] == 1 and "404" in record["error"]
+    # No second attempt comes: the delivery job ended as finished (a job that
+    # returns rq's Retry is scheduled instead), and nothing is left to run.
+    job = Job.fetch(f"slack-{record['id']}", connection=redis_client, serializer=RQ_SERIALIZER)
+    wait_for(lambda: job.get_status(refresh=True) == JobStatus.FINISHED,
+             message="the delivery job to finish")
+    assert job.return_value() == {"delivery": record["id"], "failed": 1,
+                                  "error": record["error"], "permanent": True}
+    settled()
+    assert [r["status"] for r in sink.all_requests()] == [500, 502, 200, 404]
 
 
 def test_a_worker_killed_mid_delivery_does_not_lose_the_notice(

@@ -27,6 +27,52 @@ def test_stale_level_thresholds() -> None:
     assert keepalive.worse_stale(STALE_WARNING, STALE_CRITICAL) == STALE_CRITICAL
 
 
+# Silent for exactly N intervals is not yet past N: stale only beyond it
+# (docs/collector.md). At 60 s intervals every figure below is exact in binary.
+BOUNDARY_CASES = [
+    pytest.param(180_000, STALE_NO, id="exactly-3-intervals"),
+    pytest.param(180_001, STALE_WARNING, id="just-past-3-intervals"),
+    pytest.param(300_000, STALE_WARNING, id="exactly-5-intervals"),
+    pytest.param(300_001, STALE_CRITICAL, id="just-past-5-intervals"),
+]
+
+
+@pytest.mark.parametrize(("silent_ms", "level"), BOUNDARY_CASES)
+def test_stale_level_at_the_thresholds(silent_ms: int, level: str) -> None:
+    settings = CollectorSettings(stale_warning_intervals=3, stale_critical_intervals=5)
+    assert keepalive.stale_level(silent_ms / 1000, 60, settings) == level
+
+
+def test_the_sweep_and_the_readers_agree_at_the_thresholds(
+        redis_client: redis.Redis, keys: Any, publish: Any, report: Any, make_collector: Any,
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    from collector.fleet import read_hosts
+
+    collector = make_collector(stale_warning_intervals=3, stale_critical_intervals=5)
+    hosts = {f"bbs-{index}": case.values for index, case in enumerate(BOUNDARY_CASES)}
+    for host in hosts:
+        publish(report(host, 1, interval=60.0))
+    collector.drain()
+    # One moment of judgement, each host last seen its case's silence before it.
+    now_ms = server_time_ms(redis_client)
+    for host, (silent_ms, _) in hosts.items():
+        redis_client.hset(keys.host(host), "last_seen_ms", str(now_ms - silent_ms))
+    # Those last-seen times lie before this Redis started: that would read as
+    # an outage and grant a grace, which is tested on its own above.
+    monkeypatch.setattr(keepalive, "detect_outage", lambda *args, **kwargs: None)
+    expected = {host: level for host, (_, level) in hosts.items()}
+
+    views, missing = read_hosts(redis_client, keys, collector.settings, now_ms, list(hosts))
+    assert not missing
+    assert {view.host: view.stale for view in views} == expected
+
+    made = keepalive.sweep(redis_client, keys, collector.settings, now_ms)
+    assert {t.host: t.after for t in made} == {
+        host: level for host, level in expected.items() if level != STALE_NO}
+    assert {host: stale_of(redis_client, keys, host) for host in hosts} == {
+        host: level.encode() for host, level in expected.items()}
+
+
 def test_host_status_includes_staleness() -> None:
     fields = {"report_status": "OK", "unhealthy": ""}
     assert keepalive.host_status(fields, STALE_WARNING) == Status.WARNING
@@ -121,22 +167,39 @@ def test_a_report_as_before_still_ends_the_staleness(redis_client: redis.Redis, 
 
 def test_a_sweep_never_overwrites_a_fresh_report(redis_client: redis.Redis, keys: Any,
                                                  publish: Any, report: Any,
-                                                 make_collector: Any) -> None:
+                                                 make_collector: Any,
+                                                 monkeypatch: pytest.MonkeyPatch) -> None:
+    from collector.scripts import STALE_SCRIPT
+
     publish(report("bbs-01", 1, interval=0.2))
     collector = make_collector()
     collector.drain()
-    time.sleep(0.5)
-    judged_at = server_time_ms(redis_client)
-    # A report lands between the sweep's read and its write.
-    publish(report("bbs-01", 2, interval=0.2))
-    collector.drain()
-    from collector.scripts import STALE_SCRIPT
+    last_seen = int(redis_client.hget(keys.host("bbs-01"), "last_seen_ms"))  # type: ignore[arg-type]
+    # Judged 50 intervals after report 1: the sweep reads it and means CRITICAL.
+    judged_at = last_seen + 10_000
 
-    old_last_seen = "1"
-    assert STALE_SCRIPT.call(redis_client, [keys.host("bbs-01")],
-                             [old_last_seen, STALE_CRITICAL, "CRITICAL"]) == 0
+    def a_report_lands_meanwhile(*args: Any, **kwargs: Any) -> None:
+        # Called between the sweep's read of the hashes and its writes.
+        publish(report("bbs-01", 2, interval=0.2))
+        collector.drain()
+        return None  # no outage: the whole silence counts
+
+    writes: list[Any] = []
+
+    class RecordedStaleScript:
+        @staticmethod
+        def call(client: Any, script_keys: Any, args: Any) -> Any:
+            writes.append(list(args))
+            return STALE_SCRIPT.call(client, script_keys, args)
+
+    monkeypatch.setattr(keepalive, "detect_outage", a_report_lands_meanwhile)
+    monkeypatch.setattr(keepalive, "STALE_SCRIPT", RecordedStaleScript)
     assert keepalive.sweep(redis_client, keys, collector.settings, judged_at) == []
-    assert redis_client.hget(keys.host("bbs-01"), "stale") == b"no"
+    # The sweep did try to write its level, judged on report 1...
+    assert writes == [[str(last_seen), STALE_CRITICAL, "CRITICAL"]]
+    # ... and the script refused it: report 2 stands.
+    fields = redis_client.hgetall(keys.host("bbs-01"))
+    assert (fields[b"seq"], fields[b"stale"], fields[b"status"]) == (b"2", b"no", b"OK")
 
 
 def test_no_sweep_while_working_off_a_backlog(redis_client: redis.Redis, keys: Any,

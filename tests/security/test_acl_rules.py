@@ -18,6 +18,7 @@ import pytest
 import redis
 import rq
 
+from alerter.worker import BoundedPubsubTeardown
 from wire.acl import (
     ROLES,
     aclfile_line,
@@ -232,7 +233,10 @@ def test_alerter_runs_an_rq_worker_and_writes_alert_keys(acl_redis: Any) -> None
     job = queue_admin.enqueue("json.dumps", [1, 2])
     alerter = acl_redis.client("mtbbs-alerter")
     queue = rq.Queue(KEYS.notify_queue(), connection=alerter, serializer=RQ_SERIALIZER)
-    worker = rq.SimpleWorker([queue], connection=alerter, serializer=RQ_SERIALIZER)
+    # rq's worker with the alerter's bounded teardown: rq's own can wait a
+    # minute for its pubsub thread (see alerter.worker).
+    worker_class = type("Worker", (BoundedPubsubTeardown, rq.SimpleWorker), {})
+    worker = worker_class([queue], connection=alerter, serializer=RQ_SERIALIZER)
     # rq's work() leaves its SIGTERM/SIGINT handlers (request_stop) installed
     # and resets SIGALRM; put back pytest's.
     saved = {n: signal.getsignal(n) for n in (signal.SIGTERM, signal.SIGINT, signal.SIGALRM)}

@@ -118,10 +118,9 @@ def test_arbitrary_environment_strings(cls: type, data: st.DataObject) -> None:
 def test_wrong_types_fail_naming_the_setting(cls: type) -> None:
     for spec in dataclasses.fields(cls):
         for wrong in ({"a": 1}, [[1]], math.nan, datetime.date(2026, 1, 1)):
-            try:
+            with pytest.raises(ConfigError) as caught:
                 load_section(cls, {"fuzz": {spec.name: wrong}}, "fuzz", env={})
-            except ConfigError as exc:
-                assert exc.setting == f"fuzz.{spec.name}"
+            assert caught.value.setting == f"fuzz.{spec.name}", (spec.name, wrong)
 
 
 @settings(max_examples=150, deadline=None)

@@ -248,18 +248,30 @@ def test_jq_paths_return_values(page: str, health_json: str) -> None:
         assert "--json" in arguments
         value = python_jq(document, program)
         assert value is not None and value != "", program
-        if shutil.which("jq"):
-            result = subprocess.run(["jq", "-r", program], input=health_json,
-                                    capture_output=True, text=True, timeout=30, check=False)
-            assert result.returncode == 0, result.stderr
-            assert result.stdout.strip() not in ("", "null"), program
-            printed = result.stdout.strip()
-            if isinstance(value, int | float) and not isinstance(value, bool):
-                # jq prints 22.0 as 22: compare numbers as numbers.
-                assert float(printed) == value, program
-            else:
-                assert printed == (json.dumps(value) if not isinstance(value, str)
-                                   else value), program
+
+
+@pytest.mark.parametrize("language", ["en", "ja"])
+def test_jq_prints_what_python_jq_finds(language: str, repo_root: Path,
+                                        health_json: str) -> None:
+    if shutil.which("jq") is None:
+        pytest.skip("jq not installed")
+    examples = [example for name in language_pages(language)
+                for example in jq_examples(read(repo_root, name))]
+    assert examples
+    document = json.loads(health_json)
+    for _, program in examples:
+        value = python_jq(document, program)
+        result = subprocess.run(["jq", "-r", program], input=health_json,
+                                capture_output=True, text=True, timeout=30, check=False)
+        assert result.returncode == 0, result.stderr
+        printed = result.stdout.strip()
+        assert printed not in ("", "null"), program
+        if isinstance(value, int | float) and not isinstance(value, bool):
+            # jq prints 22.0 as 22: compare numbers as numbers.
+            assert float(printed) == value, program
+        else:
+            assert printed == (json.dumps(value) if not isinstance(value, str)
+                               else value), program
 
 
 def test_python_jq_agrees_with_jq_on_defaults() -> None:

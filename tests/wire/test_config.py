@@ -45,6 +45,10 @@ def test_precedence_file_env_override(tmp_path: Path) -> None:
         ("", {"MTBBS_SAMPLE_LIMIT": "x"}, "sample.limit"),
         ("", {"MTBBS_SAMPLE_ENABLED": "perhaps"}, "sample.enabled"),
         ("sample = 3\n", {}, "sample"),
+        ("[sample]\nnames = [['x']]\n", {}, "sample.names"),
+        ("[sample]\nnames = [{ x = 1 }]\n", {}, "sample.names"),
+        ("[sample]\nnames = [true]\n", {}, "sample.names"),
+        ("[sample]\nnames = [2026-01-01]\n", {}, "sample.names"),
     ],
 )
 def test_bad_values_name_the_setting(tmp_path: Path, text: str, env: dict[str, str],
@@ -54,6 +58,13 @@ def test_bad_values_name_the_setting(tmp_path: Path, text: str, env: dict[str, s
     with pytest.raises(ConfigError) as caught:
         load_section(Sample, load_document(config, env={}), "sample", env=env)
     assert caught.value.setting == setting_name
+
+
+def test_numbers_in_a_list_of_text_are_their_text(tmp_path: Path) -> None:
+    config = tmp_path / "c.toml"
+    config.write_text("[sample]\nnames = [5, 'x', 1.5]\n")
+    loaded = load_section(Sample, load_document(config, env={}), "sample", env={})
+    assert loaded.names == ("5", "x", "1.5")
 
 
 def test_bad_file(tmp_path: Path) -> None:
