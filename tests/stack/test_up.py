@@ -49,6 +49,25 @@ def test_choose_port_prefers_the_given_one_when_free() -> None:
     assert embedded.choose_port(other) == other
 
 
+def test_a_port_in_time_wait_is_free() -> None:
+    """A stopped server's connections in TIME-WAIT do not make its port taken."""
+    server = socket.socket()
+    server.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    server.bind(("127.0.0.1", 0))
+    server.listen()
+    port = server.getsockname()[1]
+    client = socket.create_connection(("127.0.0.1", port), timeout=5)
+    accepted, _ = server.accept()
+    # The server closes first, as a stopping server does: its side of the
+    # connection waits in TIME-WAIT once the client closes too.
+    accepted.close()
+    server.close()
+    assert client.recv(1) == b""
+    client.close()
+    assert embedded.port_free(port)
+    assert embedded.choose_port(port) == port
+
+
 def test_server_argv_persists_with_aof_on_loopback(tmp_path: Path) -> None:
     argv = embedded.server_argv("redis-server", 7000, tmp_path)
     text = " ".join(argv)
