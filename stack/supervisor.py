@@ -141,10 +141,11 @@ class Supervisor:
         stream.close()
 
     def say(self, line: str, name: str = "up") -> None:
-        """Write one line to the output, prefixed by ``name``."""
+        """Write one line (or several) to the output, each prefixed by ``name``."""
+        text = "".join(f"{name:>{self._width}} | {part}\n" for part in line.split("\n"))
         with self._lock:
             try:
-                self.out.write(f"{name:>{self._width}} | {line}\n")
+                self.out.write(text)
                 self.out.flush()
             except (OSError, ValueError):
                 # Our terminal went away (closed SSH session): keep running,

@@ -290,7 +290,7 @@ def test_a_dying_child_stops_the_stack_with_exit_1(tmp_path: Path) -> None:
     assert code == 1
     text = out.getvalue()
     assert "crasher stopped (exit code 4); stopping the stack; its last lines" in text
-    assert "\n    boom" in text
+    assert "       up |     boom" in text
     assert "stopping steady" in text and "stopping redis" in text
 
 
