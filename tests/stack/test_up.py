@@ -428,3 +428,24 @@ def test_children_die_with_a_killed_supervisor(tmp_path: Path) -> None:
     host.wait(10)
     assert wait_until(lambda: not psutil.pid_exists(child)
                       or psutil.Process(child).status() == psutil.STATUS_ZOMBIE, 10)
+
+
+def test_the_restart_delay_doubles_while_the_demo_bbs_keeps_dying() -> None:
+    component = up.Component(up.DEMO_BBS, ("true",), restart=True)
+    state = up.Restarts(component, first_delay=15.0, started=1000.0)
+    # Its first death, after a long life: the first delay.
+    assert state.schedule(now=2000.0) == 15.0 and state.due == 2015.0
+    # Dying again soon after each restart: doubling, up to the cap.
+    delays = []
+    for _ in range(7):
+        state.started = state.due or 0.0
+        delays.append(state.schedule(now=state.started + 5))
+    assert delays == [30.0, 60.0, 120.0, 240.0, 300.0, 300.0, 300.0]
+    # A restart that lived past STABLE_S starts the back-off over.
+    state.started = 10_000.0
+    assert state.schedule(now=10_000.0 + up.STABLE_S + 1) == 15.0
+
+
+def test_the_first_restart_delay_leaves_the_agent_time_to_report() -> None:
+    assert up.default_restart_delay(5.0) == up.MIN_RESTART_DELAY_S
+    assert up.default_restart_delay(60.0) == 180.0
