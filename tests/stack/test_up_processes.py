@@ -23,8 +23,6 @@ import psutil
 import pytest
 import redis
 
-from stack import embedded
-
 pytestmark = [pytest.mark.e2e, pytest.mark.timeout(150)]
 
 HOST = "up-test"
@@ -120,7 +118,9 @@ def start_up(command: Any, clean_env: dict[str, str], tmp_path: Path) -> Iterato
 
 
 def free_port() -> int:
-    return embedded.any_free_port()
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
 
 
 def listening_socket() -> socket.socket:
