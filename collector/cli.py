@@ -165,6 +165,7 @@ def _check_host(host: str) -> None:
 def cmd_run(args: argparse.Namespace) -> int:
     # Imported here: the query commands need neither rq nor the ingest code.
     from collector.ingest import Collector, default_name, tune_garbage_collector
+    from collector.selfmon import STOPPED
 
     _, redis_settings, settings = _settings(args)
     host_keys = None
@@ -183,7 +184,7 @@ def cmd_run(args: argparse.Namespace) -> int:
         collector.drain()
         collector.caught_up = True
         collector.sweep()
-        collector.heartbeat("stopped")
+        collector.heartbeat(STOPPED)
         print(f"processed {collector.counters.processed} entries "
               f"({collector.counters.dead_lettered} dead-lettered)")
         return 0

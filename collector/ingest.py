@@ -57,7 +57,7 @@ from collector.scripts import (
     LuaScript,
     order_key,
 )
-from collector.selfmon import group_stats, server_time_ms, total, write_heartbeat
+from collector.selfmon import STOPPED, group_stats, server_time_ms, total, write_heartbeat
 from collector.settings import CollectorSettings
 from wire import auth
 from wire.errors import DecodeError
@@ -1096,7 +1096,7 @@ class Collector:
 
     def _final_heartbeat(self) -> None:
         try:
-            self.heartbeat("stopped")
+            self.heartbeat(STOPPED)
         except redis.RedisError:
             pass
 

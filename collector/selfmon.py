@@ -24,6 +24,11 @@ logger = logging.getLogger(__name__)
 # A heartbeat hash outlives its collector by this much, so a crashed one stays
 # visible for a day (the status CLI names it) and then disappears on its own.
 HEARTBEAT_TTL_S = 86_400
+# A collector that stopped cleanly left nothing to investigate: its last
+# heartbeat (state "stopped") stays long enough to be seen after a restart
+# or a Ctrl-C, then goes, so restarts do not pile up entries for a day.
+STOPPED_HEARTBEAT_TTL_S = 900
+STOPPED = "stopped"
 # Redis 6.2 has no 'lag' in XINFO GROUPS; there we count undelivered entries
 # with XRANGE, up to this many, rather than transfer a large backlog.
 LAG_COUNT_CAP = 1000
@@ -105,12 +110,17 @@ def total(stats: Iterable[GroupStats]) -> dict[str, float]:
 
 def write_heartbeat(client: Any, keys: KeySpace, name: str, now_ms: int,
                     fields: Mapping[str, object]) -> None:
-    """Write one collector's heartbeat hash and its score in the index."""
+    """Write one collector's heartbeat hash and its score in the index.
+
+    A heartbeat whose ``state`` is ``stopped`` (a clean stop) expires after
+    :data:`STOPPED_HEARTBEAT_TTL_S`, any other after :data:`HEARTBEAT_TTL_S`.
+    """
     record = {"heartbeat": iso_from_ms(now_ms), "heartbeat_ms": str(now_ms)}
     record.update({k: str(v) for k, v in fields.items()})
+    ttl = STOPPED_HEARTBEAT_TTL_S if record.get("state") == STOPPED else HEARTBEAT_TTL_S
     pipe = client.pipeline(transaction=True)
     pipe.hset(keys.collector(name), mapping=record)
-    pipe.expire(keys.collector(name), HEARTBEAT_TTL_S)
+    pipe.expire(keys.collector(name), ttl)
     pipe.zadd(keys.collectors_index(), {name: now_ms})
     pipe.execute()
 
@@ -123,6 +133,11 @@ class CollectorView:
     heartbeat_ms: int
     age_s: float
     fields: dict[str, str]
+
+    @property
+    def stopped(self) -> bool:
+        """True when its last heartbeat said it stopped cleanly."""
+        return self.fields.get("state") == STOPPED
 
     def number(self, field: str) -> float:
         """A numeric field of the heartbeat, 0 when absent or not a number."""

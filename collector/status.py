@@ -160,8 +160,7 @@ def judge_host(view: HostView, thresholds: Thresholds, settings: CollectorSettin
 def alive_collectors(collectors: list[CollectorView], settings: CollectorSettings
                      ) -> list[CollectorView]:
     """Collectors with a recent heartbeat that did not stop."""
-    return [c for c in collectors
-            if c.age_s <= settings.stall_after_s and c.fields.get("state") != "stopped"]
+    return [c for c in collectors if c.age_s <= settings.stall_after_s and not c.stopped]
 
 
 def judge_collectors(fleet: FleetView, settings: CollectorSettings) -> tuple[Status, list[str]]:
@@ -171,8 +170,12 @@ def judge_collectors(fleet: FleetView, settings: CollectorSettings) -> tuple[Sta
         problems.append("no collector has ever sent a heartbeat")
     elif not alive_collectors(fleet.collectors, settings):
         newest = fleet.collectors[0]
-        problems.append(f"collector stalled (newest heartbeat {format_number(round(newest.age_s))}"
-                        f" s ago, from {newest.name})")
+        if newest.stopped:
+            problems.append(f"no collector running ({newest.name} stopped "
+                            f"{format_number(round(newest.age_s))} s ago)")
+        else:
+            problems.append(f"collector stalled (newest heartbeat "
+                            f"{format_number(round(newest.age_s))} s ago, from {newest.name})")
     sums = total(fleet.groups)
     if sums["lag_s"] > settings.stall_after_s or sums["oldest_pending_s"] > max(
             settings.stall_after_s, settings.claim_min_idle_s * 2):
@@ -258,10 +261,12 @@ def _host_long(verdict: HostVerdict) -> list[str]:
 def _collector_long(fleet: FleetView, settings: CollectorSettings) -> list[str]:
     lines = []
     for collector in fleet.collectors:
-        alive = collector in alive_collectors([collector], settings)
+        # A collector that said it stopped is stopped, not stalled.
+        stalled = not collector.stopped and collector not in alive_collectors([collector],
+                                                                                 settings)
         lines.append(
             f"collector {collector.name}: {collector.fields.get('state', '?')}"
-            f"{'' if alive else ' (stalled)'}, heartbeat {format_number(round(collector.age_s))}"
+            f"{' (stalled)' if stalled else ''}, heartbeat {format_number(round(collector.age_s))}"
             f" s ago, processed {collector.fields.get('processed', '?')}, dead letters "
             f"{collector.fields.get('dead_lettered', '?')}")
     sums = total(fleet.groups)

@@ -17,7 +17,9 @@ import asyncio
 import contextlib
 import logging
 import os
+import shlex
 import signal
+import sqlite3
 import sys
 from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
@@ -415,15 +417,50 @@ def remove_pidfile(path: Path) -> None:
         pass
 
 
+class UnusableDatabase(Exception):
+    """The demo database cannot be opened; the message names it and the way out."""
+
+
+def open_database(path: Path) -> tuple[BbsDatabase, bool]:
+    """The demo database, created and seeded when missing; True when it was seeded.
+
+    A file SQLite cannot read (truncated, overwritten, not a database) is
+    refused with a message saying how to start afresh: the demo's data is
+    only seed data and a sysop's test posts, so moving the file aside is
+    the cure, and the BBS will not guess that on its own.
+    """
+    database: BbsDatabase | None = None
+    try:
+        database = BbsDatabase(path)
+        return database, database.initialize()
+    except sqlite3.OperationalError as exc:
+        # Locked, unreadable or in a missing folder: the file may be fine.
+        if database is not None:
+            database.close()
+        raise UnusableDatabase(f"the demo database {path} cannot be opened ({exc})") from None
+    except sqlite3.DatabaseError as exc:
+        # Not a database, or a damaged one.
+        if database is not None:
+            database.close()
+        move = shlex.join(["mv", str(path), f"{path}.broken"])
+        raise UnusableDatabase(
+            f"the demo database {path} cannot be used ({exc}): move it aside ({move}) "
+            "or delete it, and the next start creates a fresh demo database") from None
+
+
 async def serve(settings: DemoSettings, redis_settings: RedisSettings,
                 reporter_settings: ReporterSettings) -> int:
     """Run the BBS until SIGTERM or SIGINT; returns the exit code."""
     host = settings.host or default_host_id()
     if settings.pidfile is not None:
         check_pidfile(settings.pidfile)
-    database = BbsDatabase(settings.db)
     try:
-        if await asyncio.to_thread(database.initialize):
+        database, seeded = await asyncio.to_thread(open_database, settings.db)
+    except UnusableDatabase as exc:
+        print(f"error: {exc}", file=sys.stderr, flush=True)
+        return EXIT_ERROR
+    try:
+        if seeded:
             logger.info("created and seeded the database %s", settings.db)
         reporter = SessionReporter.from_settings(redis_settings, host, reporter_settings)
         reporter.start()
@@ -470,11 +507,12 @@ def main(argv: Sequence[str] | None = None) -> int:
     })
     reporter_settings = load_section(ReporterSettings, document, "reporter")
     if args.init_only:
-        database = BbsDatabase(settings.db)
         try:
-            seeded = database.initialize()
-        finally:
-            database.close()
+            database, seeded = open_database(settings.db)
+        except UnusableDatabase as exc:
+            print(f"error: {exc}", file=sys.stderr)
+            return EXIT_ERROR
+        database.close()
         print(f"{'created' if seeded else 'kept'} {settings.db}")
         return EXIT_OK
     return asyncio.run(serve(settings, redis_settings, reporter_settings))

@@ -29,8 +29,11 @@ def build_parser() -> argparse.ArgumentParser:
         "up", help="start Redis, the collector, an alerter worker and an agent here",
         description="Start an embedded Redis (unless --redis-url names one), the collector, "
         "an alerter worker, an agent and, with --demo, the demo BBS, as child processes. "
-        "Their output is shown here, prefixed, and kept in DATA_DIR/logs/. Ctrl-C stops "
-        "everything; if one component dies, the others are stopped too (exit 1).")
+        "Their output is shown here, prefixed, and kept in DATA_DIR/logs/. 'is up' is "
+        "printed once every component runs; one that dies during start-up is named with its "
+        "last lines (exit 1). Ctrl-C stops everything; if a component dies later, the others "
+        "are stopped too (exit 1), except the demo BBS, which is restarted after a back-off "
+        "while the monitor shows it down.")
     up.add_argument("--demo", action="store_true",
                     help="also run the demo BBS and point the agent's checks at it")
     up.add_argument("--data-dir", metavar="DIR",
@@ -40,9 +43,14 @@ def build_parser() -> argparse.ArgumentParser:
                     help="host id of the local agent and demo BBS (default: this machine's "
                     "name)")
     up.add_argument("--bbs-port", type=int, metavar="PORT",
-                    help="telnet port of the demo BBS (default 2323)")
+                    help="telnet port of the demo BBS; an error if taken (default 2323, or a "
+                    "free one when 2323 is taken)")
     up.add_argument("--redis-port", type=int, metavar="PORT",
-                    help="port of the embedded Redis (default 6379, or a free one)")
+                    help="port of the embedded Redis; an error if taken (default 6379, or a "
+                    "free one when 6379 is taken)")
+    up.add_argument("--demo-restart-delay", type=_seconds, metavar="S",
+                    help="seconds before a demo BBS that died is started again, doubling "
+                    "while it keeps dying (default: three agent intervals, at least 15)")
     up.add_argument("--agent-interval", type=float, metavar="S",
                     help="seconds between the agent's reports (default 5)")
     up.add_argument("--no-worker", action="store_true", help="do not start an alerter worker")
@@ -61,6 +69,16 @@ def build_parser() -> argparse.ArgumentParser:
 
     add_acl_command(commands)
     return parser
+
+
+def _seconds(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        value = -1.0
+    if not 0 <= value < float("inf"):
+        raise argparse.ArgumentTypeError(f"{text!r} is not a number of seconds (0 or more)")
+    return value
 
 
 def _stack_settings(args: argparse.Namespace, document: dict[str, Any]) -> StackSettings:
@@ -84,7 +102,12 @@ def _up(args: argparse.Namespace) -> int:
         plan = up.make_plan(
             stack_settings, redis_settings, demo=args.demo, worker=not args.no_worker,
             agent=not args.no_agent, existing_redis=args.redis_url is not None,
-            config_file=args.config, log_level=args.log_level, base_env=os.environ)
+            config_file=args.config, log_level=args.log_level, base_env=os.environ,
+            # Only a port named on the command line is the sysop's firm choice;
+            # the [stack] settings are documented as falling back when taken.
+            given_ports=frozenset(name for name in ("redis_port", "bbs_port")
+                                  if getattr(args, name) is not None),
+            restart_delay=args.demo_restart_delay)
         return up.run(plan, redis_settings, stack_settings, sys.stdout)
     except up.UpError as exc:
         print(f"mtbbs-monitor up: {exc}", file=sys.stderr)

@@ -51,22 +51,37 @@ def find_cli() -> str | None:
 
 
 def port_free(port: int, host: str = "127.0.0.1") -> bool:
-    """True when nothing listens on ``host:port`` and we may bind it."""
+    """True when a server of ours could listen on ``host:port`` now.
+
+    The probe binds as our servers do, with SO_REUSEADDR (redis-server, the
+    demo BBS and the exporter all set it): connections of a stopped server
+    left in TIME-WAIT, as after a Ctrl-C with a client connected, do not
+    keep it from listening again, so they must not make the port look
+    taken. Listening too makes the kernel refuse the port when another
+    socket listens on it, with SO_REUSEADDR or not.
+    """
     with socket.socket() as sock:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
         try:
             sock.bind((host, port))
+            sock.listen()
         except OSError:
             return False
     return True
+
+
+def any_free_port(host: str = "127.0.0.1") -> int:
+    """A port the kernel reports free on ``host``."""
+    with socket.socket() as sock:
+        sock.bind((host, 0))
+        return int(sock.getsockname()[1])
 
 
 def choose_port(preferred: int, host: str = "127.0.0.1") -> int:
     """``preferred`` when it is free, else a free port the kernel picks."""
     if port_free(preferred, host):
         return preferred
-    with socket.socket() as sock:
-        sock.bind((host, 0))
-        return int(sock.getsockname()[1])
+    return any_free_port(host)
 
 
 # Redis keeps a hash of few fields as one packed list that it searches field

@@ -20,6 +20,7 @@ import subprocess
 import sys
 import threading
 import time
+from collections import deque
 from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from typing import IO, Any
@@ -51,6 +52,10 @@ def _death_signal_hook() -> Callable[[], None] | None:
     return hook
 
 
+# Lines of a child's output kept in memory (its log file has them all).
+RECENT_LINES = 40
+
+
 class Child:
     """One running component."""
 
@@ -61,6 +66,8 @@ class Child:
         self.process = process
         self.log_path = log_path
         self.forwarder: threading.Thread | None = None
+        # The newest lines it printed, for the message that reports its death.
+        self.recent: deque[str] = deque(maxlen=RECENT_LINES)
 
     @property
     def pid(self) -> int:
@@ -92,8 +99,17 @@ class Supervisor:
         self._hook = _death_signal_hook()
         self._width = 9
 
-    def start(self, name: str, argv: Sequence[str], env: Mapping[str, str]) -> Child:
-        """Start ``argv`` as the component ``name``."""
+    def start(self, name: str, argv: Sequence[str], env: Mapping[str, str],
+              replacing: Child | None = None) -> Child:
+        """Start ``argv`` as the component ``name``.
+
+        With ``replacing`` (a child that has exited), the new child takes its
+        place, so that the stopping order stays the order of the first start.
+        """
+        if replacing is not None:
+            # Whatever the dead child left running in its group goes with it.
+            with contextlib.suppress(ProcessLookupError, PermissionError):
+                os.killpg(replacing.pid, signal.SIGKILL)
         self.log_dir.mkdir(parents=True, exist_ok=True)
         log_path = self.log_dir / f"{name}.log"
         self._width = max(self._width, len(name))
@@ -105,7 +121,10 @@ class Supervisor:
         child.forwarder = threading.Thread(target=self._forward, args=(child,),
                                            name=f"forward-{name}", daemon=True)
         child.forwarder.start()
-        self.children.append(child)
+        if replacing is not None and replacing in self.children:
+            self.children[self.children.index(replacing)] = child
+        else:
+            self.children.append(child)
         logger.debug("started %s (pid %s): %s", name, process.pid, " ".join(argv))
         return child
 
@@ -117,14 +136,16 @@ class Supervisor:
                 log.write(raw)
                 log.flush()
                 line = raw.decode("utf-8", "replace").rstrip("\r\n")
+                child.recent.append(line)
                 self.say(line, child.name)
         stream.close()
 
     def say(self, line: str, name: str = "up") -> None:
-        """Write one line to the output, prefixed by ``name``."""
+        """Write one line (or several) to the output, each prefixed by ``name``."""
+        text = "".join(f"{name:>{self._width}} | {part}\n" for part in line.split("\n"))
         with self._lock:
             try:
-                self.out.write(f"{name:>{self._width}} | {line}\n")
+                self.out.write(text)
                 self.out.flush()
             except (OSError, ValueError):
                 # Our terminal went away (closed SSH session): keep running,
@@ -137,6 +158,13 @@ class Supervisor:
             if child.exit_code() is not None:
                 return child
         return None
+
+    def tail(self, child: Child, count: int = 10) -> list[str]:
+        """The last ``count`` lines ``child`` printed (once it has exited, all of them)."""
+        if child.forwarder is not None and child.exit_code() is not None:
+            # Its last lines may still be in the pipe.
+            child.forwarder.join(timeout=2)
+        return list(child.recent)[-count:]
 
     def pids(self) -> list[int]:
         """Process ids of the children started so far."""

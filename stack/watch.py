@@ -255,8 +255,10 @@ def read_collectors(client: Any, keys: KeySpace) -> list[CollectorRow]:
     for name, _ in entries:
         pipe.hgetall(keys.collector(clean(name)))
     details = pipe.execute() if entries else []
+    # An index entry whose hash expired is a collector long gone (or one
+    # that stopped cleanly a while ago): not worth a row.
     return [CollectorRow(clean(name), int(score), _text_map(raw))
-            for (name, score), raw in zip(entries, details, strict=True)]
+            for (name, score), raw in zip(entries, details, strict=True) if raw]
 
 
 # -- drawing -------------------------------------------------------------------
@@ -344,7 +346,11 @@ def collectors_table(snapshot: Snapshot) -> Table:
         table.add_column(name, no_wrap=name != "details")
     for row in snapshot.collectors:
         age = (snapshot.now_ms - row.heartbeat_ms) / 1000
-        style = "green" if age < COLLECTOR_STALL_S else "bold red"
+        # A collector that said it stopped is not stalled: no alarm colour.
+        if row.details.get("state") == "stopped":
+            style = "dim"
+        else:
+            style = "green" if age < COLLECTOR_STALL_S else "bold red"
         shown = [k for k in COLLECTOR_FIELDS if k in row.details] or [
             k for k in row.details if k not in ("heartbeat", "heartbeat_ms")]
         details = " ".join(f"{k}={row.details[k]}" for k in shown)

@@ -116,3 +116,17 @@ def test_exporter_port_in_use(command: Any, clean_env: dict[str, str], redis_url
                               capture_output=True, text=True, timeout=30, check=False)
     assert done.returncode == 3
     assert done.stderr.strip().startswith("error: cannot listen on 127.0.0.1:")
+
+
+def test_exporter_listens_with_reuse_address() -> None:
+    """The exporter's server (prometheus_client's, as serve() starts it) sets
+    SO_REUSEADDR, so a restart is not refused by connections in TIME-WAIT."""
+    from prometheus_client import CollectorRegistry, start_http_server
+
+    server, thread = start_http_server(0, addr="127.0.0.1", registry=CollectorRegistry())
+    try:
+        assert server.socket.getsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR) != 0
+    finally:
+        server.shutdown()
+        server.server_close()
+        thread.join(5)

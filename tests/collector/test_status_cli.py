@@ -172,6 +172,29 @@ def test_stalled_collector_is_a_warning(command: Any, env: dict[str, str],
     assert code == 1 and "no collector has ever sent a heartbeat" in out
 
 
+def test_a_cleanly_stopped_collector_is_stopped_not_stalled(
+        command: Any, env: dict[str, str], redis_client: redis.Redis, keys: Any, fleet: Any,
+        report: Any, make_collector: Any) -> None:
+    from collector.selfmon import STOPPED_HEARTBEAT_TTL_S
+
+    fleet(report("bbs-01", 1))
+    redis_client.delete(keys.collector("cli-test"))
+    redis_client.zrem(keys.collectors_index(), "cli-test")
+    collector = make_collector(name="gone-clean")
+    collector.heartbeat("stopped")
+    # Its last heartbeat goes soon, not after a day.
+    assert 0 < redis_client.ttl(keys.collector("gone-clean")) <= STOPPED_HEARTBEAT_TTL_S
+    code, out = status(command, env, "-v")
+    assert code == 1
+    assert "no collector running (gone-clean stopped" in out
+    assert "collector gone-clean: stopped, heartbeat" in out and "stalled" not in out
+    # Once it expired, watch shows no row for it either.
+    from stack import watch
+
+    redis_client.delete(keys.collector("gone-clean"))
+    assert [row.name for row in watch.read_collectors(redis_client, keys)] == []
+
+
 def test_unreachable_redis(command: Any, clean_env: dict[str, str]) -> None:
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))

@@ -82,3 +82,44 @@ def test_stop_unregisters_every_session(tmp_path: Path) -> None:
     reporter = run_bbs(tmp_path, scenario)
     assert reporter.sessions() == []
     assert reporter.stats()["queued"] == 6
+
+
+def test_a_damaged_database_is_refused_with_the_way_out(tmp_path: Path, capsys: Any) -> None:
+    from demobbs.server import EXIT_ERROR, main
+
+    damaged = tmp_path / "mtbbs.db"
+    damaged.write_bytes(b"not a database, just bytes\n" * 400)
+    assert main(["--db", str(damaged), "--port", "2399", "--redis-url",
+                 "redis://127.0.0.1:1/0"]) == EXIT_ERROR
+    error = capsys.readouterr().err
+    assert f"the demo database {damaged} cannot be used" in error
+    assert "move it aside" in error and "fresh demo database" in error
+    assert main(["--db", str(damaged), "--init-only"]) == EXIT_ERROR
+    assert "move it aside" in capsys.readouterr().err
+    # The file is left as it was, for the sysop to look at.
+    assert damaged.read_bytes().startswith(b"not a database")
+
+
+def test_bbs_listens_with_reuse_address(tmp_path: Path) -> None:
+    """A port whose last connections are in TIME-WAIT must not stop a restart."""
+    import socket
+
+    database = BbsDatabase(tmp_path / "mtbbs.db")
+    reporter = SessionReporter("redis://127.0.0.1:1/0", "bbs-01")
+
+    async def main() -> int:
+        # Port 0: the kernel picks one (the settings' check is load_section's).
+        bbs = DemoBbs(DemoSettings(port=0, bind="127.0.0.1"), database, reporter)
+        await bbs.start()
+        assert bbs._server is not None
+        try:
+            return int(bbs._server.sockets[0].getsockopt(socket.SOL_SOCKET,
+                                                         socket.SO_REUSEADDR))
+        finally:
+            await bbs.stop()
+
+    try:
+        assert asyncio.run(main()) != 0
+    finally:
+        database.close()
+        reporter.close(0.1)

@@ -142,6 +142,9 @@ def test_up_demo_guest_session_is_seen_and_ctrl_c_leaves_nothing(
 
     state = wait_for(host_state, WAIT, "the host's state", log)
     assert state["last_seen"] and "disk_space.percent_used" in state
+    # The summary comes once every component has kept running for a moment,
+    # which can be after the agent's first report.
+    wait_for(lambda: "mtbbs-monitor is up" in log(), WAIT, "'mtbbs-monitor is up'", log)
     printed = log()
     assert f"redis-cli -p {stack['redis_port']} HGETALL mtbbs:host:{HOST}" in printed or \
         f"-p {stack['redis_port']} HGETALL mtbbs:host:{HOST}" in printed

@@ -49,6 +49,25 @@ def test_choose_port_prefers_the_given_one_when_free() -> None:
     assert embedded.choose_port(other) == other
 
 
+def test_a_port_in_time_wait_is_free() -> None:
+    """A stopped server's connections in TIME-WAIT do not make its port taken."""
+    server = socket.socket()
+    server.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    server.bind(("127.0.0.1", 0))
+    server.listen()
+    port = server.getsockname()[1]
+    client = socket.create_connection(("127.0.0.1", port), timeout=5)
+    accepted, _ = server.accept()
+    # The server closes first, as a stopping server does: its side of the
+    # connection waits in TIME-WAIT once the client closes too.
+    accepted.close()
+    server.close()
+    assert client.recv(1) == b""
+    client.close()
+    assert embedded.port_free(port)
+    assert embedded.choose_port(port) == port
+
+
 def test_server_argv_persists_with_aof_on_loopback(tmp_path: Path) -> None:
     argv = embedded.server_argv("redis-server", 7000, tmp_path)
     text = " ".join(argv)
@@ -211,7 +230,7 @@ def test_run_starts_redis_and_children_and_stops_them_all(tmp_path: Path) -> Non
     before = {p.pid for p in psutil.Process().children(recursive=True)}
 
     def watcher() -> None:
-        if wait_until(lambda: out.getvalue().count("ready") >= 2, 30):
+        if wait_until(lambda: "mtbbs-monitor is up" in out.getvalue(), 30):
             me = psutil.Process()
             seen.extend(p.pid for p in me.children(recursive=True) if p.pid not in before)
             client = redis.Redis.from_url(plan.redis_url)
@@ -242,31 +261,100 @@ def test_run_starts_redis_and_children_and_stops_them_all(tmp_path: Path) -> Non
 def test_a_dying_child_stops_the_stack_with_exit_1(tmp_path: Path) -> None:
     stack = StackSettings(data_dir=tmp_path / "data", stop_timeout=5.0)
     plan = _plan(tmp_path)
+    trigger = tmp_path / "die-now"
+    # It dies once the stack is up, when the test says so.
+    crasher = ("import pathlib, sys, time\n"
+               f"while not pathlib.Path({str(trigger)!r}).exists(): time.sleep(0.05)\n"
+               "print('boom', flush=True); sys.exit(4)\n")
     plan = dataclasses.replace(plan, components=(
         up.Component("steady", (PY, "-c", "import time; time.sleep(60)")),
-        up.Component("crasher", (PY, "-c", "import sys; print('boom'); sys.exit(4)")),
+        up.Component("crasher", (PY, "-c", crasher)),
     ))
     out = io.StringIO()
     stop = threading.Event()
     timer = threading.Timer(40, stop.set)  # bound the test even if the loop misses the death
+
+    def pull_the_trigger() -> None:
+        if wait_until(lambda: "mtbbs-monitor is up" in out.getvalue() or stop.is_set(), 30):
+            trigger.touch()
+
     timer.start()
+    thread = threading.Thread(target=pull_the_trigger)
+    thread.start()
     try:
         code = up.run(plan, RedisSettings(url=plan.redis_url), stack, out, stop)
     finally:
         timer.cancel()
+        stop.set()
+        thread.join()
     assert code == 1
     text = out.getvalue()
-    assert "crasher stopped (exit code 4); stopping the stack" in text
+    assert "crasher stopped (exit code 4); stopping the stack; its last lines" in text
+    assert "       up |     boom" in text
     assert "stopping steady" in text and "stopping redis" in text
 
 
-def test_run_refuses_a_taken_bbs_port(tmp_path: Path) -> None:
+def test_a_child_dying_during_start_up_is_named_and_up_is_never_said(tmp_path: Path) -> None:
+    stack = StackSettings(data_dir=tmp_path / "data", stop_timeout=5.0)
+    plan = _plan(tmp_path)
+    plan = dataclasses.replace(plan, components=(
+        up.Component("steady", (PY, "-c", "import time; time.sleep(60)")),
+        up.Component("shortlived", (PY, "-c", "import sys, time\n"
+                                              "print('cannot work: no such thing', flush=True)\n"
+                                              "time.sleep(0.3); sys.exit(3)")),
+        up.Component("late", (PY, "-c", "import time; time.sleep(60)")),
+    ))
+    out = io.StringIO()
+    with pytest.raises(up.UpError) as caught:
+        up.run(plan, RedisSettings(url=plan.redis_url), stack, out, threading.Event())
+    message = str(caught.value)
+    assert message.startswith("shortlived stopped during start-up (exit code 3); its last lines")
+    assert "    cannot work: no such thing" in message
+    text = out.getvalue()
+    assert "is up" not in text
+    assert "stopping steady" in text and "stopping redis" in text
+
+
+def test_run_refuses_a_bbs_port_taken_since_the_plan(tmp_path: Path) -> None:
     with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
+        plan = _plan(tmp_path, bbs_port=embedded.any_free_port())
+        assert plan.bbs_port is not None
+        sock.bind(("127.0.0.1", plan.bbs_port))
         sock.listen()
-        plan = _plan(tmp_path, bbs_port=sock.getsockname()[1])
-        with pytest.raises(up.UpError, match="--bbs-port"):
+        with pytest.raises(up.UpError, match=f"port {plan.bbs_port} .*--bbs-port"):
             up.run(plan, RedisSettings(), StackSettings(), io.StringIO())
+
+
+def test_a_given_port_that_is_taken_is_an_error_a_default_one_is_replaced(
+        tmp_path: Path) -> None:
+    with socket.socket() as redis_sock, socket.socket() as bbs_sock:
+        for sock in (redis_sock, bbs_sock):
+            sock.bind(("127.0.0.1", 0))
+            sock.listen()
+        redis_port, bbs_port = redis_sock.getsockname()[1], bbs_sock.getsockname()[1]
+        stack = StackSettings(data_dir=tmp_path, redis_port=redis_port, bbs_port=bbs_port)
+
+        def plan(given: frozenset[str]) -> up.Plan:
+            return up.make_plan(stack, RedisSettings(), demo=True, worker=False, agent=False,
+                                existing_redis=False, config_file=None, log_level=None,
+                                base_env={}, given_ports=given)
+
+        with pytest.raises(up.UpError, match=f"port {redis_port} of the embedded Redis, given "
+                           "with --redis-port, is taken"):
+            plan(frozenset({"redis_port"}))
+        with pytest.raises(up.UpError, match=f"port {bbs_port} of the demo BBS, given with "
+                           "--bbs-port, is taken"):
+            plan(frozenset({"bbs_port"}))
+        replaced = plan(frozenset())
+    assert replaced.redis_port not in (None, redis_port)
+    assert replaced.bbs_port not in (None, bbs_port)
+    assert replaced.notes == (
+        f"the default port {redis_port} of the embedded Redis is taken, so the embedded Redis "
+        f"listens on {replaced.redis_port} (pass --redis-port to choose the port)",
+        f"the default port {bbs_port} of the demo BBS is taken, so the demo BBS listens on "
+        f"{replaced.bbs_port} (pass --bbs-port to choose the port)")
+    lines = up.summary(replaced, RedisSettings())
+    assert f"  note:      {replaced.notes[0]}" in lines
 
 
 def test_run_with_an_unreachable_existing_redis_says_so(tmp_path: Path) -> None:
@@ -340,3 +428,24 @@ def test_children_die_with_a_killed_supervisor(tmp_path: Path) -> None:
     host.wait(10)
     assert wait_until(lambda: not psutil.pid_exists(child)
                       or psutil.Process(child).status() == psutil.STATUS_ZOMBIE, 10)
+
+
+def test_the_restart_delay_doubles_while_the_demo_bbs_keeps_dying() -> None:
+    component = up.Component(up.DEMO_BBS, ("true",), restart=True)
+    state = up.Restarts(component, first_delay=15.0, started=1000.0)
+    # Its first death, after a long life: the first delay.
+    assert state.schedule(now=2000.0) == 15.0 and state.due == 2015.0
+    # Dying again soon after each restart: doubling, up to the cap.
+    delays = []
+    for _ in range(7):
+        state.started = state.due or 0.0
+        delays.append(state.schedule(now=state.started + 5))
+    assert delays == [30.0, 60.0, 120.0, 240.0, 300.0, 300.0, 300.0]
+    # A restart that lived past STABLE_S starts the back-off over.
+    state.started = 10_000.0
+    assert state.schedule(now=10_000.0 + up.STABLE_S + 1) == 15.0
+
+
+def test_the_first_restart_delay_leaves_the_agent_time_to_report() -> None:
+    assert up.default_restart_delay(5.0) == up.MIN_RESTART_DELAY_S
+    assert up.default_restart_delay(60.0) == 180.0
