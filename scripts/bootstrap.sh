@@ -30,23 +30,34 @@ if [ ! -x "$VENV/bin/python" ]; then
 fi
 
 # What is installed is recorded as fingerprints of the lock and of the
-# project's own files; a match means there is nothing to do.
+# project's own files (each file's name, size and checksum, so a renamed or
+# new empty module counts too); a match means there is nothing to do.
 fingerprint() {
     # shellcheck disable=SC2068 # the arguments are file and folder names
     find $@ -type f ! -name '*.pyc' ! -path '*/__pycache__/*' -print 2>/dev/null \
-        | LC_ALL=C sort | xargs cat | cksum
+        | LC_ALL=C sort | xargs cksum | cksum
 }
 PIP="$VENV/bin/python -m pip --quiet --disable-pip-version-check"
 LOCK_STAMP="$VENV/.mtbbs-lock"
 SOURCE_STAMP="$VENV/.mtbbs-source"
-lock_now="$LOCK $(fingerprint "$LOCK")"
-if [ "$(cat "$LOCK_STAMP" 2>/dev/null)" != "$lock_now" ]; then
+# test.txt holds every package of run.txt at the same version (a test checks
+# it), so an environment made from test.txt serves up.sh as it is.
+locks_now=$(fingerprint requirements)
+read -r installed_lock installed_locks 2>/dev/null < "$LOCK_STAMP" || installed_lock=
+if [ "${installed_locks:-}" != "$locks_now" ] \
+        || { [ "$installed_lock" != "$LOCK" ] && [ "$installed_lock" != requirements/test.txt ]; }; then
     echo "installing the locked dependencies from $LOCK into $VENV" \
          "(the first time takes one to three minutes)" >&2
+    if [ -n "$installed_lock" ] && [ "${installed_locks:-}" != "$locks_now" ]; then
+        # A package dropped from the lock must not linger: a changed lock gets
+        # a new environment rather than an install on top of the old one.
+        rm -rf "$VENV"
+        "$PYTHON" -m venv "$VENV"
+    fi
     rm -f "$SOURCE_STAMP"
     # --no-deps: the lock lists every package, its dependencies included.
     $PIP install --require-hashes --no-deps -r "$LOCK"
-    echo "$lock_now" > "$LOCK_STAMP"
+    echo "$LOCK $locks_now" > "$LOCK_STAMP"
 fi
 source_now=$(fingerprint pyproject.toml README.md wire agent collector alerter stack demobbs)
 if [ "$(cat "$SOURCE_STAMP" 2>/dev/null)" != "$source_now" ]; then
