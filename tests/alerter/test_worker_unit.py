@@ -238,7 +238,8 @@ def test_only_the_alerters_jobs_run(make_context: Any) -> None:
     assert foreign.failure_callback is None and foreign.success_callback is None
     ours = AlerterJob.create(EVALUATE_JOB, args=("bbs-01",), connection=ctx.client,
                              serializer=RQ_SERIALIZER)
-    assert ours.perform() == {"hosts": 0, "missing": 1, "transitions": 0, "notices": []}
+    assert ours.perform() == {"hosts": 0, "missing": 1, "dropped": 0, "transitions": 0,
+                              "notices": []}
 
 
 def test_evaluation_jobs_are_read_from_their_stored_call(make_context: Any) -> None:
