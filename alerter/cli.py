@@ -300,10 +300,11 @@ def _test_notify(args: argparse.Namespace, document: Mapping[str, Any]) -> int:
         detail = notifier.send([note])
     except DeliveryError as exc:
         kind = "permanent" if exc.permanent else "temporary"
-        print(f"test message via {notifier.describe()} failed ({kind}): {exc.message}",
+        print(f"test message by {notifier.describe()} failed ({kind}): {exc.message}",
               file=sys.stderr)
         return EXIT_FAILED
-    print(f"sent a test message via {notifier.describe()}: {detail}")
+    # describe() names the channel first ("mail via HOST:PORT ...", "slack webhook at HOST").
+    print(f"sent a test message by {notifier.describe()}: {detail}")
     return EXIT_OK
 
 

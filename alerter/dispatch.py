@@ -21,7 +21,8 @@ Flow, per channel:
    (its worker died) takes its own claim over. A crash between the send and
    the mark re-sends once: delivery is at least once, never silently lost.
 4. Temporary errors return an rq ``Retry`` with the configured capped
-   intervals (or the server's Retry-After); permanent errors, and temporary
+   intervals (or the server's Retry-After), never run early (see
+   :func:`rq_retry_intervals`); permanent errors, and temporary
    ones once the retries are spent, are recorded in
    ``KeySpace.notifications_failed()`` for ``mtbbs-alerter failed``.
 
@@ -89,6 +90,17 @@ return 1
 """
 
 CLAIMED, ALREADY_SENT, IN_FLIGHT = 1, 2, 3
+
+
+def rq_retry_intervals(seconds: Sequence[int]) -> list[int]:
+    """The intervals to give rq's Retry so that no retry runs before its delay.
+
+    rq schedules a retry at "now + interval" but keeps the time in whole
+    seconds, truncated: a 1 s retry could run 0.1 s later. One second more
+    makes every retry wait at least its configured delay (and less than a
+    second beyond it). 0 stays 0: rq re-queues at once.
+    """
+    return [delay + 1 if delay > 0 else 0 for delay in seconds]
 
 
 def now_ms(client: Any) -> int:
@@ -384,4 +396,4 @@ def run_delivery(ctx: AlerterContext, channel: str, delivery: dict[str, Any], *,
     if give_up:
         return {"delivery": delivery["id"], "failed": len(todo), "error": error.message,
                 "permanent": error.permanent}
-    return Retry(max=s.retry_max, interval=intervals)
+    return Retry(max=s.retry_max, interval=rq_retry_intervals(intervals))

@@ -72,14 +72,15 @@ class Outcome:
 
     hosts: int = 0
     missing: int = 0
+    dropped: int = 0  # alert states of forgotten hosts deleted
     transitions: int = 0
     notices: list[str] = field(default_factory=list)
     channels: set[str] = field(default_factory=set)
 
     def as_dict(self) -> dict[str, Any]:
         """Plain data for the rq job result."""
-        return {"hosts": self.hosts, "missing": self.missing, "transitions": self.transitions,
-                "notices": self.notices}
+        return {"hosts": self.hosts, "missing": self.missing, "dropped": self.dropped,
+                "transitions": self.transitions, "notices": self.notices}
 
 
 def _decide(rule: Rule, applies: bool, host_state: HostState, prev: AlertState, now: int,
@@ -187,6 +188,27 @@ def _commit_host(ctx: AlerterContext, host_state: HostState,
                    "will", host)
 
 
+def drop_alert_states(ctx: AlerterContext, host: str, checks: Iterable[str] = ()) -> int:
+    """Delete every alert state of ``host`` (those of ``checks`` and all the index
+    lists, rules removed since included); the number of states deleted."""
+    client, keys = ctx.client, ctx.keys
+    names = dict.fromkeys(checks)
+    # Host ids hold no glob characters (wire.keys.HOST_ID_PATTERN).
+    for member in client.sscan_iter(keys.alerts_index(), match=f"{host}/*"):
+        text = member.decode() if isinstance(member, bytes) else str(member)
+        names.setdefault(text.partition("/")[2], None)
+    if not names:
+        return 0
+    with client.pipeline(transaction=True) as pipe:
+        pipe.delete(*(keys.alert(host, name) for name in names))
+        pipe.srem(keys.alerts_index(), *(alert_member(host, name) for name in names))
+        deleted, _ = pipe.execute()
+    if deleted:
+        logger.info("%s: no host state any more; dropped its alert states (%s)", host,
+                    ", ".join(names))
+    return int(deleted)
+
+
 def evaluate_hosts(ctx: AlerterContext, hosts: Iterable[str], *, drain_channels: bool = True
                    ) -> Outcome:
     """Evaluate ``hosts`` (deduplicated, invalid ids skipped) and send what they decide."""
@@ -218,13 +240,10 @@ def evaluate_hosts(ctx: AlerterContext, hosts: Iterable[str], *, drain_channels:
         raws = [next(alert_raws) for _ in rules]
         if values[fields.index("last_seen_ms")] is None:
             outcome.missing += 1
-            stored = [rule.name for (rule, _), raw in zip(rules, raws, strict=True) if raw]
-            if stored and not client.exists(keys.host(host)):
+            if not client.exists(keys.host(host)):
                 # The host was forgotten (its state deleted): so are its alerts.
-                client.delete(*(keys.alert(host, name) for name in stored))
-                client.srem(keys.alerts_index(), *(alert_member(host, n) for n in stored))
-                logger.info("%s: no host state any more; dropped its alert states (%s)", host,
-                            ", ".join(stored))
+                stored = [rule.name for (rule, _), raw in zip(rules, raws, strict=True) if raw]
+                outcome.dropped += drop_alert_states(ctx, host, stored)
             continue
         outcome.hosts += 1
         host_state = parse_host_state(host, {f: v for f, v in zip(fields, values, strict=True)

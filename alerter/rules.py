@@ -318,19 +318,34 @@ def _show(value: Any) -> str:
 
 
 def collect_figures(rule: Rule, state: HostState, limit: int = 24) -> dict[str, str]:
-    """The fields of every check the rule reads (and ``last_seen`` for staleness)."""
+    """The fields of every check the rule reads (and ``last_seen`` for staleness).
+
+    In a stable order that reads well: first the fields the rule's conditions
+    name, in the rule's order, then the other fields of those checks by name
+    (a host hash's own order is Redis's hash order, which varies).
+    """
     figures: dict[str, str] = {}
+
+    def add(name: str, value: Any) -> None:
+        if len(figures) < limit and name not in figures:
+            figures[name] = _show(value) if value is not None else ""
+
+    checks: dict[str, None] = {}
     for name in rule.fields:
         if "." in name:
-            check = name.partition(".")[0]
-            for key, value in state.checks.get(check, {}).items():
-                if len(figures) >= limit:
-                    break
-                figures[f"{check}.{key}"] = _show(value) if value is not None else ""
+            check, _, key = name.partition(".")
+            checks.setdefault(check, None)
+            fields = state.checks.get(check, {})
+            if key in fields:
+                add(name, fields[key])
         elif name in state.raw:
-            figures[name] = state.raw[name]
+            add(name, state.raw[name])
             if name == "stale" and "last_seen" in state.raw:
-                figures["last_seen"] = state.raw["last_seen"]
+                add("last_seen", state.raw["last_seen"])
+    for check in checks:
+        fields = state.checks.get(check, {})
+        for key in sorted(fields):
+            add(f"{check}.{key}", fields[key])
     return figures
 
 

@@ -11,7 +11,9 @@ resolution is only announced for a firing that was.
 
 Flapping follows Nagios: the evaluation levels of the last ``flap_window``
 reports form a history; the share of changes between neighbours, weighted
-from 0.75 (oldest) to 1.25 (newest), is the flap percentage. Crossing
+from 0.75 (oldest) to 1.25 (newest), is the flap percentage. A change counts
+only between OK and a problem: WARNING→CRITICAL (a stale host escalating)
+is one problem getting worse, not a flap. Crossing
 ``flap_high`` starts flapping (one notice), falling under ``flap_low`` stops
 it (one notice); while flapping, firing/resolved/repeat notices are held
 back and the state is reconciled with the channels when it stops.
@@ -56,10 +58,12 @@ def severity_name(level: int) -> str:
 
 
 def flap_percent(history: str, window: int) -> float:
-    """Weighted percentage of state changes in ``history`` (oldest first)."""
+    """Weighted percentage of changes between OK and a problem in ``history`` (oldest
+    first); a change of severity within a problem is none."""
     if len(history) < 2 or window < 2:
         return 0.0
-    changes = [history[i] != history[i - 1] for i in range(1, len(history))]
+    breached = [level != str(OK) for level in history]
+    changes = [breached[i] != breached[i - 1] for i in range(1, len(breached))]
     slots = window - 1
     total = 0.0
     # The newest change weighs 1.25, the oldest a full window can hold 0.75.

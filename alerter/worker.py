@@ -25,7 +25,15 @@ What it adds to rq 3.0 (each documented in docs/alerter.md):
   even for hosts that stopped reporting.
 
 Workers always run rq's scheduler (one of them holds its lock): retries
-with an interval and digest flushes are scheduled jobs.
+with an interval and digest flushes are scheduled jobs. rq 3.0 forks the
+scheduler into a child process, which a worker killed with SIGKILL leaves
+behind with parent 1, still holding the lock, so that the restarted worker has
+no scheduler of its own. Here the scheduler runs in a thread of the worker
+(:class:`SchedulerThread`, driving rq's RQScheduler through its public
+methods): it cannot outlive its worker. Its lock is held under the worker's
+name, so a worker restarted under a fixed ``--name`` takes it over at once,
+and a lock whose holder was a worker process on this machine that is gone is
+released before the next attempt to acquire it.
 
 **Stopping.** SIGTERM or SIGINT is rq's warm shutdown: a job (or a batch of
 evaluations) in progress finishes, then the worker deregisters and
@@ -55,6 +63,7 @@ import math
 import os
 import signal
 import socket
+import threading
 import time
 import zlib
 from collections.abc import Iterator, Sequence
@@ -62,10 +71,13 @@ from contextlib import contextmanager
 from types import FrameType
 from typing import Any
 
+import psutil
 import redis
 from rq import Queue, SimpleWorker, Worker
-from rq.exceptions import StopRequested
+from rq.exceptions import SchedulerNotFound, StopRequested
 from rq.job import Job
+from rq.scheduler import RQScheduler
+from rq.scripts import release_lock
 from rq.serializers import resolve_serializer
 from rq.worker import WorkerStatus
 
@@ -81,6 +93,10 @@ logger = logging.getLogger(__name__)
 # soon as the reply to the unsubscribe arrives; a thread that does not is a
 # daemon thread and is left to end on its own.
 PUBSUB_STOP_WAIT_S = 2.0
+
+# How long a teardown waits for the scheduler thread's current round (a
+# Redis round trip or two) before the worker deregisters anyway.
+SCHEDULER_STOP_WAIT_S = 5.0
 
 # rq's heartbeat TTL for jobs without a timeout.
 _NO_TIMEOUT_TTL = 420
@@ -225,6 +241,160 @@ def take_evaluations(ctx: AlerterContext, connection: Any, queue: Queue, batch: 
     return taken
 
 
+def process_gone(pid: int) -> bool:
+    """True when no live process has ``pid`` on this machine.
+
+    A zombie counts as gone: a process killed with SIGKILL stays one until its
+    parent reaps it, and ``os.kill(pid, 0)`` succeeds on it. A process we may
+    not inspect counts as alive.
+    """
+    try:
+        return psutil.Process(pid).status() == psutil.STATUS_ZOMBIE
+    except psutil.NoSuchProcess:
+        return True
+    except psutil.Error:
+        return False
+
+
+def _registered_by_dead_process(hostname: str, pid: int) -> bool:
+    """A registration (worker or scheduler) made by a process of this machine that is gone.
+
+    Our own pid counts as gone: the registration is a predecessor's (a
+    container restarted with the same pid), this process has not made it.
+    """
+    if hostname != socket.gethostname() or pid <= 0:
+        return False
+    return pid == os.getpid() or process_gone(pid)
+
+
+def release_dead_scheduler_locks(connection: Any, queue_names: Sequence[str],
+                                 own_name: str) -> list[str]:
+    """Release the scheduler locks of ``queue_names`` whose holder's process is gone.
+
+    A scheduler registers its host and pid under its name, and its lock holds
+    that name; a holder that ran on this machine and is gone (see
+    :func:`_registered_by_dead_process`) would otherwise keep the lock until
+    it expires, a minute later. A lock held under ``own_name`` is this
+    scheduler's. Returns the queue names released.
+    """
+    released = []
+    dead: dict[str, RQScheduler] = {}
+    for queue_name in queue_names:
+        lock_key = RQScheduler.get_locking_key(queue_name)
+        raw = connection.get(lock_key)
+        if raw is None:
+            continue
+        holder = raw.decode("utf-8", "replace") if isinstance(raw, bytes) else str(raw)
+        if holder == own_name:
+            continue
+        previous = dead.get(holder)
+        if previous is None:
+            try:
+                previous = RQScheduler.fetch(holder, connection)
+            except (SchedulerNotFound, KeyError, ValueError):
+                continue  # no (readable) registration: nothing tells where it ran
+            if not _registered_by_dead_process(previous.hostname, previous.pid):
+                continue
+        if release_lock(connection, lock_key, holder):
+            dead[holder] = previous
+            released.append(queue_name)
+            logger.warning("released the scheduler lock of %s held by a dead process "
+                           "(%s, pid %d)", queue_name, holder, previous.pid)
+    for previous in dead.values():
+        previous.register_death()
+    return released
+
+
+class SchedulerThread:
+    """rq's scheduler, run in a thread of the worker's own process.
+
+    The thread does what rq's scheduler process does, through RQScheduler's
+    public methods: hold or refresh the queues' locks, enqueue the scheduled
+    jobs that are due (every ``interval`` seconds, rq's scheduler interval),
+    and at the end release the locks. A worker that holds no lock, or not all,
+    tries again every ``acquire_interval`` seconds, as rq's maintenance round
+    does, after releasing locks left by dead processes of this machine.
+    """
+
+    def __init__(self, queues: Sequence[Queue], connection: Any, *, name: str, serializer: Any,
+                 acquire_interval: float, logging_level: Any = None) -> None:
+        self.scheduler = RQScheduler(queues, connection=connection, name=name,
+                                     serializer=serializer, logging_level=logging_level)
+        self._queue_names = sorted({q.name for q in queues})
+        self._acquire_interval = acquire_interval
+        self._registered = False
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, name=f"rq-scheduler {name}",
+                                        daemon=True)
+
+    def start(self) -> None:
+        """Start scheduling in the background."""
+        self._thread.start()
+
+    def stop(self, timeout: float = SCHEDULER_STOP_WAIT_S) -> None:
+        """End the thread (it releases its locks) and wait for it at most ``timeout``."""
+        self._stop.set()
+        if self._thread.is_alive():
+            self._thread.join(timeout)
+            if self._thread.is_alive():
+                logger.warning("the scheduler thread did not end within %.0f s; its locks "
+                               "expire on their own", timeout)
+
+    def run_once(self) -> None:
+        """One pass for a burst run: acquire, enqueue what is due, release."""
+        scheduler = self.scheduler
+        release_dead_scheduler_locks(scheduler.connection, self._queue_names,
+                                     scheduler.name)
+        if not scheduler.acquire_locks():
+            return
+        try:
+            scheduler.register_birth()
+            scheduler.enqueue_scheduled_jobs()
+        finally:
+            scheduler.release_locks()
+            scheduler.register_death()
+
+    def _round(self, acquire: bool) -> None:
+        scheduler = self.scheduler
+        if acquire:
+            release_dead_scheduler_locks(scheduler.connection, self._queue_names,
+                                         scheduler.name)
+            scheduler.acquire_locks()  # also refreshes the locks already held
+        if not scheduler.acquired_locks:
+            return
+        if not self._registered:
+            scheduler.register_birth()
+            self._registered = True
+        # Refreshes the registration and the locks; drops a lock taken over.
+        scheduler.heartbeat()
+        scheduler.enqueue_scheduled_jobs()
+
+    def _run(self) -> None:
+        scheduler = self.scheduler
+        next_acquire = 0.0
+        try:
+            while not self._stop.is_set():
+                now = time.monotonic()
+                acquire = set(scheduler.acquired_locks) != set(self._queue_names) \
+                    and now >= next_acquire
+                if acquire:
+                    next_acquire = now + self._acquire_interval
+                try:
+                    self._round(acquire)
+                except redis.RedisError as exc:
+                    logger.warning("scheduler round failed: %s", exc)
+                except Exception:
+                    logger.exception("scheduler round failed")
+                self._stop.wait(scheduler.interval)
+        finally:
+            try:
+                scheduler.release_locks()
+                if self._registered:
+                    scheduler.register_death()
+            except redis.RedisError as exc:
+                logger.debug("releasing the scheduler locks failed (%s); they expire", exc)
+
+
 def _end_after_current_read(thread: Any) -> None:
     """Tell redis-py's pubsub thread to end once its current read returns, without waiting.
 
@@ -294,11 +464,55 @@ class _AlerterWorkerMixin(BoundedPubsubTeardown):
     _batching: bool = False
     # True once rq's work() has torn the worker down.
     _finished: bool = False
+    # What work() was asked for: the scheduler (ours, in a thread), a burst.
+    _with_scheduler: bool = False
+    _burst: bool = False
+    _logging_level: Any = None
+    scheduler_thread: SchedulerThread | None = None
 
     def __init__(self, *args: Any, alerter_context: AlerterContext, **kwargs: Any) -> None:
         # Set before rq's __init__, which already asks for dequeue_timeout.
         self.alerter_context = alerter_context
         super().__init__(*args, **kwargs)
+
+    def work(self, burst: bool = False, logging_level: Any = None, *args: Any,
+             with_scheduler: bool = False, **kwargs: Any) -> bool:
+        """rq's work(); ``with_scheduler`` runs the scheduler in a thread of this process
+        (see the module doc) instead of rq's child process."""
+        self._with_scheduler, self._burst, self._logging_level = \
+            with_scheduler, burst, logging_level
+        try:
+            worked: bool = super().work(burst, logging_level, *args,  # type: ignore[misc]
+                                        with_scheduler=False, **kwargs)
+            return worked
+        finally:
+            self.stop_scheduler_thread()
+
+    def bootstrap(self, *args: Any, **kwargs: Any) -> None:
+        """rq's bootstrap (the worker's registration), then the scheduler.
+
+        The scheduler starts only once rq has accepted the worker's name: it
+        holds its locks under that name.
+        """
+        super().bootstrap(*args, **kwargs)  # type: ignore[misc]
+        if not self._with_scheduler:
+            return
+        ctx = self.alerter_context
+        scheduler = SchedulerThread(
+            self.queues, self.connection, name=self.name, serializer=self.serializer,
+            acquire_interval=ctx.settings.maintenance_interval,
+            logging_level=self._logging_level)
+        if self._burst:
+            scheduler.run_once()
+            return
+        self.scheduler_thread = scheduler
+        scheduler.start()
+
+    def stop_scheduler_thread(self) -> None:
+        """End the scheduler thread, if one runs (it releases its locks)."""
+        if self.scheduler_thread is not None:
+            self.scheduler_thread.stop()
+            self.scheduler_thread = None
 
     def request_stop(self, signum: int, frame: FrameType | None) -> None:
         """rq's warm shutdown (its SIGTERM/SIGINT handler), remembered.
@@ -326,8 +540,10 @@ class _AlerterWorkerMixin(BoundedPubsubTeardown):
         self._stop_requested = True
 
     def teardown(self) -> None:
-        """rq's teardown (deregistration), then later signals stop run_worker directly."""
+        """The scheduler, then rq's teardown (deregistration); later signals stop
+        run_worker directly."""
         try:
+            self.stop_scheduler_thread()
             super().teardown()  # type: ignore[misc]
         finally:
             self._finished = True
@@ -415,8 +631,9 @@ def clear_dead_namesake(connection: Any, name: str) -> bool:
     rq refuses to start a worker whose name is still registered without a
     death date, which is what a SIGKILLed worker leaves for minutes; a
     supervisor restarting ``--name bbs-alerter-1`` would be locked out. A
-    registration from this host whose process is gone (or is this very
-    process: a container restarted with the same pid) is marked dead. One
+    registration from this host whose process is gone (a zombie included: a
+    supervisor may not have reaped its killed child yet), or is this very
+    process (a container restarted with the same pid), is marked dead. One
     from another host, or from a live process, is left for rq to refuse.
     """
     key = Worker.redis_worker_namespace_prefix + name
@@ -428,16 +645,8 @@ def clear_dead_namesake(connection: Any, name: str) -> bool:
         pid = int(raw.get(b"pid", b"0") or 0)
     except ValueError:
         return False
-    if hostname != socket.gethostname() or pid <= 0:
-        return False
-    if pid != os.getpid():
-        try:
-            os.kill(pid, 0)
-            return False  # alive: a real namesake
-        except ProcessLookupError:
-            pass
-        except PermissionError:
-            return False
+    if not _registered_by_dead_process(hostname, pid):
+        return False  # another host's, or a live process: a real namesake
     previous = Worker.find_by_key(key, connection=connection)
     if previous is None:
         return False
@@ -498,18 +707,11 @@ def _stop_on_signal() -> None:
 def _note_stop_in(worker: Any) -> None:
     """While rq's work() starts up, a signal is noted in the worker, not raised.
 
-    rq forks its scheduler process meanwhile, and the child keeps this handler
-    until it installs its own: there a signal (rq's SIGTERM when the worker
-    stops at once) must end the child as by default, or the worker's
-    teardown waits for it forever.
+    Raising there would skip rq's teardown (the registration, the scheduler);
+    noted, the signal ends rq's loop at its first turn.
     """
-    owner = os.getpid()
 
     def handler(signum: int, frame: FrameType | None) -> None:
-        if os.getpid() != owner:
-            signal.signal(signum, signal.SIG_DFL)
-            os.kill(os.getpid(), signum)
-            return
         worker.note_stop(signum)
 
     for number in _STOP_SIGNALS:

@@ -17,6 +17,7 @@ import os
 import signal
 import sys
 import threading
+import time
 from collections.abc import Sequence
 from types import FrameType
 from typing import Any
@@ -33,13 +34,15 @@ from wire import auth
 from wire.cli import ArgumentParser, add_common_options, guarded, load_config, setup_logging
 from wire.config import RedisSettings, connect, load_section
 from wire.errors import ConfigError
-from wire.keys import KeySpace, valid_host_id
+from wire.keys import EVALUATE_JOB, RQ_SERIALIZER, KeySpace, valid_host_id
 from wire.state import iso_from_ms
 from wire.status import Status
 
 logger = logging.getLogger(__name__)
 
 EXIT_ERROR = int(Status.UNKNOWN)
+# How long `forget` waits for an alerter worker to drop the host's alert states.
+FORGET_WAIT_S = 10.0
 DEFAULT_TIMEOUT_S = 10.0
 
 
@@ -119,6 +122,9 @@ def build_parser() -> ArgumentParser:
 
     forget = commands.add_parser("forget", help="delete a decommissioned host's state")
     forget.add_argument("--host", required=True, metavar="H")
+    forget.add_argument("--wait", type=float, default=FORGET_WAIT_S, metavar="S",
+                        help="seconds to wait for an alerter worker to drop the host's "
+                        f"alert states (default {FORGET_WAIT_S:g}; 0: do not wait)")
     add_common_options(forget)
 
     exporter = commands.add_parser("exporter", help="serve Prometheus metrics of the fleet")
@@ -400,6 +406,37 @@ def cmd_dead_letters(args: argparse.Namespace) -> int:
     return 0
 
 
+def _drop_alert_states(client: Any, keys: KeySpace, host: str, wait_s: float) -> str:
+    """Have the alerter drop the alert states of a forgotten host; what happened, as text.
+
+    The alert states are the alerter's keys (the collector's Redis user may
+    not touch them): an evaluation of a host without state deletes them. It
+    is enqueued the way every report's is, and waited for up to ``wait_s``.
+    """
+    from rq import Queue
+    from rq.job import JobStatus
+
+    queue = Queue(keys.evaluate_queue(), connection=client, serializer=RQ_SERIALIZER)
+    job = queue.enqueue_call(EVALUATE_JOB, args=(host,), result_ttl=600, failure_ttl=86_400,
+                             description=f"drop the alert states of forgotten host {host}")
+    deadline = time.monotonic() + max(wait_s, 0.0)
+    while True:
+        status = job.get_status(refresh=True)
+        if status == JobStatus.FINISHED:
+            try:
+                result = job.return_value(refresh=True)
+            except redis.ResponseError:  # rq's results are not the collector user's to read
+                return "its alert states dropped by the alerter"
+            dropped = result.get("dropped", 0) if isinstance(result, dict) else 0
+            return f"{dropped} alert state(s) dropped by the alerter"
+        if status == JobStatus.FAILED:
+            return "the alerter failed to drop its alert states (see rq's failed jobs)"
+        if time.monotonic() >= deadline:
+            return ("no alerter worker took the job yet; its alert states are dropped "
+                    "when one does")
+        time.sleep(0.05)
+
+
 def cmd_forget(args: argparse.Namespace) -> int:
     _check_host(args.host)
     _, redis_settings, _ = _settings(args)
@@ -411,7 +448,9 @@ def cmd_forget(args: argparse.Namespace) -> int:
                 keys.evaluation_pending(args.host))
     pipe.zrem(keys.hosts_index(), args.host)
     deleted, _ = pipe.execute()
-    print(f"forgot host {args.host} ({deleted} key(s) deleted); it reappears with its next report")
+    alerts = _drop_alert_states(client, keys, args.host, args.wait)
+    print(f"forgot host {args.host} ({deleted} key(s) deleted; {alerts}); it reappears "
+          "with its next report")
     return 0
 
 

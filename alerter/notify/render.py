@@ -50,7 +50,11 @@ def subject(prefix: str, notes: list[Notification]) -> str:
     else:
         hosts = sorted({n.host for n in notes})
         shown = ", ".join(hosts[:3]) + (f" +{len(hosts) - 3}" if len(hosts) > 3 else "")
-        text = f"{prefix} {len(notes)} alerts: {digest_counts(notes)} ({shown})"
+        # Counted per alert (host and check): one alert may bring several
+        # notices (fired, then resolved) to one digest.
+        alerts = len({(n.host, n.check) for n in notes})
+        text = (f"{prefix} {alerts} alert{'' if alerts == 1 else 's'}: "
+                f"{digest_counts(notes)} ({shown})")
     return header_text(text, 200)
 
 

@@ -10,7 +10,7 @@
   collector does (pending mark with SET NX EX, then the job by import path).
 * ``alerter_config`` — writes a TOML configuration for a test.
 * ``workers`` — starts ``mtbbs-alerter worker`` processes and kills them
-  (the whole process group, so rq's scheduler child goes too).
+  (the whole process group, so a work-horse child goes too).
 * ``wait_for`` — a bounded wait; every wait of these tests goes through it.
 """
 
@@ -378,7 +378,7 @@ class WorkerProcess:
     log: Path
 
     def kill(self) -> None:
-        """SIGKILL the worker and everything it started (rq's scheduler, a work-horse)."""
+        """SIGKILL the worker and everything it started (a work-horse)."""
         try:
             import psutil
 

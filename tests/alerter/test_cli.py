@@ -117,11 +117,13 @@ def test_test_notify(alerter_config: Any, sink: Any, smtp: Any,
                  "to": ["ops@example.org"]},
     }))
     code, out, _ = run(capsys, "test-notify", "--channel", "slack", "--config", config)
-    assert code == 0 and "sent a test message via slack webhook at 127.0.0.1" in out
+    assert code == 0 and "sent a test message by slack webhook at 127.0.0.1" in out
     assert "secret-token" not in out
     assert sink.all_requests()[0]["json"]["attachments"][0]["title"].startswith("TEST ")
     code, out, _ = run(capsys, "test-notify", "--channel", "mail", "--config", config)
     assert code == 0 and len(smtp.messages) == 1
+    assert f"sent a test message by mail via 127.0.0.1:{smtp.port} (plain)" in out
+    assert "via mail via" not in out
     assert smtp.parsed()[0]["Subject"].startswith("[MTBBS] TEST ")
     sink.default = type(sink.default)(status=404, body="no_service")
     code, _, err = run(capsys, "test-notify", "--channel", "slack", "--config", config)

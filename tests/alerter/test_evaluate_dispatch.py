@@ -273,11 +273,13 @@ def test_a_temporary_failure_retries_with_backoff_then_gives_up(
     delivery = delivery_of(ctx, hosts)
     sink.default = type(sink.default)(status=500, body="oops")
     retry = dispatch.run_delivery(ctx, "slack", delivery, token="job-a", attempt=1)
-    assert isinstance(retry, Retry) and retry.max == 3 and retry.intervals == [2, 10, 30]
+    # One second more each: rq truncates its schedule to whole seconds, and a
+    # retry must not run before its configured delay.
+    assert isinstance(retry, Retry) and retry.max == 3 and retry.intervals == [3, 11, 31]
     assert redis_client.hlen(keys.notifications_failed()) == 0
     sink.default = type(sink.default)(status=429, body="", headers={"Retry-After": "7"})
     retry = dispatch.run_delivery(ctx, "slack", delivery, token="job-a", attempt=2)
-    assert isinstance(retry, Retry) and retry.intervals == [7]
+    assert isinstance(retry, Retry) and retry.intervals == [8]
     sink.default = type(sink.default)(status=503)
     given_up = dispatch.run_delivery(ctx, "slack", delivery, token="job-a", attempt=4)
     assert given_up["permanent"] is False

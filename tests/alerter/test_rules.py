@@ -90,6 +90,21 @@ def test_staleness_is_warning_then_critical() -> None:
     assert levels(healthy(), "no")["stale"] == OK
 
 
+def test_figures_come_in_the_rules_order_then_by_name_whatever_the_hash_order() -> None:
+    rule = load_policy(None).rule("memory")
+    assert rule is not None
+    memory = {"healthy": True, "process_rss_mb": 45.2, "system_percent": 65.3,
+              "available_mb": 900.0, "zone": "a", "buffers_mb": 10.0}
+    orders = set()
+    for shift in range(len(memory)):
+        items = list(memory.items())
+        scrambled = dict(items[shift:] + items[:shift])  # another hash order
+        host = state(dict(healthy(), memory=scrambled))
+        orders.add(tuple(collect_figures(rule, host)))
+    assert orders == {("memory.process_rss_mb", "memory.system_percent", "memory.available_mb",
+                       "memory.buffers_mb", "memory.healthy", "memory.zone")}
+
+
 def test_summary_and_figures_name_the_breaching_values() -> None:
     policy = load_policy(None)
     rule = policy.rule("disk_space")

@@ -147,6 +147,29 @@ def test_flap_percent_is_weighted_towards_recent_changes() -> None:
     assert recent > old > 0
 
 
+def test_severity_changes_within_a_problem_are_not_flaps() -> None:
+    assert flap_percent("0" * 19 + "12", 21) == flap_percent("0" * 19 + "11", 21)
+    assert flap_percent("1212121212121212121212", 21) == 0.0
+
+
+def test_a_stale_hosts_second_outage_still_escalates_to_critical() -> None:
+    """Two outages of a host inside the flap window, each WARNING then CRITICAL:
+    each escalation is sent, nothing is taken for flapping."""
+    stale_rule = load_policy(None).rule("stale")
+    assert stale_rule is not None
+    machine = Machine(stale_rule)
+    machine.feed(OK)
+    machine.feed(WARNING)
+    machine.feed(CRITICAL)
+    for _ in range(3):
+        machine.feed(OK)
+    machine.feed(WARNING)
+    [escalated] = machine.feed(CRITICAL)
+    assert escalated.kind == "firing" and escalated.level == CRITICAL
+    assert not machine.state.flapping
+    assert machine.kinds() == ["firing", "firing", "resolved", "firing", "firing"]
+
+
 def test_a_silence_holds_notices_back_and_they_follow_when_it_ends() -> None:
     machine = Machine(rule())
     [held] = machine.feed(WARNING, silenced=True)

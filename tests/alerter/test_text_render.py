@@ -81,7 +81,10 @@ def test_subject_in_the_seed_style() -> None:
         "[MTBBS] CRITICAL bbs-01 database (still firing, reminder 2)"
     digest = subject("[MTBBS]", [note(), note(host="bbs-02", severity="warning",
                                               check="disk_space"), note(kind="resolved")])
-    assert digest == "[MTBBS] 3 alerts: 1 CRITICAL, 1 WARNING, 1 RESOLVED (bbs-01, bbs-02)"
+    # Alerts are counted, not notices: bbs-01's database fired and resolved.
+    assert digest == "[MTBBS] 2 alerts: 1 CRITICAL, 1 WARNING, 1 RESOLVED (bbs-01, bbs-02)"
+    one = subject("[MTBBS]", [note(), note(kind="resolved")])
+    assert one == "[MTBBS] 1 alert: 1 CRITICAL, 1 RESOLVED (bbs-01)"
 
 
 def test_mail_is_utf8_and_hostile_text_stays_in_the_body() -> None:

@@ -238,7 +238,8 @@ def test_only_the_alerters_jobs_run(make_context: Any) -> None:
     assert foreign.failure_callback is None and foreign.success_callback is None
     ours = AlerterJob.create(EVALUATE_JOB, args=("bbs-01",), connection=ctx.client,
                              serializer=RQ_SERIALIZER)
-    assert ours.perform() == {"hosts": 0, "missing": 1, "transitions": 0, "notices": []}
+    assert ours.perform() == {"hosts": 0, "missing": 1, "dropped": 0, "transitions": 0,
+                              "notices": []}
 
 
 def test_evaluation_jobs_are_read_from_their_stored_call(make_context: Any) -> None:
@@ -258,40 +259,3 @@ def test_evaluation_jobs_are_read_from_their_stored_call(make_context: Any) -> N
                  [EVALUATE_JOB, None, [1], {}], [EVALUATE_JOB, None, ["a"], {"x": 1}]):
         assert evaluation_host(zlib.compress(serializer.dumps(call)), serializer) is None
     assert evaluation_host(b"\x80\x04garbage", serializer) is None
-
-
-def test_a_process_forked_while_stops_are_noted_still_ends_on_sigterm() -> None:
-    # rq forks its scheduler while the worker only notes stop signals; when
-    # the worker stops at once, rq's SIGTERM must end that child, or the
-    # teardown joins it forever.
-    import os
-    import signal
-    import time
-
-    from alerter.worker import _note_stop_in, _signal_handlers_restored
-
-    class Noting:
-        stops: list[int] = []
-
-        def note_stop(self, signum: int) -> None:
-            self.stops.append(signum)
-
-    worker = Noting()
-    with _signal_handlers_restored():
-        _note_stop_in(worker)
-        ready, started = os.pipe()
-        child = os.fork()
-        if child == 0:  # pragma: no cover - the child process
-            os.write(started, b"x")  # Python drops signals that arrive during the fork
-            time.sleep(10)
-            os._exit(0)
-        os.read(ready, 1)
-        os.close(ready)
-        os.close(started)
-        os.kill(child, signal.SIGTERM)
-        _, status = os.waitpid(child, 0)
-        assert os.WIFSIGNALED(status) and os.WTERMSIG(status) == signal.SIGTERM
-        # In the worker's own process the signal is only noted.
-        os.kill(os.getpid(), signal.SIGTERM)
-        time.sleep(0.05)
-        assert worker.stops == [signal.SIGTERM]

@@ -202,6 +202,21 @@ def test_slack_500_is_retried_and_404_is_not(alerter_config: Any, workers: Any, 
     assert [r["status"] for r in sink.all_requests()] == [500, 502, 200, 404]
 
 
+def test_a_retry_never_runs_before_its_delay(alerter_config: Any, workers: Any, hosts: Any,
+                                            sink: Any, wait_for: Any) -> None:
+    """rq keeps scheduled times in whole seconds; a 1 s retry must still wait 1 s."""
+    reply = type(sink.default)
+    sink.replies.extend([reply(status=500), reply(status=500), reply(status=500)])
+    config = alerter_config(channels(sink, retry_max=5, retry_intervals=["1"]))
+    workers(config)
+    hosts.report("bbs-01", database=False)
+    wait_for(lambda: sink.ok_requests(), timeout=20, message="the message after three 500s")
+    arrivals = sorted(sink.arrivals)
+    assert len(arrivals) == 4
+    gaps = [later - earlier for earlier, later in zip(arrivals, arrivals[1:], strict=False)]
+    assert min(gaps) >= 1.0, gaps
+
+
 def test_a_worker_killed_mid_delivery_does_not_lose_the_notice(
         alerter_config: Any, workers: Any, hosts: Any, sink: Any, wait_for: Any,
         redis_client: redis.Redis, keys: KeySpace) -> None:

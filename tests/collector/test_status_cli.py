@@ -318,7 +318,7 @@ def test_hosts_sessions_history(command: Any, env: dict[str, str], fleet: Any, r
         done = run(command, env, *args)
         assert done.returncode == 3 and "never reported" in done.stderr
 
-    done = run(command, env, "forget", "--host", "bbs-02")
+    done = run(command, env, "forget", "--host", "bbs-02", "--wait", "0")
     assert done.returncode == 0
     assert redis_client.zrange(keys.hosts_index(), 0, -1) == [b"bbs-01"]
     assert not redis_client.exists(keys.host("bbs-02"), keys.host_history("bbs-02"))
