@@ -19,7 +19,7 @@ import sys
 import threading
 from collections.abc import Sequence
 from types import FrameType
-from typing import Any
+from typing import Any, NoReturn
 
 import redis
 from redis.backoff import NoBackoff
@@ -58,13 +58,49 @@ def _safe(text: Any) -> str:
                    for ch in value)
 
 
+STATUS = "status"
+
+
+def plugin_usage_error(message: str) -> NoReturn:
+    """End a ``status`` run that cannot start as a Nagios plugin does: the
+    ``MTBBS UNKNOWN`` line on stdout, where Nagios reads the reason, exit 3."""
+    print(check.unknown(f"usage error: {message} (see mtbbs-collector status --help)")
+          .first_line())
+    sys.stdout.flush()
+    print(f"mtbbs-collector status: error: {message}", file=sys.stderr)
+    raise SystemExit(EXIT_ERROR)
+
+
+class CollectorParser(ArgumentParser):
+    """The parser of ``mtbbs-collector``: usage errors of ``status`` are
+    plugin results; those of the other commands stay one line on stderr."""
+
+    def error(self, message: str) -> NoReturn:
+        if self.prog.endswith(f" {STATUS}"):
+            plugin_usage_error(message)
+        super().error(message)
+
+    def parse_args(self, args: Sequence[str] | None = None,  # type: ignore[override]
+                   namespace: argparse.Namespace | None = None) -> argparse.Namespace:
+        parsed, extra = self.parse_known_args(args, namespace)
+        if getattr(parsed, "command", None) == STATUS:
+            if extra:
+                plugin_usage_error(f"unrecognized arguments: {' '.join(extra)}")
+            level = parsed.log_level
+            if level is not None and not isinstance(logging.getLevelName(level.upper()), int):
+                plugin_usage_error(f"--log-level {level!r} is not a logging level")
+        elif extra:
+            self.error(f"unrecognized arguments: {' '.join(extra)}")
+        return parsed
+
+
 def build_parser() -> ArgumentParser:
     """The argument parser of ``mtbbs-collector``."""
-    parser = ArgumentParser(prog="mtbbs-collector",
+    parser = CollectorParser(prog="mtbbs-collector",
                             description="Consume MTBBS agent reports and session events into "
                             "per-host state in Redis, and show that state.")
     commands = parser.add_subparsers(dest="command", metavar="COMMAND",
-                                     parser_class=ArgumentParser)
+                                     parser_class=CollectorParser)
     commands.required = True
 
     run = commands.add_parser("run", help="consume the streams (the collector daemon)")
@@ -75,7 +111,7 @@ def build_parser() -> ArgumentParser:
     add_common_options(run)
 
     status = commands.add_parser(
-        "status", help="Nagios/Icinga check of the fleet or of one host",
+        STATUS, help="Nagios/Icinga check of the fleet or of one host",
         description="Nagios plugin: prints 'MTBBS <STATE> - summary | perfdata' and exits "
         "0 OK, 1 WARNING, 2 CRITICAL, 3 UNKNOWN.")
     status.add_argument("--host", metavar="H", help="check this host only (default: the fleet)")
