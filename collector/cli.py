@@ -18,6 +18,7 @@ import signal
 import sys
 import threading
 from collections.abc import Sequence
+from datetime import UTC, datetime
 from types import FrameType
 from typing import Any, NoReturn
 
@@ -144,6 +145,9 @@ def build_parser() -> ArgumentParser:
     history.add_argument("--csv", action="store_true", help="the seed's metrics CSV: "
                          "timestamp,sessions,disk_percent,memory_mb (oldest first, no header)")
     history.add_argument("--header", action="store_true", help="with --csv, print a header line")
+    history.add_argument("--iso", action="store_true", help="with --csv, timestamps as stored "
+                         "(ISO 8601 UTC, 2026-12-05T21:46:08Z) instead of the seed's local "
+                         "'2026-12-05 21:46:08'")
     history.add_argument("--limit", type=int, metavar="N", help="only the newest N lines")
     add_common_options(history)
 
@@ -384,6 +388,17 @@ def cmd_sessions(args: argparse.Namespace) -> int:
     return 0
 
 
+def seed_timestamp(stored: str) -> str:
+    """A stored history time (``2026-12-05T21:46:08Z``) as the seed's metrics CSV
+    writes it: ``date '+%Y-%m-%d %H:%M:%S'``, local time. Text that is not a
+    stored time is left as it is."""
+    try:
+        moment = datetime.strptime(stored, "%Y-%m-%dT%H:%M:%SZ").replace(tzinfo=UTC)
+    except ValueError:
+        return stored
+    return moment.astimezone().strftime("%Y-%m-%d %H:%M:%S")
+
+
 def cmd_history(args: argparse.Namespace) -> int:
     _check_host(args.host)
     if args.limit is not None and args.limit < 1:
@@ -403,7 +418,10 @@ def cmd_history(args: argparse.Namespace) -> int:
         if args.header:
             writer.writerow(["timestamp", "sessions", "disk_percent", "memory_mb"])
         for line in lines:
-            writer.writerow(line.split(","))
+            row = line.split(",")
+            if not args.iso:
+                row[0] = seed_timestamp(row[0])
+            writer.writerow(row)
         return 0
     rows = [(line.split(",") + ["", "", "", ""])[:4] for line in lines]
     print(_table(["TIMESTAMP", "SESSIONS", "DISK %", "MEMORY MB"], rows))

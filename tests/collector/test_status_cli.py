@@ -12,6 +12,7 @@ import socket
 import subprocess
 import time
 from collections.abc import Iterator
+from datetime import datetime, timedelta
 from pathlib import Path
 from typing import Any
 
@@ -290,11 +291,20 @@ def test_hosts_sessions_history(command: Any, env: dict[str, str], fleet: Any, r
     sessions = json.loads(run(command, env, "sessions", "--host", "bbs-01", "--json").stdout)
     assert sessions[1]["user_id"] == "\x1b[31mevil"
 
-    done = run(command, env, "history", "--host", "bbs-01", "--csv")
+    done = run(command, env, "history", "--host", "bbs-01", "--csv", "--iso")
     assert done.returncode == 0
     rows = [line.split(",") for line in done.stdout.splitlines()]
     assert [r[1:] for r in rows] == [["1", "60.0", "45.2"], ["2", "61.5", "50.0"]]
     assert all(re.match(r"^\d{4}-\d\d-\d\dT\d\d:\d\d:\d\dZ$", r[0]) for r in rows)
+    # By default the seed's own format (date '+%Y-%m-%d %H:%M:%S', local time), so
+    # lines appended to the seed's file do not mix two formats.
+    tokyo = run(command, {**env, "TZ": "Asia/Tokyo"}, "history", "--host", "bbs-01", "--csv")
+    seed_rows = [line.split(",") for line in tokyo.stdout.splitlines()]
+    assert [r[1:] for r in seed_rows] == [r[1:] for r in rows]
+    for seed_row, iso_row in zip(seed_rows, rows, strict=True):
+        assert re.match(r"^\d{4}-\d\d-\d\d \d\d:\d\d:\d\d$", seed_row[0])
+        stored = datetime.strptime(iso_row[0], "%Y-%m-%dT%H:%M:%SZ")
+        assert seed_row[0] == (stored + timedelta(hours=9)).strftime("%Y-%m-%d %H:%M:%S")
     done = run(command, env, "history", "--host", "bbs-01", "--csv", "--header", "--limit", "1")
     assert done.stdout.splitlines()[0] == "timestamp,sessions,disk_percent,memory_mb"
     assert len(done.stdout.splitlines()) == 2 and done.stdout.splitlines()[1].endswith("61.5,50.0")
