@@ -13,10 +13,12 @@ import math
 from collections.abc import Mapping
 from dataclasses import dataclass
 from datetime import UTC, datetime
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-from wire.messages import FieldValue, Report, SessionInfo
 from wire.status import Status
+
+if TYPE_CHECKING:  # types only: the health check needs no message codec
+    from wire.messages import FieldValue, Report, SessionInfo
 
 # The seed's exit codes, kept by the seed-compatible health check: a
 # database problem is CRITICAL, anything else that is unhealthy (disk,

@@ -45,7 +45,7 @@ import sqlite3
 import stat
 from dataclasses import dataclass
 from pathlib import Path
-from urllib.request import pathname2url
+from urllib.parse import quote
 
 from agent.checks.results import DatabaseResult
 from wire.state import SEVERITY_CRITICAL, SEVERITY_WARNING
@@ -64,7 +64,7 @@ _HEADER_MAGIC = b"SQLite format 3\x00"
 
 
 def _open_read_only(path: str, timeout: float, *, immutable: bool = False) -> sqlite3.Connection:
-    uri = "file:" + pathname2url(os.path.abspath(path)) + "?mode=ro"
+    uri = "file:" + quote(os.path.abspath(path)) + "?mode=ro"
     if immutable:
         uri += "&immutable=1"
     connection = sqlite3.connect(uri, uri=True, timeout=timeout, isolation_level=None,

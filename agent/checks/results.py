@@ -14,10 +14,12 @@ like the seed's example.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-from wire.messages import FieldValue, Scalar
 from wire.state import SEVERITY_FIELD
+
+if TYPE_CHECKING:  # types only: the health check needs no message codec
+    from wire.messages import FieldValue, Scalar
 
 
 def _fields(pairs: list[tuple[str, Any]], error: str | None,
