@@ -49,6 +49,7 @@ CheckRunner = Callable[[bool, str | None], Mapping[str, Mapping[str, FieldValue]
 Notify = Callable[[str], None]
 
 UPTIME = "uptime"
+INTEGRITY_AGE = "integrity_age_s"
 
 
 def _iso(seconds: float) -> str:
@@ -203,10 +204,18 @@ class Daemon:
             logger.error("The checks failed: %s: %s", type(exc).__name__, exc)
             checks = {AGENT: {"healthy": False,
                               "error": f"checks failed: {type(exc).__name__}"[:200]}}
-        if integrity:
+        database = checks.get("database")
+        if integrity and database is not None and database.get("integrity_checked"):
             self._integrity_at = now
-            result = checks.get("database", {}).get("integrity")
+            result = database.get("integrity")
             self._last_integrity = result if isinstance(result, str) else None
+        elif integrity and database is None:
+            self._integrity_at = now
+        if database is not None and self._integrity_at is not None \
+                and self._last_integrity is not None:
+            # How old the shown integrity result is, so that readers can say
+            # "integrity ok, checked 4 min ago" instead of passing it off as new.
+            database[INTEGRITY_AGE] = round(now - self._integrity_at, 1)
         if self.probe.enabled:
             checks[TELNET] = dict(probe_telnet(self.probe.host, self.probe.port,
                                                timeout=self.probe.timeout,

@@ -18,15 +18,17 @@ import json
 import sys
 from collections.abc import Mapping, Sequence
 from datetime import datetime
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from agent.checks import CHECK_ORDER, CheckSettings, run_checks
 from agent.checks.settings import SECTION, add_check_options, check_overrides
 from wire.cli import ArgumentParser, add_common_options, guarded, load_config, setup_logging
 from wire.config import connect, load_section
-from wire.messages import FieldValue
 from wire.state import check_status, report_status
 from wire.status import Status
+
+if TYPE_CHECKING:  # types only: a run needs no message codec
+    from wire.messages import FieldValue
 
 BANNER = "=" * 60
 TITLES = {
@@ -45,7 +47,7 @@ SUMMARY = {
 # The session list of --verbose stops here; the count above it is exact.
 MAX_SESSIONS_SHOWN = 200
 
-Checks = Mapping[str, Mapping[str, FieldValue]]
+Checks = Mapping[str, Mapping[str, "FieldValue"]]
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -24,7 +24,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from wire.messages import FieldValue
-from wire.state import check_status
+from wire.state import check_severity
 from wire.status import Status
 
 logger = logging.getLogger(__name__)
@@ -153,8 +153,9 @@ def duration_text(seconds: float) -> str:
     return f"{hours} h {minutes} min"
 
 
-def _level(name: str) -> int:
-    return logging.ERROR if check_status(name, False) is Status.CRITICAL else logging.WARNING
+def _level(name: str, fields: Mapping[str, FieldValue]) -> int:
+    unhealthy = {**fields, "healthy": False}
+    return logging.ERROR if check_severity(name, unhealthy) is Status.CRITICAL else logging.WARNING
 
 
 class HealthLog:
@@ -194,7 +195,7 @@ class HealthLog:
         if self._all_healthy():
             return [(logging.INFO, f"Health: all {len(checks)} checks healthy "
                                    f"({', '.join(checks)})")]
-        return [(_level(name), f"{name}: {_described('unhealthy', detail(name, fields))}")
+        return [(_level(name, fields), f"{name}: {_described('unhealthy', detail(name, fields))}")
                 for name, fields in checks.items() if not self.states[name].healthy]
 
     def _changes(self, checks: Mapping[str, Mapping[str, FieldValue]]) -> list[tuple[int, str]]:
@@ -207,15 +208,15 @@ class HealthLog:
                 continue
             text = now.shown
             if before is None:
-                lines.append((_level(name), f"{name}: {_described('unhealthy', text)}"))
+                lines.append((_level(name, fields), f"{name}: {_described('unhealthy', text)}"))
             elif now.healthy:
                 lines.append((logging.INFO, f"{name}: unhealthy -> "
                                             f"{_described('healthy', text)}"))
             elif before.healthy:
-                lines.append((_level(name), f"{name}: healthy -> "
+                lines.append((_level(name, fields), f"{name}: healthy -> "
                                             f"{_described('unhealthy', text)}"))
             else:
-                lines.append((_level(name), f"{name}: "
+                lines.append((_level(name, fields), f"{name}: "
                                             f"{_described('unhealthy', before.shown)} -> "
                                             f"{_described('unhealthy', text)}"))
         return lines

@@ -75,16 +75,22 @@ HINTS = {
     ),
 }
 
-# The seed's thresholds (health-check section and exit codes).
+# The seed's thresholds (health-check section), rated by the fleet's
+# severity policy (wire.state.check_severity).
 BUILTIN_RULES: dict[str, dict[str, Any]] = {
     "disk_space": {"when": ["disk_space.percent_used >= 90"], "severity": "warning"},
+    # A BBS process that is not running is CRITICAL (its severity says so).
     "memory": {"when": ["memory.process_rss_mb >= 500", "memory.system_percent >= 90"],
-               "severity": "warning"},
-    "database": {"when": ["database.healthy == false"], "severity": "critical",
+               "critical_when": ["memory.severity == critical"], "severity": "warning"},
+    # A database only locked by a busy writer is WARNING, anything else CRITICAL.
+    "database": {"when": ["database.healthy == false"],
+                 "critical_when": ["database.severity == critical"], "severity": "warning",
                  "missing": "breach"},
     "sessions": {"when": ["sessions.active_sessions > sessions.max_sessions",
                           "sessions.healthy == false"], "severity": "warning"},
-    "telnet": {"when": ["telnet.healthy == false"], "severity": "warning"},
+    # A BBS that does not answer is CRITICAL, one that answers slowly WARNING.
+    "telnet": {"when": ["telnet.healthy == false"],
+               "critical_when": ["telnet.severity == critical"], "severity": "warning"},
     "stale": {"when": ["stale == warning"], "critical_when": ["stale == critical"],
               "severity": "warning"},
 }
@@ -302,7 +308,9 @@ def evaluate_rule(rule: Rule, state: HostState) -> Evaluation:
                     shown = f"{condition.ref} ({_show(expected)})"
                 matched.append(f"{condition.field} = {_show(observed)} ({condition.op} {shown})")
     if not present and rule.missing == "breach" and state.raw.get("checks") is not None:
-        return Evaluation(level=rule.level, summary=f"no {rule.name} data in the host's report",
+        # Nothing to rate it by: missing data counts as the rule's worst.
+        worst = CRITICAL if rule.critical_when else rule.level
+        return Evaluation(level=worst, summary=f"no {rule.name} data in the host's report",
                           missing=True)
     if level == OK:
         return Evaluation(level=OK, summary="ok")

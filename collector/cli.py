@@ -19,8 +19,9 @@ import sys
 import threading
 import time
 from collections.abc import Sequence
+from datetime import UTC, datetime
 from types import FrameType
-from typing import Any
+from typing import Any, NoReturn
 
 import redis
 from redis.backoff import NoBackoff
@@ -61,13 +62,49 @@ def _safe(text: Any) -> str:
                    for ch in value)
 
 
+STATUS = "status"
+
+
+def plugin_usage_error(message: str) -> NoReturn:
+    """End a ``status`` run that cannot start as a Nagios plugin does: the
+    ``MTBBS UNKNOWN`` line on stdout, where Nagios reads the reason, exit 3."""
+    print(check.unknown(f"usage error: {message} (see mtbbs-collector status --help)")
+          .first_line())
+    sys.stdout.flush()
+    print(f"mtbbs-collector status: error: {message}", file=sys.stderr)
+    raise SystemExit(EXIT_ERROR)
+
+
+class CollectorParser(ArgumentParser):
+    """The parser of ``mtbbs-collector``: usage errors of ``status`` are
+    plugin results; those of the other commands stay one line on stderr."""
+
+    def error(self, message: str) -> NoReturn:
+        if self.prog.endswith(f" {STATUS}"):
+            plugin_usage_error(message)
+        super().error(message)
+
+    def parse_args(self, args: Sequence[str] | None = None,  # type: ignore[override]
+                   namespace: argparse.Namespace | None = None) -> argparse.Namespace:
+        parsed, extra = self.parse_known_args(args, namespace)
+        if getattr(parsed, "command", None) == STATUS:
+            if extra:
+                plugin_usage_error(f"unrecognized arguments: {' '.join(extra)}")
+            level = parsed.log_level
+            if level is not None and not isinstance(logging.getLevelName(level.upper()), int):
+                plugin_usage_error(f"--log-level {level!r} is not a logging level")
+        elif extra:
+            self.error(f"unrecognized arguments: {' '.join(extra)}")
+        return parsed
+
+
 def build_parser() -> ArgumentParser:
     """The argument parser of ``mtbbs-collector``."""
-    parser = ArgumentParser(prog="mtbbs-collector",
+    parser = CollectorParser(prog="mtbbs-collector",
                             description="Consume MTBBS agent reports and session events into "
                             "per-host state in Redis, and show that state.")
     commands = parser.add_subparsers(dest="command", metavar="COMMAND",
-                                     parser_class=ArgumentParser)
+                                     parser_class=CollectorParser)
     commands.required = True
 
     run = commands.add_parser("run", help="consume the streams (the collector daemon)")
@@ -78,7 +115,7 @@ def build_parser() -> ArgumentParser:
     add_common_options(run)
 
     status = commands.add_parser(
-        "status", help="Nagios/Icinga check of the fleet or of one host",
+        STATUS, help="Nagios/Icinga check of the fleet or of one host",
         description="Nagios plugin: prints 'MTBBS <STATE> - summary | perfdata' and exits "
         "0 OK, 1 WARNING, 2 CRITICAL, 3 UNKNOWN.")
     status.add_argument("--host", metavar="H", help="check this host only (default: the fleet)")
@@ -111,6 +148,9 @@ def build_parser() -> ArgumentParser:
     history.add_argument("--csv", action="store_true", help="the seed's metrics CSV: "
                          "timestamp,sessions,disk_percent,memory_mb (oldest first, no header)")
     history.add_argument("--header", action="store_true", help="with --csv, print a header line")
+    history.add_argument("--iso", action="store_true", help="with --csv, timestamps as stored "
+                         "(ISO 8601 UTC, 2026-12-05T21:46:08Z) instead of the seed's local "
+                         "'2026-12-05 21:46:08'")
     history.add_argument("--limit", type=int, metavar="N", help="only the newest N lines")
     add_common_options(history)
 
@@ -355,6 +395,17 @@ def cmd_sessions(args: argparse.Namespace) -> int:
     return 0
 
 
+def seed_timestamp(stored: str) -> str:
+    """A stored history time (``2026-12-05T21:46:08Z``) as the seed's metrics CSV
+    writes it: ``date '+%Y-%m-%d %H:%M:%S'``, local time. Text that is not a
+    stored time is left as it is."""
+    try:
+        moment = datetime.strptime(stored, "%Y-%m-%dT%H:%M:%SZ").replace(tzinfo=UTC)
+    except ValueError:
+        return stored
+    return moment.astimezone().strftime("%Y-%m-%d %H:%M:%S")
+
+
 def cmd_history(args: argparse.Namespace) -> int:
     _check_host(args.host)
     if args.limit is not None and args.limit < 1:
@@ -374,7 +425,10 @@ def cmd_history(args: argparse.Namespace) -> int:
         if args.header:
             writer.writerow(["timestamp", "sessions", "disk_percent", "memory_mb"])
         for line in lines:
-            writer.writerow(line.split(","))
+            row = line.split(",")
+            if not args.iso:
+                row[0] = seed_timestamp(row[0])
+            writer.writerow(row)
         return 0
     rows = [(line.split(",") + ["", "", "", ""])[:4] for line in lines]
     print(_table(["TIMESTAMP", "SESSIONS", "DISK %", "MEMORY MB"], rows))

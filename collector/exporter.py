@@ -14,7 +14,12 @@ from collections.abc import Iterator
 from typing import Any
 
 import redis
-from prometheus_client.core import CollectorRegistry, GaugeMetricFamily, Metric
+from prometheus_client.core import (
+    CollectorRegistry,
+    CounterMetricFamily,
+    GaugeMetricFamily,
+    Metric,
+)
 from prometheus_client.exposition import start_http_server
 
 from collector.fleet import read_fleet
@@ -24,6 +29,9 @@ from wire.keys import KeySpace
 from wire.state import STALE_CRITICAL, STALE_WARNING
 
 logger = logging.getLogger(__name__)
+
+# The agents report megabytes (the seed's fields); Prometheus wants bytes.
+MIB = 1024 * 1024
 
 _STALE_VALUE = {STALE_WARNING: 1, STALE_CRITICAL: 2}
 
@@ -60,7 +68,7 @@ class FleetCollector:
                                   value=len(fleet.hosts))
         sessions = gauge("mtbbs_sessions_active", "active telnet sessions")
         disk = gauge("mtbbs_disk_usage_percent", "disk usage of the BBS data directory (%)")
-        rss = gauge("mtbbs_memory_process_rss_mb", "resident memory of the MTBBS process (MB)")
+        rss = gauge("mtbbs_memory_process_rss_bytes", "resident memory of the MTBBS process")
         system = gauge("mtbbs_memory_system_percent", "memory usage of the whole system (%)")
         healthy = gauge("mtbbs_component_healthy", "1 when the check reported healthy",
                         ("host", "component"))
@@ -74,12 +82,12 @@ class FleetCollector:
             labels = [view.host]
             if view.sessions is not None:
                 sessions.add_metric(labels, view.sessions)
-            for family, check, field in ((disk, "disk_space", "percent_used"),
-                                         (rss, "memory", "process_rss_mb"),
-                                         (system, "memory", "system_percent")):
+            for family, check, field, scale in ((disk, "disk_space", "percent_used", 1),
+                                                (rss, "memory", "process_rss_mb", MIB),
+                                                (system, "memory", "system_percent", 1)):
                 value = view.figure(check, field)
                 if value is not None:
-                    family.add_metric(labels, value)
+                    family.add_metric(labels, value * scale)
             for name, fields in sorted(view.state.checks.items()):
                 flag = fields.get("healthy")
                 if isinstance(flag, bool):
@@ -104,10 +112,12 @@ class FleetCollector:
                                 value=fleet.dead_letters)
         beat = gauge("mtbbs_collector_heartbeat_age_seconds", "seconds since the collector's "
                      "last heartbeat", ("collector",))
-        processed = gauge("mtbbs_collector_processed", "entries the collector handled since it "
-                          "started", ("collector",))
-        dead = gauge("mtbbs_collector_dead_lettered", "entries the collector dead-lettered "
-                     "since it started", ("collector",))
+        # Counters (exposed with _total): they only grow while a collector
+        # runs and start again from 0 when it restarts, which rate() handles.
+        processed = CounterMetricFamily("mtbbs_collector_processed", "entries the collector "
+                                        "handled since it started", labels=["collector"])
+        dead = CounterMetricFamily("mtbbs_collector_dead_lettered", "entries the collector "
+                                   "dead-lettered since it started", labels=["collector"])
         for collector in fleet.collectors:
             beat.add_metric([collector.name], collector.age_s)
             processed.add_metric([collector.name], collector.number("processed"))

@@ -23,7 +23,7 @@ from collector.selfmon import (
 )
 from collector.settings import CollectorSettings
 from wire.keys import COLLECTOR_GROUP, KeySpace
-from wire.state import HostState, check_status, parse_host_state, stale_status
+from wire.state import HostState, check_severity, parse_host_state, stale_status
 from wire.status import Status
 
 
@@ -53,11 +53,11 @@ class HostView:
         return self.state.host
 
     def check_statuses(self) -> dict[str, Status]:
-        """The status of each reported check under the seed's rules."""
+        """The status of each reported check under the fleet's severity policy."""
         statuses = {}
         for name, fields in sorted(self.state.checks.items()):
             healthy = fields.get("healthy")
-            statuses[name] = (check_status(name, healthy) if isinstance(healthy, bool)
+            statuses[name] = (check_severity(name, fields) if isinstance(healthy, bool)
                               else Status.UNKNOWN)
         return statuses
 

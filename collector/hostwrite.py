@@ -29,11 +29,11 @@ from typing import Any, NamedTuple
 from wire.messages import Report
 from wire.state import (
     FLOAT_TEXTS,
-    checks_status,
     field_text,
     new_float_text,
     report_meta,
     report_moment_texts,
+    severity_status,
     status_name,
     unhealthy_checks,
     unhealthy_text,
@@ -133,12 +133,16 @@ class HostWrites:
                 report, entry_ms)
             pairs = ["last_seen", last_seen, "last_seen_ms", last_seen_ms,
                      "observed_at", observed_at, "seq", seq, "clock_skew_s", clock_skew]
-            if unhealthy != written.unhealthy:
-                written.unhealthy = unhealthy
-                status = status_name(checks_status(unhealthy))
+            # An unhealthy check's severity can change while the names stay
+            # (a slow banner, then none at all), so unhealthy reports are
+            # rated each time.
+            if unhealthy or unhealthy != written.unhealthy:
+                status = status_name(severity_status(report.checks, unhealthy))
                 if status != before["status"]:
                     before["status"] = before["report_status"] = status
                     pairs += ("status", status, "report_status", status)
+            if unhealthy != written.unhealthy:
+                written.unhealthy = unhealthy
                 text = unhealthy_text(unhealthy)
                 if text != before["unhealthy"]:
                     before["unhealthy"] = text

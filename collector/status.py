@@ -87,49 +87,190 @@ class HostVerdict:
     problems: list[str] = field(default_factory=list)
 
 
-def _pct(value: float | None) -> str:
-    return "?" if value is None else f"{format_number(value)}%"
+def plural(count: int, word: str, words: str | None = None) -> str:
+    """``1 host``, ``2 hosts`` (``words`` for an irregular plural)."""
+    return f"{count} {word if count == 1 else (words or word + 's')}"
 
 
-def describe_check(name: str, fields: dict[str, Any]) -> str:
-    """One line of figures for a check, the way the seed's verbose mode shows them."""
+def ago(seconds: float) -> str:
+    """An age for people: ``45 s``, ``4 min``, ``3 h``, ``2 d``."""
+    whole = max(0, int(round(seconds)))
+    if whole < 60:
+        return f"{whole} s"
+    if whole < 3600:
+        return f"{whole // 60} min"
+    if whole < 86_400:
+        return f"{whole // 3600} h"
+    return f"{whole // 86_400} d"
+
+
+def one_line(text: str) -> str:
+    """Text for a plugin's first line: every line break and run of spaces
+    folded into one space, and ``|`` (where perfdata would begin) shown as
+    ``/``."""
+    return " ".join(str(text).split()).replace("|", "/")
+
+
+def shorten(text: str, limit: int = 120) -> str:
+    """``text`` on one line, cut at ``limit`` characters with an ellipsis."""
+    folded = one_line(text)
+    return folded if len(folded) <= limit else folded[: limit - 1].rstrip() + "…"
+
+
+def _number(value: Any) -> float | None:
+    if isinstance(value, bool) or not isinstance(value, int | float):
+        return None
+    return float(value)
+
+
+def _pct(value: Any) -> str:
+    number = _number(value)
+    return "unknown" if number is None else f"{format_number(number)}%"
+
+
+def size_text(size_bytes: Any, size_mb: Any = None) -> str:
+    """A file size for people: bytes, KB below a megabyte, MB above."""
+    exact = _number(size_bytes)
+    if exact is None:
+        megabytes = _number(size_mb)
+        if megabytes is None:
+            return "unknown"
+        exact = megabytes * 1024 * 1024
+    if exact < 1024:
+        return plural(int(exact), "byte")
+    if exact < 1024 * 1024:
+        return f"{format_number(round(exact / 1024, 1))} KB"
+    return f"{format_number(round(exact / (1024 * 1024), 2))} MB"
+
+
+def integrity_text(fields: dict[str, Any], host_age_s: float = 0.0) -> str:
+    """``integrity ok, checked 4 min ago``: the result and how old it is
+    (its age when reported plus the time since the report)."""
+    integrity = fields.get("integrity")
+    if not isinstance(integrity, str) or not integrity:
+        return "integrity not checked"
+    text = f"integrity {shorten(integrity, 80)}"
+    age = _number(fields.get("integrity_age_s"))
+    if age is not None:
+        text += f", checked {ago(age + host_age_s)} ago"
+    return text
+
+
+def _error(fields: dict[str, Any]) -> str:
+    error = fields.get("error")
+    return shorten(error) if isinstance(error, str) and error else ""
+
+
+def describe_check(name: str, fields: dict[str, Any], host_age_s: float = 0.0,
+                   with_error: bool = True) -> str:
+    """One line of figures for a check, the way the seed's verbose mode shows
+    them (``with_error`` False leaves out an error already shown)."""
 
     def get(key: str) -> Any:
         return fields.get(key)
 
-    def mb(value: Any) -> str:
-        return "?" if value is None else f"{format_number(float(value))} MB"
-
-    error = f" (error: {get('error')})" if get("error") else ""
+    parts: list[str] = []
     if name == "database":
-        return (f"integrity {get('integrity') or '?'}, size {mb(get('size_mb'))}, "
-                f"{get('table_count') if get('table_count') is not None else '?'} tables{error}")
-    if name == "sessions":
-        return f"{get('active_sessions') if get('active_sessions') is not None else '?'} " \
-               f"active (limit {get('max_sessions') or '?'}){error}"
-    if name == "disk_space":
-        return (f"{_pct(get('percent_used'))} used, {get('free_gb')} GB free of "
-                f"{get('total_gb')} GB{error}")
-    if name == "memory":
-        return (f"process RSS {mb(get('process_rss_mb'))}, system "
-                f"{_pct(get('system_percent'))}{error}")
-    shown = [f"{k}={v}" for k, v in sorted(fields.items()) if k != "healthy"][:6]
-    return ", ".join(shown) + error
+        if get("integrity") is not None or get("healthy"):
+            parts.append(integrity_text(fields, host_age_s))
+        if get("size_bytes") is not None or get("size_mb") is not None:
+            parts.append(f"size {size_text(get('size_bytes'), get('size_mb'))}")
+        tables = _number(get("table_count"))
+        if tables is not None:
+            parts.append(plural(int(tables), "table"))
+    elif name == "sessions":
+        active = _number(get("active_sessions"))
+        limits = []
+        if _number(get("max_sessions")) is not None:
+            limits.append(f"limit {format_number(get('max_sessions'))}")
+        if _number(get("max_same_ip")) is not None:
+            limits.append(f"{format_number(get('max_same_ip'))} per IP")
+        if active is None:
+            parts.append("sessions unknown")
+        else:
+            parts.append(f"{format_number(active)} active"
+                         + (f" ({', '.join(limits)})" if limits else ""))
+    elif name == "disk_space":
+        parts.append(f"{_pct(get('percent_used'))} used")
+        free, total_gb = _number(get("free_gb")), _number(get("total_gb"))
+        if free is not None and total_gb is not None:
+            parts[-1] += f", {format_number(free)} GB free of {format_number(total_gb)} GB"
+    elif name == "memory":
+        rss = _number(get("process_rss_mb"))
+        parts.append("no BBS process" if rss is None else f"process RSS {format_number(rss)} MB")
+        if _number(get("system_percent")) is not None:
+            parts.append(f"system {_pct(get('system_percent'))}")
+    elif name == "telnet":
+        banner = _number(get("banner_ms"))
+        threshold = _number(get("threshold_ms"))
+        if banner is None:
+            parts.append("not answering")
+        else:
+            parts.append(f"banner after {format_number(banner)} ms"
+                         + ("" if threshold is None
+                            else f" (threshold {format_number(threshold)} ms)"))
+    elif name == "uptime":
+        up = _number(get("uptime_seconds"))
+        if up is not None:
+            parts.append(f"system up {ago(up)}")
+        bbs_up = _number(get("bbs_uptime_seconds"))
+        parts.append("BBS process not found" if bbs_up is None
+                     else f"BBS pid {get('bbs_pid')} up {ago(bbs_up)}")
+    else:
+        parts.extend(f"{k}={shorten(str(v), 60)}" for k, v in sorted(fields.items())
+                     if k not in ("healthy", "error", "severity") and v is not None and v != "")
+        parts = parts[:6]
+    text = ", ".join(parts) if parts else ("healthy" if get("healthy") else "unhealthy")
+    error = _error(fields) if with_error else ""
+    return f"{text} (error: {error})" if error else text
 
 
 def _problem(name: str, status: Status, view: HostView) -> str:
+    """A check's problem for the summary line: what is wrong and which limit
+    it broke."""
     fields = view.state.check_fields(name)
+    error = _error(fields)
     if name == "disk_space":
-        return f"disk_space {status.name} ({_pct(view.figure('disk_space', 'percent_used'))} used)"
+        limit = _number(fields.get("warning_threshold"))
+        return (f"disk_space {status.name} ({_pct(fields.get('percent_used'))} used"
+                + ("" if limit is None else f", limit {format_number(limit)}%") + ")")
     if name == "memory":
-        rss = view.figure("memory", "process_rss_mb")
-        return f"memory {status.name} (RSS {'?' if rss is None else format_number(rss)} MB)"
+        rss = _number(fields.get("process_rss_mb"))
+        if rss is None:
+            return f"memory {status.name} (no BBS process{': ' + error if error else ''})"
+        rss_limit = _number(fields.get("warning_threshold_process_mb"))
+        system = _number(fields.get("system_percent"))
+        system_limit = _number(fields.get("warning_threshold_system_percent"))
+        if system is not None and system_limit is not None and system >= system_limit \
+                and not (rss_limit is not None and rss >= rss_limit):
+            return (f"memory {status.name} (system {format_number(system)}%, limit "
+                    f"{format_number(system_limit)}%)")
+        return (f"memory {status.name} (RSS {format_number(rss)} MB"
+                + ("" if rss_limit is None else f", limit {format_number(rss_limit)} MB")
+                + ")")
     if name == "database":
-        detail = fields.get("error") or f"integrity {fields.get('integrity') or '?'}"
-        return f"database {status.name} ({detail})"
+        return f"database {status.name} ({error or integrity_text(fields, view.age_s)})"
     if name == "sessions":
-        return f"sessions {status.name} ({fields.get('active_sessions')} active)"
-    return f"{name} {status.name}"
+        active = _number(fields.get("active_sessions"))
+        limit = _number(fields.get("max_sessions"))
+        top = _number(fields.get("top_ip_sessions"))
+        same = _number(fields.get("max_same_ip"))
+        if top is not None and same is not None and top > same:
+            return (f"sessions {status.name} ({format_number(top)} from {fields.get('top_ip')},"
+                    f" per-IP limit {format_number(same)})")
+        if active is not None and limit is not None and active > limit:
+            return (f"sessions {status.name} ({format_number(active)} active, total limit "
+                    f"{format_number(limit)})")
+        return f"sessions {status.name}" + (f" ({error})" if error else "")
+    if name == "telnet":
+        banner = _number(fields.get("banner_ms"))
+        if banner is None:
+            return f"telnet {status.name} (not answering{': ' + error if error else ''})"
+        threshold = _number(fields.get("threshold_ms"))
+        return (f"telnet {status.name} (banner after {format_number(banner)} ms"
+                + ("" if threshold is None else f", threshold {format_number(threshold)} ms")
+                + ")")
+    return f"{name} {status.name}" + (f" ({error})" if error else "")
 
 
 def judge_host(view: HostView, thresholds: Thresholds, settings: CollectorSettings) -> HostVerdict:
@@ -196,15 +337,16 @@ class CheckResult:
     doc: dict[str, Any] = field(default_factory=dict)
 
     def first_line(self) -> str:
-        """``MTBBS <STATE> - summary | perfdata``."""
-        line = f"MTBBS {self.status.name} - {self.summary}"
+        """``MTBBS <STATE> - summary | perfdata``, always one line."""
+        line = f"MTBBS {self.status.name} - {one_line(self.summary)}"
         return f"{line} | {' '.join(self.perf)}" if self.perf else line
 
     def text(self, verbose: bool) -> str:
         """The plugin output, with long output lines when ``verbose``."""
         lines = [self.first_line()]
         if verbose:
-            lines.extend(self.long)
+            # A long output line must not look like perfdata either.
+            lines.extend(line.replace("|", "/") for line in self.long)
         return "\n".join(lines)
 
     def document(self) -> dict[str, Any]:
@@ -242,19 +384,23 @@ def _collector_doc(collector: CollectorView, settings: CollectorSettings) -> dic
             **collector.fields}
 
 
-def _host_long(verdict: HostVerdict) -> list[str]:
+def _host_long(verdict: HostVerdict, named: bool = True) -> list[str]:
+    """A host's long output lines. When the summary ``named`` the host, its
+    problems' errors are there already and are not repeated here."""
     view = verdict.view
     skew = view.state.clock_skew_s
-    head = (f"{view.host}: {verdict.status.name} - last seen {format_number(round(view.age_s))}"
-            f" s ago (reports every {format_number(view.interval_s)} s, stale {view.stale})")
+    head = (f"{view.host}: {verdict.status.name} - last seen {ago(view.age_s)} ago (reports "
+            f"every {ago(view.interval_s)}, stale {view.stale})")
     if view.sessions is not None:
-        head += f", {view.sessions} session{'' if view.sessions == 1 else 's'}"
+        head += f", {plural(view.sessions, 'session')}"
     if skew is not None:
         head += f", clock skew {format_number(skew)} s"
     lines = [head]
     for name, fields in sorted(view.state.checks.items()):
         status = verdict.checks.get(name, Status.UNKNOWN)
-        lines.append(f"  {name}: {status.name} - {describe_check(name, fields)}")
+        repeat = not (named and status != Status.OK)
+        lines.append(f"  {name}: {status.name} - "
+                     f"{describe_check(name, fields, view.age_s, with_error=repeat)}")
     return lines
 
 
@@ -264,16 +410,17 @@ def _collector_long(fleet: FleetView, settings: CollectorSettings) -> list[str]:
         # A collector that said it stopped is stopped, not stalled.
         stalled = not collector.stopped and collector not in alive_collectors([collector],
                                                                                  settings)
-        lines.append(
-            f"collector {collector.name}: {collector.fields.get('state', '?')}"
-            f"{' (stalled)' if stalled else ''}, heartbeat {format_number(round(collector.age_s))}"
-            f" s ago, processed {collector.fields.get('processed', '?')}, dead letters "
-            f"{collector.fields.get('dead_lettered', '?')}")
+        figures = [f"heartbeat {ago(collector.age_s)} ago"]
+        for key, word in (("processed", "processed"), ("dead_lettered", "dead-lettered")):
+            if collector.fields.get(key) not in (None, ""):
+                figures.append(f"{word} {collector.fields[key]}")
+        lines.append(f"collector {collector.name}: {collector.fields.get('state') or 'running'}"
+                     f"{' (stalled)' if stalled else ''}, {', '.join(figures)}")
     sums = total(fleet.groups)
     lines.append(f"group: {int(sums['lag'])} undelivered (oldest "
                  f"{format_number(sums['lag_s'])} s), {int(sums['pending'])} pending (oldest "
-                 f"{format_number(sums['oldest_pending_s'])} s), {fleet.dead_letters} dead "
-                 "letters")
+                 f"{format_number(sums['oldest_pending_s'])} s), "
+                 f"{plural(fleet.dead_letters, 'dead letter')}")
     return lines
 
 
@@ -303,22 +450,23 @@ def host_result(fleet: FleetView, thresholds: Thresholds, settings: CollectorSet
                 ) -> CheckResult:
     """The check of the one host in ``fleet`` (``--host H``)."""
     if fleet.missing or not fleet.hosts:
-        name = fleet.missing[0] if fleet.missing else "?"
-        return unknown(f"host {name} has never reported (no state in Redis)")
+        if fleet.missing:
+            return unknown(f"host {fleet.missing[0]} has never reported (no state in Redis)")
+        return unknown("the host has never reported (no state in Redis)")
     verdict = judge_host(fleet.hosts[0], thresholds, settings)
     view = verdict.view
     collector_status, collector_problems = judge_collectors(fleet, settings)
     status = Status.worst([verdict.status, collector_status])
     figures = []
     if view.sessions is not None:
-        figures.append(f"{view.sessions} session{'' if view.sessions == 1 else 's'}")
+        figures.append(plural(view.sessions, "session"))
     disk = view.figure("disk_space", "percent_used")
     if disk is not None:
         figures.append(f"disk {format_number(disk)}%")
     rss = view.figure("memory", "process_rss_mb")
     if rss is not None:
         figures.append(f"RSS {format_number(rss)} MB")
-    figures.append(f"seen {format_number(round(view.age_s))} s ago")
+    figures.append(f"seen {ago(view.age_s)} ago")
     problems = verdict.problems + collector_problems
     summary = f"{view.host}: " + ("; ".join(problems) if problems else "all checks OK")
     summary += f" ({', '.join(figures)})"
@@ -354,7 +502,7 @@ def fleet_result(fleet: FleetView, thresholds: Thresholds, settings: CollectorSe
     verdicts = [judge_host(v, thresholds, settings) for v in fleet.hosts]
     counts = {s: sum(1 for v in verdicts if v.status == s) for s in Status}
     status = Status.worst([*(v.status for v in verdicts), collector_status])
-    summary = f"{len(verdicts)} hosts: " + ", ".join(
+    summary = f"{plural(len(verdicts), 'host')}: " + ", ".join(
         f"{counts[s]} {s.name}" for s in Status if counts[s] or s == Status.OK)
     bad = sorted((v for v in verdicts if v.status != Status.OK),
                  key=lambda v: (-int(v.status), v.view.host))
@@ -391,9 +539,10 @@ def fleet_result(fleet: FleetView, thresholds: Thresholds, settings: CollectorSe
         perfdata("collectors_alive", len(alive), "", "", "", 0),
         perfdata("dead_letters", fleet.dead_letters, "", "", "", 0),
     ]
+    named_hosts = {v.view.host for v in bad[:MAX_NAMED_PROBLEMS]}
     long: list[str] = []
     for verdict in sorted(verdicts, key=lambda v: v.view.host):
-        long.extend(_host_long(verdict))
+        long.extend(_host_long(verdict, verdict.view.host in named_hosts))
     long.extend(_collector_long(fleet, settings))
     doc = {"timestamp": iso_from_ms(fleet.now_ms),
            "counts": {s.name: counts[s] for s in Status},

@@ -53,6 +53,9 @@ def build_parser() -> argparse.ArgumentParser:
                     "while it keeps dying (default: three agent intervals, at least 15)")
     up.add_argument("--agent-interval", type=float, metavar="S",
                     help="seconds between the agent's reports (default 5)")
+    up.add_argument("--integrity-interval", type=float, metavar="S",
+                    help="seconds between the agent's SQLite quick_checks of the BBS database "
+                    "(default 300; the first runs at start)")
     up.add_argument("--no-worker", action="store_true", help="do not start an alerter worker")
     up.add_argument("--no-agent", action="store_true", help="do not start an agent")
     add_common_options(up)
@@ -88,6 +91,7 @@ def _stack_settings(args: argparse.Namespace, document: dict[str, Any]) -> Stack
         "bbs_port": getattr(args, "bbs_port", None),
         "redis_port": getattr(args, "redis_port", None),
         "agent_interval": getattr(args, "agent_interval", None),
+        "integrity_interval": getattr(args, "integrity_interval", None),
         "watch_interval": getattr(args, "interval", None),
     }
     return load_section(StackSettings, document, "stack", overrides=overrides)

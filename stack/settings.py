@@ -38,6 +38,9 @@ class StackSettings:
                                "this machine's name)", check=_host)
     agent_interval: float = setting(5.0, "seconds between the local agent's reports (short, "
                                     "for a demo)", check=positive)
+    integrity_interval: float = setting(300.0, "seconds between the local agent's SQLite "
+                                        "quick_checks (the first runs at start)",
+                                        check=positive)
     stop_timeout: float = setting(10.0, "seconds each component gets to stop after SIGTERM "
                                   "before it is killed", check=positive)
     startup_timeout: float = setting(15.0, "seconds the embedded Redis gets to answer",

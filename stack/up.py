@@ -217,6 +217,7 @@ def make_plan(stack: StackSettings, redis: RedisSettings, *, demo: bool, worker:
     # The agent's spool must live somewhere writable by whoever runs `up`.
     agent_argv = [script("mtbbs-agent"), "run", "--host", host,
                   "--interval", f"{stack.agent_interval:g}",
+                  "--integrity-interval", f"{stack.integrity_interval:g}",
                   "--spool", str(data_dir / "agent" / "spool.db")]
     bbs_port = None
     if demo:

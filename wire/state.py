@@ -13,14 +13,27 @@ import math
 from collections.abc import Mapping
 from dataclasses import dataclass
 from datetime import UTC, datetime
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-from wire.messages import FieldValue, Report, SessionInfo
 from wire.status import Status
 
-# The seed's exit codes: a database problem is CRITICAL, anything else that
-# is unhealthy (disk, memory, sessions, ...) is WARNING.
+if TYPE_CHECKING:  # types only: the health check needs no message codec
+    from wire.messages import FieldValue, Report, SessionInfo
+
+# The seed's exit codes, kept by the seed-compatible health check: a
+# database problem is CRITICAL, anything else that is unhealthy (disk,
+# memory, sessions, ...) is WARNING.
 CRITICAL_CHECKS = frozenset({"database"})
+
+# The fleet's severity policy (status, exporter, alert rules) rates each
+# unhealthy check by what went wrong, since "the BBS does not answer" is
+# the alarm a sysop cares about most. The agent writes its rating into the
+# check's ``severity`` field; results without one (older agents) are rated
+# from their figures by the same policy.
+SEVERITY_FIELD = "severity"
+SEVERITY_WARNING = "warning"
+SEVERITY_CRITICAL = "critical"
+_SEVERITIES = {SEVERITY_WARNING: Status.WARNING, SEVERITY_CRITICAL: Status.CRITICAL}
 
 # Fields of the host hash that are not check results.
 META_FIELDS = (
@@ -34,15 +47,50 @@ STALE_CRITICAL = "critical"
 
 
 def check_status(name: str, healthy: bool) -> Status:
-    """The status of one check result under the seed's rules."""
+    """The status of one check result under the seed's exit-code rules."""
     if healthy:
         return Status.OK
     return Status.CRITICAL if name in CRITICAL_CHECKS else Status.WARNING
 
 
 def report_status(checks: Mapping[str, Mapping[str, Any]]) -> Status:
-    """The worst status over a report's checks."""
+    """The worst status over a report's checks under the seed's exit-code rules."""
     return checks_status(unhealthy_checks(checks))
+
+
+def check_severity(name: str, fields: Mapping[str, Any]) -> Status:
+    """The status of one check result under the fleet's severity policy.
+
+    The agent's ``severity`` field when it has one; otherwise: a telnet
+    probe that got no banner (refused, timed out, closed, silent) is
+    CRITICAL and a slow banner WARNING; a memory check that found no BBS
+    process is CRITICAL; a database problem is CRITICAL; anything else is
+    WARNING.
+    """
+    if fields.get("healthy"):
+        return Status.OK
+    rated = _SEVERITIES.get(str(fields.get(SEVERITY_FIELD, "")))
+    if rated is not None:
+        return rated
+    if name == "telnet":
+        return Status.WARNING if _is_number(fields.get("banner_ms")) else Status.CRITICAL
+    if name == "memory":
+        return Status.WARNING if _is_number(fields.get("process_rss_mb")) else Status.CRITICAL
+    return Status.CRITICAL if name in CRITICAL_CHECKS else Status.WARNING
+
+
+def _is_number(value: Any) -> bool:
+    return isinstance(value, int | float) and not isinstance(value, bool)
+
+
+def severity_status(checks: Mapping[str, Mapping[str, Any]],
+                    unhealthy: list[str] | None = None) -> Status:
+    """The worst status over a report's checks under the fleet's severity
+    policy; ``unhealthy`` (unhealthy_checks of ``checks``) when known."""
+    names = unhealthy_checks(checks) if unhealthy is None else unhealthy
+    if not names:
+        return Status.OK
+    return max(check_severity(name, checks[name]) for name in names)
 
 
 def stale_status(stale: str) -> Status:
@@ -193,7 +241,7 @@ def report_meta(report: Report, entry_ms: int, stale: str = STALE_NO) -> dict[st
     less ``dropped_total``, which the collector keeps as a running sum)."""
     checks = report.checks
     unhealthy = unhealthy_checks(checks)
-    status = checks_status(unhealthy)
+    status = severity_status(checks, unhealthy)
     if stale != STALE_NO:
         status = max(status, stale_status(stale))
     last_seen, last_seen_ms, observed_at, seq, clock_skew = report_moment_texts(report, entry_ms)
@@ -230,8 +278,9 @@ def unhealthy_checks(checks: Mapping[str, Mapping[str, Any]]) -> list[str]:
 
 
 def checks_status(unhealthy: list[str]) -> Status:
-    """The status the checks named ``unhealthy`` give: the worst of theirs
-    (check_status's rule, written out for the collector's hot path)."""
+    """The status the checks named ``unhealthy`` give under the seed's rules
+    (check_status's rule, written out); the fleet rates them with
+    :func:`severity_status`, which needs their fields."""
     if not unhealthy:
         return Status.OK
     if CRITICAL_CHECKS.isdisjoint(unhealthy):
@@ -363,6 +412,12 @@ def parse_host_state(host: str, raw: Mapping[Any, Any]) -> HostState:
             continue
         name, _, field_name = key.partition(".")
         checks.setdefault(name, {})[field_name] = parse_value(value)
+    for name, check in checks.items():
+        # Every unhealthy check shows its severity, rated by the agent or,
+        # for an older agent's report, by the same policy here, so that
+        # alert rules can test ``telnet.severity == critical``.
+        if check.get("healthy") is False and not check.get(SEVERITY_FIELD):
+            check[SEVERITY_FIELD] = check_severity(name, check).name.lower()
     skew = parse_value(fields.get("clock_skew_s", ""))
     last_seen = fields.get("last_seen_ms", "0")
     return HostState(

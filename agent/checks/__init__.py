@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Callable
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from agent.checks.database import NOT_CHECKED, check_database
 from agent.checks.disk import check_disk
@@ -27,7 +27,9 @@ from agent.checks.results import (
 from agent.checks.sessions import check_sessions, client_ip
 from agent.checks.settings import CheckSettings, default_host_id
 from wire.keys import KeySpace
-from wire.messages import FieldValue
+
+if TYPE_CHECKING:  # types only: the health check needs no message codec
+    from wire.messages import FieldValue
 
 __all__ = [
     "CHECK_ORDER",

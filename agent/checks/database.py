@@ -7,7 +7,10 @@ mode, fetches every result before the next statement and closes the
 connection at once, so the BBS's writers are at most delayed by one
 ``PRAGMA quick_check``, which their own busy timeout absorbs. Every failure
 (missing file, not a database, corruption, a lock, permission denied) is an
-unhealthy result with a readable ``error``, never an exception.
+unhealthy result with a readable ``error``, never an exception. A database
+that is only locked (a busy writer held it past the timeout) is rated
+``warning`` and keeps the last integrity result: it says nothing about
+corruption. Every other problem is ``critical``.
 
 **WAL databases nobody has open.** A read-only connection to a WAL database
 needs its ``-shm`` (and ``-wal``) files; when no process has the database
@@ -35,15 +38,17 @@ not checked, not guessed at.
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import os
 import sqlite3
 import stat
 from dataclasses import dataclass
 from pathlib import Path
-from urllib.request import pathname2url
+from urllib.parse import quote
 
 from agent.checks.results import DatabaseResult
+from wire.state import SEVERITY_CRITICAL, SEVERITY_WARNING
 
 logger = logging.getLogger(__name__)
 
@@ -59,7 +64,7 @@ _HEADER_MAGIC = b"SQLite format 3\x00"
 
 
 def _open_read_only(path: str, timeout: float, *, immutable: bool = False) -> sqlite3.Connection:
-    uri = "file:" + pathname2url(os.path.abspath(path)) + "?mode=ro"
+    uri = "file:" + quote(os.path.abspath(path)) + "?mode=ro"
     if immutable:
         uri += "&immutable=1"
     connection = sqlite3.connect(uri, uri=True, timeout=timeout, isolation_level=None,
@@ -126,12 +131,22 @@ def _summarise(rows: list[tuple[object, ...]]) -> str:
     return text[:MAX_INTEGRITY_TEXT] if text else "no answer from quick_check"
 
 
+def _primary_code(exc: sqlite3.Error) -> int | None:
+    code = getattr(exc, "sqlite_errorcode", None)
+    return code & 0xFF if isinstance(code, int) else None
+
+
+def _is_lock(exc: sqlite3.Error) -> bool:
+    """Whether the error is another connection's lock, not a fault of the file."""
+    return _primary_code(exc) in (sqlite3.SQLITE_BUSY, sqlite3.SQLITE_LOCKED) \
+        or "locked" in str(exc)
+
+
 def _explain(exc: sqlite3.Error, path: str, timeout: float) -> str:
     """A sysop's reading of an SQLite error."""
-    code = getattr(exc, "sqlite_errorcode", None)
-    primary = code & 0xFF if isinstance(code, int) else None
+    primary = _primary_code(exc)
     message = str(exc)
-    if primary in (sqlite3.SQLITE_BUSY, sqlite3.SQLITE_LOCKED) or "locked" in message:
+    if _is_lock(exc):
         return f"Database is locked (still busy after {timeout:g} s): {message}"
     if primary == sqlite3.SQLITE_NOTADB or "not a database" in message:
         return f"Not an SQLite database: {message}"
@@ -161,6 +176,15 @@ def check_database(
     skipped and ``previous_integrity`` (or ``not checked``) is reported, and
     judged, instead.
     """
+    result = _check_database(path, timeout=timeout, run_integrity=run_integrity,
+                             previous_integrity=previous_integrity)
+    if result.healthy or result.severity is not None:
+        return result
+    return dataclasses.replace(result, severity=SEVERITY_CRITICAL)
+
+
+def _check_database(path: str | Path, *, timeout: float, run_integrity: bool,
+                    previous_integrity: str | None) -> DatabaseResult:
     shown = str(path)
     try:
         info = os.stat(path)
@@ -225,10 +249,18 @@ def check_database(
     else:
         return DatabaseResult(
             healthy=False, path=shown, size_bytes=size_bytes, size_mb=size_mb,
-            journal_mode="wal", integrity=NOT_CHECKED,
+            journal_mode="wal", integrity=previous_integrity or NOT_CHECKED,
+            severity=SEVERITY_WARNING,
             error=f"Database is busy: it changed during each of {MAX_ATTEMPTS} reads (the BBS "
             "opened it); it is checked again next cycle")
 
+    if isinstance(failure, sqlite3.Error) and _is_lock(failure):
+        logger.debug("database %s is locked: %s", shown, failure)
+        return DatabaseResult(
+            healthy=False, path=shown, size_bytes=size_bytes, size_mb=size_mb,
+            table_count=table_count, journal_mode=journal_mode,
+            integrity=previous_integrity or NOT_CHECKED, severity=SEVERITY_WARNING,
+            error=_explain(failure, shown, timeout))
     if isinstance(failure, sqlite3.Error):
         logger.debug("database check of %s failed: %s", shown, failure)
         return DatabaseResult(

@@ -7,7 +7,9 @@ Matching the program rather than the whole command line keeps ``grep
 telnet_server`` and ``mtbbs-health-check --match telnet_server`` from being
 mistaken for the BBS; the checker itself and its ancestors (the agent, the
 shell of a cron job) are never candidates. A BBS that cannot be found is an
-unhealthy result with an ``error`` naming what was looked for, not a crash.
+unhealthy result with an ``error`` naming what was looked for, not a crash,
+rated ``critical``: the BBS is not running. Memory over a threshold is
+rated ``warning``.
 """
 
 from __future__ import annotations
@@ -20,6 +22,7 @@ from pathlib import Path
 import psutil
 
 from agent.checks.results import MemoryResult
+from wire.state import SEVERITY_CRITICAL, SEVERITY_WARNING
 
 logger = logging.getLogger(__name__)
 
@@ -157,8 +160,9 @@ def check_memory(
 ) -> MemoryResult:
     """Memory of the BBS process and the system against the two thresholds."""
     system = _system_percent()
-    def failed(error: str) -> MemoryResult:
+    def failed(error: str, severity: str = SEVERITY_CRITICAL) -> MemoryResult:
         return MemoryResult(healthy=False, system_percent=system, error=error,
+                            severity=severity,
                             warning_threshold_process_mb=rss_threshold_mb,
                             warning_threshold_system_percent=system_threshold_percent)
 
@@ -170,12 +174,14 @@ def check_memory(
     except psutil.NoSuchProcess:
         return failed("BBS process exited while being measured")
     except psutil.AccessDenied:
-        return failed("BBS process memory cannot be read: access denied")
+        # The process runs; only its figures are hidden from us.
+        return failed("BBS process memory cannot be read: access denied", SEVERITY_WARNING)
     rss_mb = round(memory.rss / MB, 1)
     vms_mb = round(memory.vms / MB, 1)
     healthy = rss_mb < rss_threshold_mb and (system is None or system < system_threshold_percent)
     error = None if system is not None else "system memory usage unavailable"
     return MemoryResult(healthy=healthy, process_rss_mb=rss_mb, process_vms_mb=vms_mb,
                         system_percent=system, pid=found.process.pid, found_by=found.found_by,
-                        error=error, warning_threshold_process_mb=rss_threshold_mb,
+                        error=error, severity=None if healthy else SEVERITY_WARNING,
+                        warning_threshold_process_mb=rss_threshold_mb,
                         warning_threshold_system_percent=system_threshold_percent)

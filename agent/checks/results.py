@@ -5,22 +5,30 @@ into the map that travels in a :class:`wire.messages.Report` and that the
 health-check CLI prints as JSON. Field names are the seed's (``size_mb``,
 ``percent_used``, ``warning_threshold_process_mb``, ...) plus ``healthy``;
 values are only wire-encodable scalars, and the session list is a tuple of
-small maps of scalars. ``error`` appears only when something went wrong, so
-a healthy result looks exactly like the seed's example.
+small maps of scalars. ``error`` (and ``severity``, how the fleet rates the
+problem: ``warning`` or ``critical``, see ``wire.state.check_severity``)
+appear only when something went wrong, so a healthy result looks exactly
+like the seed's example.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-from wire.messages import FieldValue, Scalar
+from wire.state import SEVERITY_FIELD
+
+if TYPE_CHECKING:  # types only: the health check needs no message codec
+    from wire.messages import FieldValue, Scalar
 
 
-def _fields(pairs: list[tuple[str, Any]], error: str | None) -> dict[str, FieldValue]:
+def _fields(pairs: list[tuple[str, Any]], error: str | None,
+            severity: str | None = None) -> dict[str, FieldValue]:
     fields: dict[str, FieldValue] = dict(pairs)
     if error is not None:
         fields["error"] = error
+    if severity is not None:
+        fields[SEVERITY_FIELD] = severity
     return fields
 
 
@@ -30,7 +38,10 @@ class DatabaseResult:
 
     ``integrity`` is the first line of ``PRAGMA quick_check`` (``ok`` when
     intact), the previous run's value when the check was skipped this time,
-    or ``not checked``. ``integrity_checked`` says which.
+    or ``not checked``. ``integrity_checked`` says which; ``integrity_age_s``
+    (set by the agent's daemon) how many seconds before the report the
+    shown result was found. A database that is only locked by a busy writer
+    is rated ``warning``, any other problem ``critical``.
     """
 
     healthy: bool
@@ -42,6 +53,7 @@ class DatabaseResult:
     integrity_checked: bool = False
     journal_mode: str | None = None
     error: str | None = None
+    severity: str | None = None
 
     def to_fields(self) -> dict[str, FieldValue]:
         """The seed's JSON fields, in the seed's order."""
@@ -57,6 +69,7 @@ class DatabaseResult:
                 ("journal_mode", self.journal_mode),
             ],
             self.error,
+            self.severity,
         )
 
 
@@ -162,7 +175,8 @@ class MemoryResult:
 
     ``found_by`` says how the process was found (``pid``, ``pidfile`` or
     ``match``); when it was not found the process figures are None, the
-    result is unhealthy and ``error`` says what was looked for.
+    result is unhealthy, rated ``critical`` (the BBS is not running), and
+    ``error`` says what was looked for.
     """
 
     healthy: bool
@@ -174,6 +188,7 @@ class MemoryResult:
     pid: int | None = None
     found_by: str | None = None
     error: str | None = None
+    severity: str | None = None
 
     def to_fields(self) -> dict[str, FieldValue]:
         """The seed's JSON fields, in the seed's order, and the process found."""
@@ -191,6 +206,7 @@ class MemoryResult:
                 ("found_by", self.found_by),
             ],
             self.error,
+            self.severity,
         )
 
 

@@ -3,8 +3,10 @@
 It connects to the BBS's telnet port and times the first bytes of the
 banner (telnet option negotiation counts: it is the server answering). A
 refused or timed-out connection, a server that closes or stays silent, or a
-banner slower than the threshold is unhealthy. The result goes into the
-report as the ``telnet`` check.
+banner slower than the threshold is unhealthy. A BBS that does not answer
+(refused, timed out, closed, silent) is rated ``critical``; one that
+answers slowly ``warning`` (``wire.state.check_severity``). The result goes
+into the report as the ``telnet`` check.
 
 A function of its inputs (address, limits, clock), so tests point it at a
 tiny server of their own.
@@ -16,6 +18,8 @@ import socket
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
+
+from wire.state import SEVERITY_CRITICAL, SEVERITY_FIELD, SEVERITY_WARNING
 
 CHECK_NAME = "telnet"
 # Enough to see that the server speaks; the banner's content is not judged.
@@ -34,9 +38,17 @@ class TelnetResult:
     banner_ms: float | None = None
     error: str | None = None
 
+    @property
+    def severity(self) -> str | None:
+        """``critical`` when the BBS did not answer, ``warning`` when it was
+        slow, None when healthy."""
+        if self.healthy:
+            return None
+        return SEVERITY_WARNING if self.banner_ms is not None else SEVERITY_CRITICAL
+
     def as_fields(self) -> dict[str, bool | int | float | str | None]:
         """The fields of the report's ``telnet`` entry."""
-        return {
+        fields: dict[str, bool | int | float | str | None] = {
             "healthy": self.healthy,
             "host": self.host,
             "port": self.port,
@@ -45,6 +57,9 @@ class TelnetResult:
             "threshold_ms": self.threshold_ms,
             "error": self.error,
         }
+        if self.severity is not None:
+            fields[SEVERITY_FIELD] = self.severity
+        return fields
 
 
 def _ms(seconds: float) -> float:

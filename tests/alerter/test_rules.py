@@ -66,7 +66,16 @@ def test_a_healthy_host_breaches_nothing() -> None:
      "sessions", WARNING),
     ({"sessions": {"healthy": True, "active_sessions": 100, "max_sessions": 100}},
      "sessions", OK),
-    ({"telnet": {"healthy": False, "error": "refused"}}, "telnet", WARNING),
+    # A BBS that does not answer is CRITICAL; a slow one WARNING.
+    ({"telnet": {"healthy": False, "error": "refused"}}, "telnet", CRITICAL),
+    ({"telnet": {"healthy": False, "banner_ms": 2500.0, "severity": "warning"}}, "telnet",
+     WARNING),
+    # No BBS process is CRITICAL and alerts, though no memory threshold is crossed.
+    ({"memory": {"healthy": False, "error": "no BBS process found", "severity": "critical"}},
+     "memory", CRITICAL),
+    # A locked database is WARNING, not corruption.
+    ({"database": {"healthy": False, "severity": "warning", "error": "Database is locked"}},
+     "database", WARNING),
 ])
 def test_the_seed_thresholds(change: dict[str, Any], rule: str, level: int) -> None:
     checks = healthy()

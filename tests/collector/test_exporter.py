@@ -2,10 +2,13 @@
 
 from __future__ import annotations
 
+import re
+import shutil
 import socket
 import subprocess
 import time
 import urllib.request
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -41,7 +44,7 @@ def test_scrape(redis_client: redis.Redis, keys: Any, publish: Any, report: Any,
     assert found[("mtbbs_hosts", ())] == 2
     assert found[("mtbbs_sessions_active", (("host", "bbs-01"),))] == 3
     assert found[("mtbbs_disk_usage_percent", (("host", "bbs-01"),))] == 92.5
-    assert found[("mtbbs_memory_process_rss_mb", (("host", "bbs-02"),))] == 600
+    assert found[("mtbbs_memory_process_rss_bytes", (("host", "bbs-02"),))] == 600 * 1024 * 1024
     assert found[("mtbbs_component_healthy", (("component", "database"), ("host", "bbs-01")))] == 0
     assert found[("mtbbs_component_healthy", (("component", "memory"), ("host", "bbs-02")))] == 0
     assert found[("mtbbs_component_healthy", (("component", "disk_space"),
@@ -52,7 +55,7 @@ def test_scrape(redis_client: redis.Redis, keys: Any, publish: Any, report: Any,
     assert found[("mtbbs_collector_lag", ())] == 1
     assert found[("mtbbs_collector_pending", ())] == 0
     assert found[("mtbbs_collector_heartbeat_age_seconds", (("collector", "exp"),))] < 60
-    assert found[("mtbbs_collector_processed", (("collector", "exp"),))] == 2
+    assert found[("mtbbs_collector_processed_total", (("collector", "exp"),))] == 2
     assert found[("mtbbs_dead_letters", ())] == 0
 
 
@@ -130,3 +133,49 @@ def test_exporter_listens_with_reuse_address() -> None:
         server.shutdown()
         server.server_close()
         thread.join(5)
+
+
+DOCS = Path(__file__).resolve().parents[2] / "docs" / "collector.md"
+# Units Prometheus's naming rules forbid in names: base units only.
+ABBREVIATED = re.compile(r"_(mb|kb|gb|ms|us|ns|sec|secs|mins?|hours?)(_|$)")
+
+
+def scraped(redis_client: redis.Redis, keys: Any, publish: Any, report: Any,
+            make_collector: Any) -> str:
+    publish(report("bbs-01", 1, disk=92.5, sessions=3, database_ok=False))
+    publish(report("bbs-02", 1, rss=600.0))
+    collector = make_collector(name="exp")
+    collector.drain()
+    collector.heartbeat()
+    return generate_latest(registry_for(redis_client, keys, CollectorSettings())).decode()
+
+
+def test_the_exposition_follows_prometheus_conventions(
+        redis_client: redis.Redis, keys: Any, publish: Any, report: Any,
+        make_collector: Any) -> None:
+    text = scraped(redis_client, keys, publish, report, make_collector)
+    families = {family.name: family for family in text_string_to_metric_families(text)}
+    for name, family in families.items():
+        assert not ABBREVIATED.search(name), name
+        if family.type == "counter":
+            assert all(s.name.endswith("_total") for s in family.samples), name
+        else:
+            assert family.type == "gauge" and not name.endswith("_total"), name
+    # What only grows while a collector runs is a counter.
+    assert families["mtbbs_collector_processed"].type == "counter"
+    assert families["mtbbs_collector_dead_lettered"].type == "counter"
+    # The docs' table lists exactly the exposed series names.
+    documented = set(re.findall(r"^\| `(mtbbs_[a-z_]+)` \|", DOCS.read_text(encoding="utf-8"),
+                                re.MULTILINE))
+    exposed = {s.name for family in families.values() for s in family.samples}
+    assert documented == exposed
+
+
+@pytest.mark.skipif(shutil.which("promtool") is None,
+                    reason="promtool is not installed (Debian package prometheus)")
+def test_promtool_accepts_the_exposition(redis_client: redis.Redis, keys: Any, publish: Any,
+                                         report: Any, make_collector: Any) -> None:
+    text = scraped(redis_client, keys, publish, report, make_collector)
+    done = subprocess.run(["promtool", "check", "metrics"], input=text, capture_output=True,
+                          text=True, timeout=60, check=False)
+    assert done.returncode == 0, done.stdout + done.stderr

@@ -3,6 +3,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
 import re
@@ -11,6 +12,7 @@ import socket
 import subprocess
 import time
 from collections.abc import Iterator
+from datetime import datetime, timedelta
 from pathlib import Path
 from typing import Any
 
@@ -80,7 +82,7 @@ def test_warning_and_critical(command: Any, env: dict[str, str], fleet: Any,
           report("bbs-03", 1))
     code, out = status(command, env, "--host", "bbs-01")
     assert code == 1
-    assert out.startswith("MTBBS WARNING - bbs-01: disk_space WARNING (95% used)")
+    assert out.startswith("MTBBS WARNING - bbs-01: disk_space WARNING (95% used, limit 90%)")
     code, out = status(command, env, "--host", "bbs-02")
     assert code == 2
     assert out.startswith("MTBBS CRITICAL - bbs-02: database CRITICAL (integrity corrupt)")
@@ -130,7 +132,7 @@ def test_verbose_and_json(command: Any, env: dict[str, str], fleet: Any, report:
     assert code == 1
     assert "|" in lines[0] and all("|" not in line for line in lines[1:])
     assert any(line.startswith("bbs-01: WARNING - last seen") for line in lines)
-    assert "  disk_space: WARNING - 95% used, 249.5 GB free of 500.0 GB" in lines
+    assert "  disk_space: WARNING - 95% used, 249.5 GB free of 500 GB" in lines
     assert "  database: OK - integrity ok, size 5.23 MB, 8 tables" in lines
     assert any(line.startswith("collector cli-test: running, heartbeat") for line in lines)
     code, out = status(command, env, "--json")
@@ -139,7 +141,7 @@ def test_verbose_and_json(command: Any, env: dict[str, str], fleet: Any, report:
     hosts = {h["host"]: h for h in doc["hosts"]}
     assert hosts["bbs-01"]["checks"]["disk_space"]["percent_used"] == 95.0
     assert hosts["bbs-01"]["checks"]["disk_space"]["status"] == "WARNING"
-    assert hosts["bbs-01"]["problems"] == ["disk_space WARNING (95% used)"]
+    assert hosts["bbs-01"]["problems"] == ["disk_space WARNING (95% used, limit 90%)"]
     assert doc["collectors"][0]["name"] == "cli-test" and doc["collectors"][0]["alive"]
 
 
@@ -258,6 +260,8 @@ def test_an_alarm_due_at_once_answers_unknown(monkeypatch: pytest.MonkeyPatch,
         (["status", "--bogus"], "unrecognized arguments"),
         (["status", "-t", "soon"], "invalid float value"),
         (["status", "--metric", "cpu"], "invalid choice"),
+        (["status", "-w"], "expected one argument"),
+        (["status", "--log-level", "loud"], "not a logging level"),
         ([], "required"),
     ],
 )
@@ -266,6 +270,11 @@ def test_usage_errors_exit_3(command: Any, env: dict[str, str], args: list[str],
     done = run(command, env, *args)
     assert done.returncode == 3
     assert needle in done.stderr and "Traceback" not in done.stderr
+    if args:
+        # A plugin's usage error is a result too: Nagios reads stdout.
+        first = done.stdout.splitlines()[0]
+        assert FIRST_LINE.match(first) and first.startswith("MTBBS UNKNOWN - usage error: ")
+        assert needle in first
 
 
 def test_bad_ranges_and_config_are_unknown(command: Any, env: dict[str, str],
@@ -305,11 +314,20 @@ def test_hosts_sessions_history(command: Any, env: dict[str, str], fleet: Any, r
     sessions = json.loads(run(command, env, "sessions", "--host", "bbs-01", "--json").stdout)
     assert sessions[1]["user_id"] == "\x1b[31mevil"
 
-    done = run(command, env, "history", "--host", "bbs-01", "--csv")
+    done = run(command, env, "history", "--host", "bbs-01", "--csv", "--iso")
     assert done.returncode == 0
     rows = [line.split(",") for line in done.stdout.splitlines()]
     assert [r[1:] for r in rows] == [["1", "60.0", "45.2"], ["2", "61.5", "50.0"]]
     assert all(re.match(r"^\d{4}-\d\d-\d\dT\d\d:\d\d:\d\dZ$", r[0]) for r in rows)
+    # By default the seed's own format (date '+%Y-%m-%d %H:%M:%S', local time), so
+    # lines appended to the seed's file do not mix two formats.
+    tokyo = run(command, {**env, "TZ": "Asia/Tokyo"}, "history", "--host", "bbs-01", "--csv")
+    seed_rows = [line.split(",") for line in tokyo.stdout.splitlines()]
+    assert [r[1:] for r in seed_rows] == [r[1:] for r in rows]
+    for seed_row, iso_row in zip(seed_rows, rows, strict=True):
+        assert re.match(r"^\d{4}-\d\d-\d\d \d\d:\d\d:\d\d$", seed_row[0])
+        stored = datetime.strptime(iso_row[0], "%Y-%m-%dT%H:%M:%SZ")
+        assert seed_row[0] == (stored + timedelta(hours=9)).strftime("%Y-%m-%d %H:%M:%S")
     done = run(command, env, "history", "--host", "bbs-01", "--csv", "--header", "--limit", "1")
     assert done.stdout.splitlines()[0] == "timestamp,sessions,disk_percent,memory_mb"
     assert len(done.stdout.splitlines()) == 2 and done.stdout.splitlines()[1].endswith("61.5,50.0")
@@ -334,3 +352,85 @@ def test_dead_letters_command(command: Any, env: dict[str, str], redis_client: r
     assert "undecodable" in done.stdout
     letters = json.loads(run(command, env, "dead-letters", "--json").stdout)
     assert letters[0]["payload_hex"] == "006a756e6b"
+
+
+def checks_of(base: Any, **changes: dict[str, Any]) -> Any:
+    """``base`` (a report) with some checks replaced."""
+    checks = {name: dict(fields) for name, fields in base.checks.items()}
+    checks.update(changes)
+    return dataclasses.replace(base, checks=checks)
+
+
+def test_a_bbs_that_does_not_answer_is_critical(command: Any, env: dict[str, str],
+                                                fleet: Any, report: Any) -> None:
+    down = {"healthy": False, "host": "127.0.0.1", "port": 2323, "connect_ms": None,
+            "banner_ms": None, "threshold_ms": 2000.0, "error": "connection refused",
+            "severity": "critical"}
+    slow = {"healthy": False, "host": "127.0.0.1", "port": 2323, "connect_ms": 1.0,
+            "banner_ms": 2500.0, "threshold_ms": 2000.0, "severity": "warning",
+            "error": "banner after 2500 ms, threshold 2000 ms"}
+    gone = {"healthy": False, "process_rss_mb": None, "system_percent": 65.3,
+            "error": "no BBS process found whose program matches 'telnet_server'",
+            "severity": "critical"}
+    locked = {"healthy": False, "integrity": "ok", "integrity_age_s": 240.0,
+              "size_bytes": 4096, "table_count": 1, "severity": "warning",
+              "error": "Database is locked (still busy after 2 s): database is locked"}
+    fleet(checks_of(report("bbs-01", 1), telnet=down),
+          checks_of(report("bbs-02", 1), telnet=slow),
+          checks_of(report("bbs-03", 1), memory=gone),
+          checks_of(report("bbs-04", 1), database=locked))
+    code, out = status(command, env, "--host", "bbs-01")
+    assert code == 2
+    assert out.startswith("MTBBS CRITICAL - bbs-01: telnet CRITICAL (not answering: "
+                          "connection refused)")
+    code, out = status(command, env, "--host", "bbs-02")
+    assert code == 1 and "telnet WARNING (banner after 2500 ms, threshold 2000 ms)" in out
+    code, out = status(command, env, "--host", "bbs-03")
+    assert code == 2 and "memory CRITICAL (no BBS process: " in out
+    assert "None" not in out and "?" not in out
+    code, out = status(command, env, "--host", "bbs-04", "-v")
+    assert code == 1 and "database WARNING (Database is locked" in out
+    # The integrity result keeps its age, and a size under 1 MB is not "0 MB".
+    assert "  database: WARNING - integrity ok, checked 4 min ago, size 4 KB, 1 table" in out
+
+
+def test_the_first_line_is_one_line_and_verbose_says_each_thing_once(
+        command: Any, env: dict[str, str], fleet: Any, report: Any) -> None:
+    error = ("Database integrity check failed: *** in database main ***\nPage 5: btreeInitPage"
+             " error 11\nPage 6 | never used\n")
+    broken = {"healthy": False, "integrity": "*** in database main ***", "size_bytes": 5_483_520,
+              "table_count": 8, "error": error, "severity": "critical"}
+    fleet(checks_of(report("bbs-01", 1), database=broken))
+    code, out = status(command, env, "--host", "bbs-01", "-v")
+    lines = out.splitlines()
+    assert code == 2 and FIRST_LINE.match(lines[0]), lines[0]
+    assert "Page 5: btreeInitPage error 11 Page 6 / never used" in lines[0]
+    assert sum(out.count(part) for part in ("btreeInitPage",)) == 1
+    assert all("|" not in line for line in lines[1:])
+    code, out = status(command, env, "-v")
+    assert out.count("btreeInitPage") == 1 and FIRST_LINE.match(out.splitlines()[0])
+
+
+def test_warnings_name_the_limit_they_broke(command: Any, env: dict[str, str], fleet: Any,
+                                           report: Any) -> None:
+    per_ip = {"healthy": False, "active_sessions": 4, "max_sessions": 100, "top_ip": "192.0.2.7",
+              "top_ip_sessions": 4, "max_same_ip": 3, "severity": "warning"}
+    total = {"healthy": False, "active_sessions": 101, "max_sessions": 100,
+             "top_ip": "192.0.2.7", "top_ip_sessions": 1, "max_same_ip": 3}
+    fleet(checks_of(report("bbs-01", 1), sessions=per_ip),
+          checks_of(report("bbs-02", 1), sessions=total))
+    out = status(command, env, "--host", "bbs-01")[1]
+    assert "sessions WARNING (4 from 192.0.2.7, per-IP limit 3)" in out
+    out = status(command, env, "--host", "bbs-02")[1]
+    assert "sessions WARNING (101 active, total limit 100)" in out
+
+
+def test_fleet_thresholds_are_the_hosts_own(command: Any, env: dict[str, str], fleet: Any,
+                                            report: Any) -> None:
+    strict = checks_of(report("bbs-01", 1, disk=70.0), disk_space={
+        "healthy": True, "percent_used": 70.0, "warning_threshold": 75, "total_gb": 10.0,
+        "free_gb": 3.0})
+    fleet(strict)
+    code, out = status(command, env)
+    assert code == 0 and out.startswith("MTBBS OK - 1 host: 1 OK")
+    assert "'disk_percent_max'=70%;75;;0;100" in out

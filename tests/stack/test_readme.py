@@ -202,7 +202,13 @@ def jq_examples(text: str) -> list[tuple[str, str]]:
 
 
 def python_jq(document: Any, program: str) -> Any:
-    """The value of a jq filter of the form ``.a.b.c`` or ``.a.b // default``."""
+    """The value of a jq filter of the form ``.a.b.c``, ``.a.b // default``
+    or ``.a.b | values`` (nothing, "", for null)."""
+    path, bar, rest = (part.strip() for part in program.partition("|"))
+    if bar:
+        assert rest == "values", f"unsupported filter {program}"
+        value = python_jq(document, path)
+        return "" if value is None else value
     path, _, default = (part.strip() for part in program.partition("//"))
     assert re.fullmatch(r"(\.[A-Za-z_][A-Za-z0-9_]*)+", path), f"unsupported filter {program}"
     value = document
@@ -272,6 +278,31 @@ def test_jq_prints_what_python_jq_finds(language: str, repo_root: Path,
         else:
             assert printed == (json.dumps(value) if not isinstance(value, str)
                                else value), program
+
+
+def test_zabbix_user_parameters_never_print_null(repo_root: Path) -> None:
+    # A figure that was not measured: the item gets no value, not the text null.
+    document = {"status": "WARNING", "health": {
+        "database": {"healthy": False}, "disk_space": {"percent_used": None},
+        "memory": {"process_rss_mb": None}, "sessions": {"active_sessions": None}}}
+    programs = [program for page in ("docs/integrations.md", "docs/integrations.ja.md",
+                                     "docs/healthcheck.md")
+                for arguments, program in jq_examples(read(repo_root, page))
+                if "UserParameter" in read(repo_root, page)]
+    parameters = [line.split("jq -r ", 1)[1].strip("'")
+                  for page in ("docs/integrations.md", "docs/integrations.ja.md",
+                               "docs/healthcheck.md")
+                  for line in read(repo_root, page).splitlines()
+                  if line.startswith("UserParameter=")]
+    assert len(parameters) == 15 and set(parameters) <= set(programs)
+    for program in parameters:
+        assert python_jq(document, program) != "null"
+        assert python_jq(document, program) is not None
+        if shutil.which("jq"):
+            result = subprocess.run(["jq", "-r", program], input=json.dumps(document),
+                                    capture_output=True, text=True, timeout=30, check=True)
+            assert result.stdout.strip() != "null", program
+    assert python_jq(document, ".health.database.healthy | values") is False
 
 
 def test_python_jq_agrees_with_jq_on_defaults() -> None:

@@ -43,10 +43,10 @@ from wire.messages import (
     encode,
 )
 from wire.state import (
-    CRITICAL_CHECKS,
     STALE_CRITICAL,
     STALE_NO,
     STALE_WARNING,
+    check_severity,
     flatten_checks,
     float_text,
     format_float,
@@ -769,10 +769,7 @@ def test_float_text_is_the_rounded_repr(value: float) -> None:
 
 
 def reference_report_fields(report: Report, entry_ms: int, stale: str) -> dict[str, str]:
-    status = Status.worst(
-        Status.OK if f.get("healthy") else
-        (Status.CRITICAL if n in CRITICAL_CHECKS else Status.WARNING)
-        for n, f in report.checks.items())
+    status = Status.worst(check_severity(n, f) for n, f in report.checks.items())
     stale_level = {STALE_WARNING: Status.WARNING, STALE_CRITICAL: Status.CRITICAL}
     status = Status.worst([status, stale_level.get(stale, Status.OK)])
     fields = {

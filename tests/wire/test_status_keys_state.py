@@ -2,9 +2,14 @@
 
 from __future__ import annotations
 
+from typing import Any
+
+import pytest
+
 from wire.keys import KeySpace, valid_host_id
 from wire.messages import Report
 from wire.state import (
+    check_severity,
     entry_id_ms,
     iso_from_ms,
     parse_host_state,
@@ -60,8 +65,10 @@ def test_report_fields_round_trip_through_text() -> None:
     assert all(isinstance(v, str) for v in fields.values())
     state = parse_host_state("bbs-01", {k.encode(): v.encode() for k, v in fields.items()})
     assert state.status is Status.WARNING
+    # A reader sees the severity of every unhealthy check, rated here when
+    # the agent did not write one.
     assert state.check_fields("disk_space") == {"healthy": False, "percent_used": 92.5,
-                                                "warning_threshold": 90}
+                                                "warning_threshold": 90, "severity": "warning"}
     assert state.clock_skew_s == -2.0
     assert state.last_seen_ms == 1_795_000_002_000
 
@@ -74,3 +81,45 @@ def test_database_problem_is_critical() -> None:
 
 def test_entry_id_ms() -> None:
     assert entry_id_ms(b"1795000000123-4") == 1_795_000_000_123
+
+
+@pytest.mark.parametrize(("name", "fields", "expected"), [
+    # The BBS does not answer: refused, timed out, silent.
+    ("telnet", {"healthy": False, "banner_ms": None, "error": "connection refused"},
+     Status.CRITICAL),
+    # It answers, slowly.
+    ("telnet", {"healthy": False, "banner_ms": 2500.0}, Status.WARNING),
+    # No BBS process.
+    ("memory", {"healthy": False, "process_rss_mb": None, "error": "no BBS process found"},
+     Status.CRITICAL),
+    ("memory", {"healthy": False, "pid": 42, "process_rss_mb": 600.0}, Status.WARNING),
+    ("database", {"healthy": False, "error": "Database is corrupted"}, Status.CRITICAL),
+    # The agent's own rating wins: a locked database is only WARNING.
+    ("database", {"healthy": False, "severity": "warning"}, Status.WARNING),
+    ("telnet", {"healthy": False, "banner_ms": 2500.0, "severity": "critical"},
+     Status.CRITICAL),
+    ("disk_space", {"healthy": False}, Status.WARNING),
+    ("telnet", {"healthy": True}, Status.OK),
+])
+def test_the_fleet_severity_policy(name: str, fields: dict[str, Any], expected: Status) -> None:
+    assert check_severity(name, fields) is expected
+
+
+def test_the_seed_exit_codes_stay_for_the_health_check() -> None:
+    # A locked database is still the seed's exit 2, a missing process its 1.
+    assert report_status({"database": {"healthy": False, "severity": "warning"}}) \
+        is Status.CRITICAL
+    assert report_status({"memory": {"healthy": False, "severity": "critical"}}) \
+        is Status.WARNING
+
+
+def test_report_status_fields_follow_the_severity_policy() -> None:
+    report = Report("bbs-01", "0.1.0", 1, 9, 1_795_000_000.0, {
+        "telnet": {"healthy": False, "severity": "critical"},
+        "database": {"healthy": False, "severity": "warning"},
+    })
+    assert report_fields(report, entry_ms=1_795_000_002_000)["status"] == "CRITICAL"
+    report = Report("bbs-01", "0.1.0", 1, 9, 1_795_000_000.0, {
+        "database": {"healthy": False, "severity": "warning"},
+    })
+    assert report_fields(report, entry_ms=1_795_000_002_000)["status"] == "WARNING"

@@ -197,7 +197,8 @@ def test_a_telnet_port_that_starts_listening(
     lines = agent.stop()
 
     health = [(level, m) for level, name, m in lines if name == "agent.healthlog"]
-    assert health[0] == ("WARNING", "telnet: unhealthy (connection refused)")
+    # A BBS that does not answer is critical: logged at ERROR.
+    assert health[0] == ("ERROR", "telnet: unhealthy (connection refused)")
     level, recovered = health[1]
     assert level == "INFO" and re.fullmatch(
         r"telnet: unhealthy -> healthy \(banner after [\d.]+ ms, limit 2000 ms\); all checks "

@@ -3,6 +3,7 @@ once, through Redis outages and a full spool."""
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import threading
 from collections.abc import Callable
@@ -38,8 +39,11 @@ def test_reports_read_back_equal_what_the_checks_produced(
         assert report.epoch == made.spool.epoch
         assert report.interval == 0.2
         assert report.dropped == 0
-        assert {k: v for k, v in report.checks.items() if k not in ("telnet", "uptime")} \
-            == produced
+        # The daemon adds how old the integrity result is; the rest is the checks'.
+        database = dict(report.checks["database"])
+        assert isinstance(database.pop("integrity_age_s"), float)
+        assert {**{k: v for k, v in report.checks.items() if k not in ("telnet", "uptime")},
+                "database": database} == produced
         assert report.checks["telnet"]["healthy"] is True
         assert report.checks["telnet"]["port"] == bbs.port
         assert report.checks["uptime"]["healthy"] is True
@@ -180,3 +184,18 @@ def test_backoff_never_exceeds_its_cap() -> None:
         assert delays[-1] >= 30.0 * 0.7
     exact = Backoff(initial=1.0, maximum=8.0, jitter=0.0)
     assert [exact.delay(n) for n in range(1, 7)] == [1.0, 2.0, 4.0, 8.0, 8.0, 8.0]
+
+
+def test_the_integrity_result_runs_at_start_and_carries_its_age(
+        redis_url: str, redis_client: redis.Redis, make_agent: Callable[..., Any],
+        read_reports: Callable[..., list[Report]]) -> None:
+    made = make_agent(redis_url)
+    made.daemon.settings = dataclasses.replace(made.daemon.settings, integrity_interval=3600.0)
+    made.daemon.run(max_cycles=3)
+    reports = read_reports(redis_client)
+    # The first report holds a fresh quick_check, the later ones repeat it, older.
+    assert reports[0].checks["database"]["integrity_checked"] is True
+    assert reports[0].checks["database"]["integrity_age_s"] == 0.0
+    assert reports[-1].checks["database"]["integrity_checked"] is False
+    assert reports[-1].checks["database"]["integrity"] == "ok"
+    assert reports[-1].checks["database"]["integrity_age_s"] > 0.0
