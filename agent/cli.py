@@ -224,8 +224,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
     if args.command is None:
-        parser.print_help(sys.stderr)
-        return EXIT_SCRIPT_ERROR
+        parser.error("a command is required: run or spool")
     env = os.environ
     setup_logging(args.log_level, env)
     try:
