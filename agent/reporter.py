@@ -46,7 +46,14 @@ from types import TracebackType
 from typing import Any
 
 from wire import auth
-from wire.config import RedisSettings, connect, non_negative, positive, setting
+from wire.config import (
+    RedisSettings,
+    connect,
+    non_negative,
+    positive,
+    setting,
+    warn_if_exposed,
+)
 from wire.keys import DEFAULT_PREFIX, KeySpace, valid_host_id
 from wire.messages import (
     CONNECTED,
@@ -108,6 +115,7 @@ class ReporterSettings:
 
 def read_host_key(path: Path) -> bytes:
     """The signing key in the first line of ``path`` (``ValueError`` if unusable)."""
+    warn_if_exposed(path, "the host key file")
     try:
         lines = path.read_text(encoding="utf-8").splitlines()
     except (OSError, UnicodeDecodeError) as exc:
