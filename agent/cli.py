@@ -21,6 +21,7 @@ import socket
 import sys
 from collections.abc import Mapping, Sequence
 from datetime import UTC, datetime
+from pathlib import Path
 from typing import Any
 
 from redis.backoff import NoBackoff
@@ -31,7 +32,12 @@ from agent.checks.settings import SECTION as CHECKS_SECTION
 from agent.checks.settings import add_check_options, check_overrides
 from agent.daemon import Daemon, HostChecks, Notify, exit_status
 from agent.publisher import Backoff, Publisher
-from agent.settings import AgentSettings, ProbeSettings
+from agent.settings import (
+    SPOOL_DEFAULT_DOC,
+    AgentSettings,
+    ProbeSettings,
+    default_spool_path,
+)
 from agent.spool import Spool, SpoolError, SpoolStatus, inspect
 from wire.auth import key_for, load_host_keys
 from wire.cli import (
@@ -45,6 +51,18 @@ from wire.cli import (
 from wire.config import RedisSettings, connect, load_section
 from wire.errors import ConfigError
 from wire.keys import KeySpace
+
+SPOOL_HELP = f"spool file (default {SPOOL_DEFAULT_DOC})"
+
+
+def spool_path(settings: AgentSettings, env: Mapping[str, str]) -> Path:
+    """The configured spool, else the default one for this user (always absolute)."""
+    if settings.spool_path is not None:
+        return settings.spool_path
+    try:
+        return default_spool_path(env)
+    except ValueError as exc:
+        raise ConfigError("agent.spool_path", str(exc)) from None
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -65,8 +83,7 @@ def build_parser() -> argparse.ArgumentParser:
                           "(default 300)")
     schedule.add_argument("--metrics-interval", type=float, metavar="SECONDS",
                           help="seconds between uptime metrics, 0 every report (default 0)")
-    schedule.add_argument("--spool", metavar="PATH",
-                          help="spool file (default data/agent-spool.db)")
+    schedule.add_argument("--spool", metavar="PATH", help=SPOOL_HELP)
     schedule.add_argument("--once", action="store_true",
                           help="run one cycle, try to deliver it, exit 0/1/2 like "
                           "mtbbs-health-check")
@@ -85,7 +102,7 @@ def build_parser() -> argparse.ArgumentParser:
     spool = commands.add_parser("spool", help="show the reports waiting in the spool",
                                 description="Show the spool's size, sequence and dropped "
                                 "reports without changing it.")
-    spool.add_argument("--spool", metavar="PATH", help="spool file (default data/agent-spool.db)")
+    spool.add_argument("--spool", metavar="PATH", help=SPOOL_HELP)
     spool.add_argument("--json", action="store_true", help="print one JSON document")
     add_common_options(spool)
     return parser
@@ -168,7 +185,7 @@ def run(args: argparse.Namespace, env: Mapping[str, str]) -> int:
     client = connect(redis_settings, retry=Retry(NoBackoff(), 0))
     checks = HostChecks(check_settings, redis_client=client, keys=keys)
 
-    with Spool(settings.spool_path, max_reports=settings.spool_max_reports,
+    with Spool(spool_path(settings, env), max_reports=settings.spool_max_reports,
                synchronous=settings.spool_sync) as spool:
         publisher = Publisher(client, keys, spool, host=host, maxlen=settings.stream_maxlen,
                               batch=settings.replay_batch, host_key=key,
@@ -210,7 +227,7 @@ def show_spool(args: argparse.Namespace, env: Mapping[str, str]) -> int:
     """``mtbbs-agent spool``."""
     document, _redis = load_config(args, env)
     settings = load_section(AgentSettings, document, "agent", env, {"spool_path": args.spool})
-    status = inspect(settings.spool_path, settings.spool_max_reports)
+    status = inspect(spool_path(settings, env), settings.spool_max_reports)
     if args.json:
         doc = dict(status.__dict__, oldest_observed_at=_iso(status.oldest_observed_at))
         print(json.dumps(doc, indent=2))
@@ -225,8 +242,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
     if args.command is None:
-        parser.print_help(sys.stderr)
-        return EXIT_SCRIPT_ERROR
+        parser.error("a command is required: run or spool")
     env = os.environ
     setup_logging(args.log_level, env)
     try:

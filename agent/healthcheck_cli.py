@@ -52,8 +52,9 @@ Checks = Mapping[str, Mapping[str, "FieldValue"]]
 
 def build_parser() -> argparse.ArgumentParser:
     """The seed's flags, plus the host id, Redis and threshold overrides."""
+    # The seed's script shows argparse's usage block before the error line.
     parser = ArgumentParser(
-        prog="mtbbs-health-check",
+        prog="mtbbs-health-check", usage_on_error=True,
         description="Check the MTBBS database, sessions, disk space and memory once. "
         "Exit 0 healthy, 1 warning, 2 critical (database), 3 the check itself failed.",
     )

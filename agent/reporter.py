@@ -12,6 +12,11 @@ The BBS must never be slowed down or broken by its monitor, so:
 * a call only validates its arguments cheaply, updates the in-memory table
   and appends a tuple to a bounded deque; building, encoding, signing and
   sending happen in one background daemon thread;
+* a call does not wake that thread: while the BBS is active the sender
+  looks at the deque every ``linger`` seconds on its own timer (waking a
+  sleeping thread costs the caller tens of µs, and more when the woken
+  thread then competes for the GIL); only after ``park_after`` seconds
+  without events does it sleep until the next call wakes it;
 * when the deque is full (Redis slow or down) new events are dropped and
   counted, and a full snapshot of the table is sent as soon as Redis takes
   writes again, so the collector's view heals; a periodic snapshot heals
@@ -41,7 +46,14 @@ from types import TracebackType
 from typing import Any
 
 from wire import auth
-from wire.config import RedisSettings, connect, non_negative, positive, setting
+from wire.config import (
+    RedisSettings,
+    connect,
+    non_negative,
+    positive,
+    setting,
+    warn_if_exposed,
+)
 from wire.keys import DEFAULT_PREFIX, KeySpace, valid_host_id
 from wire.messages import (
     CONNECTED,
@@ -61,6 +73,9 @@ logger = logging.getLogger(__name__)
 # The wire codec refuses client and user ids longer than this (characters).
 MAX_ID_CHARS = 128
 
+# The sender never polls faster than this, whatever ``linger`` says.
+MIN_POLL_S = 0.001
+
 # Shorthands for the hot path: a module-global lookup is cheaper than an
 # attribute chain, and these run on every call the BBS makes.
 _now = time.time
@@ -79,8 +94,13 @@ class ReporterSettings:
                                 "memory); registrations beyond it are refused and counted",
                                 check=positive)
     batch_size: int = setting(256, "events sent per Redis pipeline", check=positive)
-    linger: float = setting(0.005, "seconds the sender waits after the first event of a batch "
-                            "so that a burst goes out in one pipeline", check=non_negative)
+    linger: float = setting(0.02, "seconds between the sender's looks at the queue while the "
+                            "BBS is active: an event leaves within about this long, and a "
+                            "burst goes out in one pipeline; calls never wait for the sender",
+                            check=non_negative)
+    park_after: float = setting(60.0, "seconds without events after which the sender stops "
+                                "looking at the queue and sleeps until a call wakes it (that "
+                                "one call pays for the wake-up)", check=positive)
     snapshot_interval: float = setting(60.0, "seconds between full snapshots of the sessions",
                                        check=positive)
     stream_maxlen: int = setting(100_000, "approximate length the sessions stream is trimmed "
@@ -95,6 +115,7 @@ class ReporterSettings:
 
 def read_host_key(path: Path) -> bytes:
     """The signing key in the first line of ``path`` (``ValueError`` if unusable)."""
+    warn_if_exposed(path, "the host key file")
     try:
         lines = path.read_text(encoding="utf-8").splitlines()
     except (OSError, UnicodeDecodeError) as exc:
@@ -170,6 +191,7 @@ class SessionReporter:
         max_sessions: int | None = None,
         batch_size: int | None = None,
         linger: float | None = None,
+        park_after: float | None = None,
         snapshot_interval: float | None = None,
         stream_maxlen: int | None = None,
         backoff_initial: float | None = None,
@@ -193,6 +215,7 @@ class SessionReporter:
         self.refused = 0
         self.batches = 0
         self.snapshots = 0
+        self.unsent = 0
         self.problem: str | None = None
         self.host = host if isinstance(host, str) else ""
         self.epoch = int(_now() * 1000)
@@ -203,6 +226,8 @@ class SessionReporter:
         self._idle = threading.Event()
         self._idle.set()
         self._closed = False
+        # True while the sender sleeps until woken; only then does a call wake it.
+        self._parked = False
         self._resync = False
         self._thread: threading.Thread | None = None
         self._seq = 0
@@ -217,7 +242,8 @@ class SessionReporter:
         try:
             self._configure(redis_url, prefix, host_key, settings, redis_settings, client, {
                 "max_queue": max_queue, "max_sessions": max_sessions, "batch_size": batch_size,
-                "linger": linger, "snapshot_interval": snapshot_interval,
+                "linger": linger, "park_after": park_after,
+                "snapshot_interval": snapshot_interval,
                 "stream_maxlen": stream_maxlen, "backoff_initial": backoff_initial,
                 "backoff_max": backoff_max,
             })
@@ -389,7 +415,7 @@ class SessionReporter:
             return
         queue.append(item)
         self.queued += 1
-        if not self._wake.is_set():
+        if self._parked:
             self._wake.set()
 
     def _repair_client_id(self, value: Any) -> str | None:
@@ -479,7 +505,11 @@ class SessionReporter:
         self._wake.set()
 
     def close(self, timeout: float = 5.0) -> None:
-        """Send what is queued (for up to ``timeout`` seconds) and stop the sender."""
+        """Send what is queued and stop the sender, in at most ``timeout`` seconds.
+
+        The sender makes one last attempt (no backoff) for what it holds;
+        whatever could not be sent is counted in ``unsent`` and logged.
+        """
         try:
             if self._closed:
                 return
@@ -489,9 +519,9 @@ class SessionReporter:
             thread = self._thread
             if thread is not None:
                 thread.join(max(0.0, float(timeout)))
-                if thread.is_alive():
-                    logger.warning("session reporter: %d events not sent at close",
-                                   len(self._queue) + len(self._pending))
+            # Read once the sender stopped (or gave up): these are the losses.
+            self.unsent = len(self._queue) + len(self._pending)
+            self._log_close(thread is not None and thread.is_alive())
             client = self._client
             if client is not None:
                 try:
@@ -500,6 +530,16 @@ class SessionReporter:
                     logger.debug("session reporter: closing the Redis client failed")
         except Exception:  # noqa: BLE001 - the BBS must never see our errors
             self._failed("close")
+
+    def _log_close(self, still_sending: bool) -> None:
+        if self.unsent or self.dropped:
+            why = ("still sending when the close timeout ran out" if still_sending
+                   else f"Redis {self._redacted} did not take them")
+            logger.warning("session reporter closed: %d events sent, %d not sent (%s), "
+                           "%d dropped earlier (queue full)", self.sent, self.unsent, why,
+                           self.dropped)
+        else:
+            logger.info("session reporter closed: %d events sent, none lost", self.sent)
 
     async def aclose(self, timeout: float = 5.0) -> None:
         """:meth:`close` without blocking the event loop."""
@@ -530,7 +570,7 @@ class SessionReporter:
             "queued": self.queued, "sent": self.sent, "dropped": self.dropped,
             "errors": self.errors, "invalid": self.invalid, "truncated": self.truncated,
             "unknown": self.unknown, "refused": self.refused, "batches": self.batches,
-            "snapshots": self.snapshots, "queue": len(self._queue),
+            "snapshots": self.snapshots, "unsent": self.unsent, "queue": len(self._queue),
             "pending": len(self._pending), "sessions": len(self._sessions),
         }
 
@@ -538,14 +578,18 @@ class SessionReporter:
 
     def _run(self) -> None:
         settings = self._settings
+        poll = max(settings.linger, MIN_POLL_S)
         backoff = 0.0
         down_since: float | None = None
         next_snapshot = 0.0  # a snapshot first: it clears what a previous run left
+        last_event = time.monotonic()
         while True:
             try:
                 stopping = self._stop.is_set()
                 if not self._pending:
                     self._idle.clear()
+                    if self._queue:
+                        last_event = time.monotonic()
                     due = self._resync or time.monotonic() >= next_snapshot
                     self._fill(snapshot=due)
                     if due:
@@ -576,11 +620,24 @@ class SessionReporter:
                 self._idle.set()
                 if stopping:
                     return
-                wait = max(0.0, next_snapshot - time.monotonic())
-                if self._wake.wait(wait):
-                    self._wake.clear()
-                    if settings.linger and not self._stop.is_set():
-                        self._stop.wait(settings.linger)
+                now = time.monotonic()
+                until_snapshot = max(0.0, next_snapshot - now)
+                if now - last_event < settings.park_after:
+                    # Active: look again after ``poll``; calls do not wake us.
+                    if self._wake.wait(min(poll, until_snapshot)):
+                        self._wake.clear()
+                    continue
+                # Quiet for a while: sleep until a call (or close, flush, the
+                # next snapshot) wakes us. The flag is raised before the last
+                # look at the queue, so a call that appends after that look
+                # sees it and wakes us.
+                self._parked = True
+                try:
+                    if not self._queue and not self._resync and not self._stop.is_set():
+                        self._wake.wait(until_snapshot)
+                finally:
+                    self._parked = False
+                self._wake.clear()
             except Exception:
                 # A bug here must not kill the thread: count it, pause, go on.
                 self.errors += 1

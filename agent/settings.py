@@ -16,11 +16,23 @@ Here every report carries the health results; the seed's cadence is::
 
 from __future__ import annotations
 
+import os
+from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 from wire.config import non_negative, one_of, positive, setting
+
+# Where the spool lives when ``spool_path`` is not set. The system directory
+# is the systemd unit's StateDirectory; a user who cannot write there (and is
+# not root) gets a directory of their own under XDG_STATE_HOME.
+SYSTEM_STATE_DIR = Path("/var/lib/mtbbs-agent")
+USER_STATE_SUBDIR = "mtbbs-agent"
+SPOOL_FILE = "spool.db"
+SPOOL_DEFAULT_DOC = (f"{SYSTEM_STATE_DIR / SPOOL_FILE} for root or a user who can write "
+                     f"{SYSTEM_STATE_DIR}, else $XDG_STATE_HOME/{USER_STATE_SUBDIR}/{SPOOL_FILE} "
+                     f"(~/.local/state/{USER_STATE_SUBDIR}/{SPOOL_FILE})")
 
 # The report's ``interval`` must stay within what wire.messages accepts.
 MIN_INTERVAL = 0.1
@@ -53,8 +65,9 @@ class AgentSettings:
     metrics_interval: float = setting(0.0, "seconds between measurements of the uptime metrics "
                                       "(0: every report); reports in between carry no "
                                       "'uptime' entry", check=non_negative)
-    spool_path: Path = setting(Path("data/agent-spool.db"), "SQLite file that holds reports "
-                               "until Redis has them, and the report sequence")
+    spool_path: Path | None = setting(None, "SQLite file that holds reports until Redis has "
+                                      "them, and the report sequence (unset: "
+                                      f"{SPOOL_DEFAULT_DOC})")
     spool_max_reports: int = setting(10_000, "most reports the spool keeps; beyond it the oldest "
                                      "are dropped and counted", check=positive)
     spool_sync: str = setting("full", "SQLite synchronous mode of the spool: full survives a "
@@ -84,3 +97,27 @@ class ProbeSettings:
                              "bytes of the banner", check=positive)
     slow_ms: float = setting(2000.0, "a banner slower than this many milliseconds is unhealthy",
                              check=positive)
+
+
+def default_spool_path(env: Mapping[str, str] | None = None, *, euid: int | None = None,
+                       system_dir: Path = SYSTEM_STATE_DIR) -> Path:
+    """The spool used when ``[agent] spool_path`` is not set: always absolute.
+
+    The same user gets the same answer from systemd, cron and a shell, in any
+    working directory: root and any user who can write ``system_dir`` use
+    it; other users use ``$XDG_STATE_HOME/mtbbs-agent`` (an absolute
+    ``XDG_STATE_HOME`` only, as the XDG specification says), else
+    ``~/.local/state/mtbbs-agent``.
+    """
+    env = os.environ if env is None else env
+    euid = os.geteuid() if euid is None else euid
+    if euid == 0 or os.access(system_dir, os.W_OK | os.X_OK):
+        return system_dir / SPOOL_FILE
+    state_home = env.get("XDG_STATE_HOME", "")
+    if state_home and Path(state_home).is_absolute():
+        return Path(state_home) / USER_STATE_SUBDIR / SPOOL_FILE
+    home = env.get("HOME", "")
+    if not home or not Path(home).is_absolute():
+        raise ValueError(f"no default spool: {system_dir} is not writable and there is no "
+                         "home directory; set [agent] spool_path or --spool")
+    return Path(home) / ".local" / "state" / USER_STATE_SUBDIR / SPOOL_FILE

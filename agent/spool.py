@@ -15,17 +15,28 @@ restarts. Losing the file means a new epoch, which the collector understands
 as a new run of the agent.
 
 One agent per spool: an exclusive lock on ``<spool>.lock`` refuses a second.
+
+The spool path is checked before anything is written: the agent only ever
+opens a file it made itself, marked by SQLite's ``application_id`` in the
+file header (or, from agents before that mark, by exactly the spool's own
+tables). A directory, an unreadable file, any other file or database (the
+BBS's own included) or a path under a regular file is refused with a
+:class:`SpoolError` naming the path, and left exactly as it was. Only a
+spool of ours that SQLite finds damaged is moved aside (``.corrupt-<time>``)
+and replaced, with the number of reports lost in the log.
 """
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import fcntl
 import logging
 import os
 import sqlite3
+import stat
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import IO
@@ -51,6 +62,14 @@ CREATE TABLE IF NOT EXISTS meta (
 _COUNTERS = ("seq", "dropped_pending", "dropped_total")
 # Fill levels (percent of max_reports) announced once each as the spool grows.
 FILL_LEVELS = (10, 50, 90)
+_TABLES = {"reports", "meta"}
+# "MTBS" as a big-endian integer. SQLite keeps it in the file header, so a
+# spool is recognisable without trusting anything beyond the first page.
+APPLICATION_ID = 0x4D544253
+_SQLITE_MAGIC = b"SQLite format 3\x00"
+_HEADER_BYTES = 100
+_APPLICATION_ID_OFFSET = 68
+_LEAVE_IT = "left as it is; choose another --spool (agent.spool_path)"
 
 
 class SpoolError(WireError):
@@ -92,10 +111,118 @@ def _connect(path: Path, synchronous: str) -> sqlite3.Connection:
     # One user at a time, but not necessarily the thread that opened it.
     connection = sqlite3.connect(path, isolation_level=None, timeout=10,
                                  check_same_thread=False)
-    connection.execute("PRAGMA journal_mode=WAL")
-    connection.execute(f"PRAGMA synchronous={'FULL' if synchronous == 'full' else 'NORMAL'}")
-    connection.executescript(_SCHEMA)
+    try:
+        connection.execute("PRAGMA journal_mode=WAL")
+        connection.execute(f"PRAGMA synchronous={'FULL' if synchronous == 'full' else 'NORMAL'}")
+    except BaseException:
+        connection.close()
+        raise
     return connection
+
+
+def _read_only(path: Path, *, immutable: bool = False) -> sqlite3.Connection:
+    uri = f"file:{quote(str(path.resolve()))}?mode=ro{'&immutable=1' if immutable else ''}"
+    return sqlite3.connect(uri, uri=True, timeout=10)
+
+
+def check_place(path: Path) -> None:
+    """Refuse a spool path that is a directory, a special file or under a file.
+
+    Nothing is created or changed here.
+    """
+    try:
+        info = path.stat()
+    except FileNotFoundError:
+        info = None
+    except NotADirectoryError:
+        raise SpoolError(path, f"cannot be created: {_file_above(path)} is a file, not a "
+                         "directory") from None
+    except OSError as exc:
+        raise SpoolError(path, f"cannot be examined ({exc.strerror})") from None
+    if info is None:
+        above = _file_above(path)
+        if above is not None:
+            raise SpoolError(path, f"cannot be created: {above} is a file, not a directory")
+        return
+    if stat.S_ISDIR(info.st_mode):
+        raise SpoolError(path, f"is a directory, not a spool file; {_LEAVE_IT}, for example "
+                         f"{path / 'spool.db'}")
+    if not stat.S_ISREG(info.st_mode):
+        raise SpoolError(path, f"is not a regular file; {_LEAVE_IT}")
+
+
+def _file_above(path: Path) -> Path | None:
+    """The nearest existing ancestor of ``path`` when it is not a directory."""
+    for parent in path.parents:
+        if parent.exists() or parent.is_symlink():
+            return None if parent.is_dir() else parent
+    return None
+
+
+def identify(path: Path) -> str:
+    """``"missing"``, ``"ours"`` or ``"legacy"`` (an agent's spool before the mark).
+
+    Anything else raises :class:`SpoolError`: the file is not the agent's to
+    use. Only reads.
+    """
+    try:
+        with open(path, "rb") as handle:
+            header = handle.read(_HEADER_BYTES)
+    except FileNotFoundError:
+        return "missing"
+    except OSError as exc:
+        raise SpoolError(path, f"cannot be read ({exc.strerror}); {_LEAVE_IT}") from None
+    if not header:
+        raise SpoolError(path, f"is an empty file, not a spool this agent made; {_LEAVE_IT}")
+    if not header.startswith(_SQLITE_MAGIC) or len(header) < _HEADER_BYTES:
+        raise SpoolError(path, f"is not an SQLite database, so not a spool this agent made; "
+                         f"{_LEAVE_IT}")
+    application_id = int.from_bytes(
+        header[_APPLICATION_ID_OFFSET:_APPLICATION_ID_OFFSET + 4], "big")
+    if application_id == APPLICATION_ID:
+        return "ours"
+    if application_id != 0:
+        raise SpoolError(path, f"is the SQLite database of another application (application_id "
+                         f"{application_id:#x}), not a spool; {_LEAVE_IT}")
+    try:
+        # immutable: no lock and no -shm or -wal file made beside someone
+        # else's database. Only an agent killed before its first checkpoint
+        # leaves its tables in the -wal alone; then read it the usual way.
+        tables, has_epoch = _spool_tables(path, immutable=True)
+        if not tables and Path(f"{path}-wal").exists():
+            tables, has_epoch = _spool_tables(path, immutable=False)
+    except sqlite3.Error as exc:
+        raise SpoolError(path, f"is an SQLite database that cannot be read as a spool ({exc}); "
+                         f"{_LEAVE_IT}") from None
+    if not has_epoch:
+        shown = ", ".join(sorted(tables)[:5]) or "none"
+        raise SpoolError(path, f"is an SQLite database that this agent did not make (tables: "
+                         f"{shown}); {_LEAVE_IT}")
+    return "legacy"
+
+
+def _spool_tables(path: Path, *, immutable: bool) -> tuple[set[str], bool]:
+    """The tables of the database at ``path``, and whether it has a spool's epoch."""
+    db = _read_only(path, immutable=immutable)
+    try:
+        tables = {name for (name,) in db.execute(
+            "SELECT name FROM sqlite_master WHERE type = 'table' AND name NOT LIKE 'sqlite_%'")}
+        has_epoch = tables == _TABLES and db.execute(
+            "SELECT 1 FROM meta WHERE key = 'epoch'").fetchone() is not None
+        return tables, has_epoch
+    finally:
+        db.close()
+
+
+@contextlib.contextmanager
+def _naming(path: Path) -> Iterator[None]:
+    """Re-raise SQLite's errors with the spool's path in front ("readonly database" of what)."""
+    try:
+        yield
+    except sqlite3.Error as exc:
+        if str(exc).startswith(f"spool {path}"):
+            raise
+        raise type(exc)(f"spool {path}: {exc}") from exc
 
 
 class Spool:
@@ -107,10 +234,16 @@ class Spool:
         self.max_reports = max_reports
         self._fill_announced = 0
         self._dropped_while_full: int | None = None
+        # Refuse what is not ours before anything (even the lock file) is made.
+        check_place(self.path)
+        identify(self.path)
         self._lock_file = self._lock()
         try:
-            self._db = self._open(synchronous)
+            self._db = self._open(synchronous, clock)
             self.epoch = self._init_meta(clock)
+        except sqlite3.Error as exc:
+            self._lock_file.close()
+            raise SpoolError(self.path, _open_problem(self.path, exc)) from None
         except BaseException:
             self._lock_file.close()
             raise
@@ -121,7 +254,8 @@ class Spool:
             self.path.parent.mkdir(parents=True, exist_ok=True)
             handle = open(f"{self.path}.lock", "ab")  # noqa: SIM115 - held while open
         except OSError as exc:
-            raise SpoolError(self.path, f"cannot create it ({exc.strerror})") from None
+            raise SpoolError(self.path, f"cannot create its directory or lock file "
+                             f"({exc.strerror}: {exc.filename})") from None
         try:
             fcntl.flock(handle.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)
         except OSError:
@@ -129,22 +263,85 @@ class Spool:
             raise SpoolError(self.path, "another agent is using it") from None
         return handle
 
-    def _open(self, synchronous: str) -> sqlite3.Connection:
+    def _open(self, synchronous: str, clock: Callable[[], float]) -> sqlite3.Connection:
+        # Again under the lock: another agent may have made it meanwhile.
+        kind = identify(self.path)
+        if kind == "missing":
+            if not os.access(self.path.parent, os.W_OK | os.X_OK):
+                raise SpoolError(self.path, f"cannot be created: the directory "
+                                 f"{self.path.parent} is not writable for this agent")
+            self._create(clock)
+        if not os.access(self.path, os.R_OK | os.W_OK) or \
+                not os.access(self.path.parent, os.W_OK | os.X_OK):
+            where = self.path if not os.access(self.path, os.W_OK) else self.path.parent
+            raise SpoolError(self.path, f"is read-only for this agent ({where} is not writable); "
+                             "give the agent's user write access or choose another --spool")
         try:
-            return _connect(self.path, synchronous)
+            connection = _connect(self.path, synchronous)
         except sqlite3.DatabaseError as exc:
-            # A spool we cannot read is lost anyway; keep it aside for a post
-            # mortem and start a new epoch rather than stop monitoring.
-            aside = self.path.with_name(f"{self.path.name}.corrupt-{int(time.time())}")
-            logger.error("Spool %s is unreadable (%s); moved to %s, starting a new one",
-                         self.path, exc, aside)
-            try:
-                os.replace(self.path, aside)
-                for suffix in ("-wal", "-shm"):
-                    Path(f"{self.path}{suffix}").unlink(missing_ok=True)
-                return _connect(self.path, synchronous)
-            except (OSError, sqlite3.DatabaseError) as again:
-                raise SpoolError(self.path, f"unusable ({again})") from None
+            if isinstance(exc, sqlite3.OperationalError):
+                raise  # locked, read-only, no such directory: not damage
+            return self._replace_damaged(exc, synchronous, clock)
+        try:
+            problem = _damage(connection)
+            if problem is None and kind == "legacy":
+                # An agent's spool from before the mark: mark it now.
+                connection.execute(f"PRAGMA application_id={APPLICATION_ID}")
+                connection.execute("PRAGMA wal_checkpoint(TRUNCATE)")
+        except sqlite3.OperationalError:
+            connection.close()
+            raise
+        if problem is None:
+            return connection
+        connection.close()
+        return self._replace_damaged(problem, synchronous, clock)
+
+    def _create(self, clock: Callable[[], float]) -> None:
+        """Make a new spool atomically: its header carries the mark from the first byte on."""
+        temporary = self.path.with_name(f".{self.path.name}.new-{os.getpid()}")
+        temporary.unlink(missing_ok=True)
+        epoch = int(clock() * 1000)
+        db = sqlite3.connect(temporary, isolation_level=None)
+        try:
+            # The header (with application_id) is written in rollback-journal
+            # mode, so it is in the main file before WAL mode takes over.
+            db.execute(f"PRAGMA application_id={APPLICATION_ID}")
+            db.executescript(_SCHEMA)
+            db.execute("INSERT INTO meta (key, value) VALUES ('epoch', ?)", (epoch,))
+            db.executemany("INSERT INTO meta (key, value) VALUES (?, 0)",
+                           [(name,) for name in _COUNTERS])
+            db.execute("PRAGMA journal_mode=WAL")
+        finally:
+            db.close()
+        try:
+            # link, not rename: it never replaces a file that appeared meanwhile.
+            os.link(temporary, self.path)
+        finally:
+            temporary.unlink(missing_ok=True)
+        logger.info("New spool %s: epoch %d", self.path, epoch)
+
+    def _replace_damaged(self, problem: object, synchronous: str,
+                         clock: Callable[[], float]) -> sqlite3.Connection:
+        # Our own spool, but SQLite cannot use it: its reports are lost anyway.
+        # Keep it aside for a post mortem and start a new epoch rather than
+        # stop monitoring.
+        lost = _count_reports(self.path)
+        aside = self.path.with_name(f"{self.path.name}.corrupt-{int(time.time())}")
+        try:
+            os.replace(self.path, aside)
+            wal = Path(f"{self.path}-wal")
+            if wal.exists():
+                os.replace(wal, Path(f"{aside}-wal"))
+            Path(f"{self.path}-shm").unlink(missing_ok=True)
+        except OSError as exc:
+            raise SpoolError(self.path, f"is damaged ({problem}) and cannot be moved aside "
+                             f"({exc.strerror})") from None
+        losses = (f"{lost} reports in it are lost" if lost is not None
+                  else "how many reports it held is unknown")
+        logger.error("Spool %s is damaged (%s); moved it to %s and started a new one; %s",
+                     self.path, problem, aside, losses)
+        self._create(clock)
+        return _connect(self.path, synchronous)
 
     def _init_meta(self, clock: Callable[[], float]) -> int:
         with self._transaction():
@@ -159,7 +356,7 @@ class Spool:
         return self._meta("epoch")
 
     def _transaction(self) -> _Transaction:
-        return _Transaction(self._db)
+        return _Transaction(self._db, self.path)
 
     def _meta(self, key: str) -> int:
         row = self._db.execute("SELECT value FROM meta WHERE key = ?", (key,)).fetchone()
@@ -280,16 +477,65 @@ class Spool:
 
 
 class _Transaction:
-    """``BEGIN IMMEDIATE`` ... ``COMMIT`` (``ROLLBACK`` on error)."""
+    """``BEGIN IMMEDIATE`` ... ``COMMIT`` (``ROLLBACK`` on error).
 
-    def __init__(self, db: sqlite3.Connection) -> None:
+    SQLite's errors leave it with the spool's path in their message, so a
+    log line says which file is read-only or full.
+    """
+
+    def __init__(self, db: sqlite3.Connection, path: Path) -> None:
         self._db = db
+        self._path = path
 
     def __enter__(self) -> None:
-        self._db.execute("BEGIN IMMEDIATE")
+        with _naming(self._path):
+            self._db.execute("BEGIN IMMEDIATE")
 
-    def __exit__(self, exc_type: object, *rest: object) -> None:
-        self._db.execute("ROLLBACK" if exc_type is not None else "COMMIT")
+    def __exit__(self, exc_type: object, exc: BaseException | None, tb: object) -> None:
+        if exc_type is not None:
+            with contextlib.suppress(sqlite3.Error):
+                self._db.execute("ROLLBACK")
+            if isinstance(exc, sqlite3.Error) and not str(exc).startswith(f"spool {self._path}"):
+                raise type(exc)(f"spool {self._path}: {exc}") from exc
+            return
+        with _naming(self._path):
+            self._db.execute("COMMIT")
+
+
+def _damage(db: sqlite3.Connection) -> str | None:
+    """What SQLite finds wrong with an open spool, or None."""
+    try:
+        verdict = db.execute("PRAGMA quick_check").fetchone()
+        tables = {name for (name,) in db.execute(
+            "SELECT name FROM sqlite_master WHERE type = 'table' AND name NOT LIKE 'sqlite_%'")}
+    except sqlite3.OperationalError:
+        raise
+    except sqlite3.DatabaseError as exc:
+        return str(exc)
+    if not verdict or verdict[0] != "ok":
+        return f"quick_check: {verdict[0] if verdict else 'no answer'}"
+    if tables != _TABLES:
+        return f"its tables are {', '.join(sorted(tables)) or 'gone'}"
+    return None
+
+
+def _count_reports(path: Path) -> int | None:
+    """How many reports a damaged spool holds, when SQLite can still tell."""
+    try:
+        db = _read_only(path)
+        try:
+            return int(db.execute("SELECT count(*) FROM reports").fetchone()[0])
+        finally:
+            db.close()
+    except sqlite3.Error:
+        return None
+
+
+def _open_problem(path: Path, exc: sqlite3.Error) -> str:
+    text = str(exc).removeprefix(f"spool {path}: ")
+    if "readonly" in text or "read-only" in text:
+        return f"is read-only for this agent ({text}); give the agent's user write access"
+    return f"cannot be opened ({text})"
 
 
 def read_status(db: sqlite3.Connection, path: Path, max_reports: int) -> SpoolStatus:
@@ -314,11 +560,12 @@ def read_status(db: sqlite3.Connection, path: Path, max_reports: int) -> SpoolSt
 
 def inspect(path: Path, max_reports: int) -> SpoolStatus:
     """The status of the spool at ``path`` without locking or changing it."""
-    if not Path(path).exists():
-        raise SpoolError(Path(path), "does not exist")
+    path = Path(path)
+    check_place(path)
+    if identify(path) == "missing":
+        raise SpoolError(path, "does not exist")
     try:
-        uri = f"file:{quote(str(Path(path).resolve()))}?mode=ro"
-        db = sqlite3.connect(uri, uri=True, timeout=10)
+        db = _read_only(path)
         try:
             return read_status(db, Path(path), max_reports)
         finally:

@@ -15,7 +15,7 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit
 
-from wire.config import non_negative, one_of, positive, setting
+from wire.config import non_negative, one_of, positive, read_secret_file, setting
 from wire.errors import ConfigError
 
 CHANNELS = ("mail", "slack", "webhook")
@@ -99,10 +99,9 @@ def _read_secret(value: str | None, path: Path | None, setting_name: str) -> str
     if path is None:
         return None
     try:
-        lines = path.read_text(encoding="utf-8").splitlines()
+        secret = read_secret_file(path, f"{setting_name}_file")
     except (OSError, UnicodeDecodeError):
         raise ConfigError(f"{setting_name}_file", f"cannot read {path}") from None
-    secret = lines[0].strip() if lines else ""
     if not secret:
         raise ConfigError(f"{setting_name}_file", f"{path} is empty")
     return secret

@@ -32,7 +32,14 @@ from collector.fleet import FleetView, read_fleet
 from collector.nagios import NagiosRange, RangeError, format_number
 from collector.settings import CollectorSettings, ExporterSettings
 from wire import auth
-from wire.cli import ArgumentParser, add_common_options, guarded, load_config, setup_logging
+from wire.cli import (
+    USAGE_STDOUT,
+    ArgumentParser,
+    add_common_options,
+    guarded,
+    load_config,
+    setup_logging,
+)
 from wire.config import RedisSettings, connect, load_section
 from wire.errors import ConfigError
 from wire.keys import EVALUATE_JOB, RQ_SERIALIZER, KeySpace, valid_host_id
@@ -133,6 +140,9 @@ def build_parser() -> ArgumentParser:
                         help=f"give up with UNKNOWN after S seconds (default "
                         f"{DEFAULT_TIMEOUT_S:.0f})")
     add_common_options(status)
+    # Nagios shows stdout: a usage error is an UNKNOWN line there too.
+    status.set_defaults(**{USAGE_STDOUT: lambda message: check.unknown(
+        f"usage error: {' '.join(message.split())}").text(False)})
 
     hosts = commands.add_parser("hosts", help="table of every host")
     hosts.add_argument("--json", action="store_true", help="print JSON instead")

@@ -488,8 +488,7 @@ async def serve(settings: DemoSettings, redis_settings: RedisSettings,
         finally:
             if settings.pidfile is not None:
                 remove_pidfile(settings.pidfile)
-        stats = reporter.stats()
-        logger.info("session events sent %d, dropped %d", stats["sent"], stats["dropped"])
+        # The reporter's close logged what it sent and what it could not.
         return EXIT_OK
     finally:
         database.close()

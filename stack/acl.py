@@ -20,6 +20,7 @@ from typing import Any
 
 from wire.acl import ROLES, AclRule, aclfile_line, role_rule, setuser_line
 from wire.cli import ArgumentParser, add_common_options, guarded, load_config
+from wire.config import read_secret_file
 from wire.errors import ConfigError
 
 EXAMPLES = """\
@@ -69,10 +70,9 @@ def _add_options(parser: argparse.ArgumentParser) -> None:
 
 def _read_password(path: Path, setting: str) -> str:
     try:
-        lines = path.read_text(encoding="utf-8").splitlines()
+        password = read_secret_file(path, "the password file")
     except (OSError, UnicodeDecodeError) as exc:
         raise ConfigError(setting, f"cannot read {path} ({type(exc).__name__})") from None
-    password = lines[0].strip() if lines else ""
     if not password:
         raise ConfigError(setting, f"{path} holds no password on its first line")
     return password

@@ -14,6 +14,7 @@ import hmac
 from collections.abc import Mapping
 from pathlib import Path
 
+from wire.config import warn_if_exposed
 from wire.errors import ConfigError
 from wire.keys import valid_host_id
 
@@ -37,6 +38,7 @@ def load_host_keys(path: Path) -> dict[str, bytes]:
     The file is the collector's (it holds every host's secret); an agent's
     key file holds only its own line.
     """
+    warn_if_exposed(path, "the host keys file")
     try:
         text = path.read_text(encoding="utf-8")
     except (OSError, UnicodeDecodeError) as exc:

@@ -1,9 +1,13 @@
 """Conventions every command line of the project follows.
 
 * A usage error exits 3 (UNKNOWN), not argparse's 2, which Nagios would read
-  as CRITICAL; the message is one line on stderr.
+  as CRITICAL; the message is one line on stderr that ends with a hint to
+  ``--help``. A sub-command can also have a line printed on stdout (a
+  Nagios plugin's ``UNKNOWN`` line) by setting the default
+  :data:`USAGE_STDOUT` to a function of the message.
 * ``guarded`` turns any uncaught error of a command into one line on stderr
-  and exit 3, never a traceback (``--debug`` shows the traceback).
+  and exit 3, never a traceback; ``--debug`` adds the traceback but the exit
+  code stays 3.
 * ``--config``, ``--redis-url`` and ``--prefix`` mean the same everywhere.
 """
 
@@ -13,6 +17,7 @@ import argparse
 import logging
 import os
 import sys
+import traceback
 from collections.abc import Callable, Mapping, Sequence
 from typing import Any, NoReturn
 
@@ -23,12 +28,46 @@ from wire.status import Status
 EXIT_SCRIPT_ERROR = int(Status.UNKNOWN)
 
 
+# A parser default: ``fn(message) -> str``, a line printed on stdout at a usage error.
+USAGE_STDOUT = "usage_error_stdout"
+
+
 class ArgumentParser(argparse.ArgumentParser):
-    """argparse with exit code 3 on usage errors."""
+    """argparse with exit code 3 and one line on usage errors.
+
+    ``usage_on_error=True`` keeps argparse's usage block before the error
+    line (the seed's health check prints it as its original did).
+    """
+
+    def __init__(self, *args: Any, usage_on_error: bool = False, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self.usage_on_error = usage_on_error
+        self.parsed_namespace: argparse.Namespace | None = None
 
     def error(self, message: str) -> NoReturn:
-        self.print_usage(sys.stderr)
-        self.exit(EXIT_SCRIPT_ERROR, f"{self.prog}: error: {message}\n")
+        stdout_line = getattr(self.parsed_namespace, USAGE_STDOUT, None) \
+            or self.get_default(USAGE_STDOUT)
+        self._usage_error(message, stdout_line)
+
+    def parse_known_args(self, args: Sequence[str] | None = None,  # type: ignore[override]
+                         namespace: argparse.Namespace | None = None,
+                         ) -> tuple[argparse.Namespace, list[str]]:
+        # argparse reports unknown arguments from the top parser, after this
+        # returns; the namespace kept here tells error() which sub-command
+        # (and so which USAGE_STDOUT) they were given to.
+        parsed, extras = super().parse_known_args(args, namespace)
+        self.parsed_namespace = parsed
+        return parsed, extras
+
+    def _usage_error(self, message: str, stdout_line: Callable[[str], str] | None) -> NoReturn:
+        if stdout_line is not None:
+            print(stdout_line(message), flush=True)
+        if self.usage_on_error:
+            self.print_usage(sys.stderr)
+            self.exit(EXIT_SCRIPT_ERROR, f"{self.prog}: error: {message}\n")
+        text = " ".join(message.split())  # argparse's messages may span lines
+        self.exit(EXIT_SCRIPT_ERROR,
+                  f"{self.prog}: error: {text} (see '{self.prog} --help')\n")
 
 
 def add_common_options(parser: argparse.ArgumentParser) -> None:
@@ -84,6 +123,8 @@ def guarded(main: Callable[[Sequence[str] | None], int]) -> Callable[[Sequence[s
         except KeyboardInterrupt:
             return 130
         except ConfigError as exc:
+            if debug:
+                traceback.print_exc()
             print(f"configuration error: {exc}", file=sys.stderr)
             return EXIT_SCRIPT_ERROR
         except BrokenPipeError:
@@ -93,9 +134,11 @@ def guarded(main: Callable[[Sequence[str] | None], int]) -> Callable[[Sequence[s
             except OSError:
                 pass
             return EXIT_SCRIPT_ERROR
-        except Exception as exc:
+        except Exception as exc:  # noqa: BLE001 - a command never ends in a traceback
+            # --debug shows where it happened; the exit code stays 3, which
+            # Nagios reads as UNKNOWN (a bare traceback would exit 1, WARNING).
             if debug:
-                raise
+                traceback.print_exc()
             text = str(exc).splitlines()[0] if str(exc) else ""
             print(f"error: {type(exc).__name__}: {text}".rstrip(": "), file=sys.stderr)
             return EXIT_SCRIPT_ERROR

@@ -146,6 +146,9 @@ def test_keeps_serving_with_redis_down(start_bbs: Any) -> None:
     assert not bbs.pidfile.exists()
     log = bbs.output()
     assert "Redis" in log and "unreachable" in log and "Traceback" not in log
+    # Its reporter closed with the events Redis never took counted, not hidden:
+    # 3 sessions x (connected, logged_in, disconnected) and the start-up snapshot.
+    assert "session reporter closed: 0 events sent, 10 not sent (Redis" in log
 
 
 def test_sigterm_disconnects_clients_and_exits_zero(start_bbs: Any, redis_url: str,

@@ -7,9 +7,11 @@ the loop finish with Redis down), speed is in bench/bench_reporter.py.
 
 from __future__ import annotations
 
+import logging
 import socket
 from typing import Any
 
+import pytest
 import redis
 
 from wire.keys import KeySpace
@@ -55,6 +57,34 @@ def test_close_with_redis_down_returns(make_reporter: Any, until: Any) -> None:
     reporter.close(timeout=5)
     assert not reporter.running
     assert reporter.stats()["sent"] == 0
+
+
+def test_close_with_redis_down_logs_what_it_could_not_send(
+        make_reporter: Any, until: Any, caplog: pytest.LogCaptureFixture) -> None:
+    reporter = make_reporter(f"redis://127.0.0.1:{free_port()}/0", **FAST_RETRY)
+    for n in range(5):
+        reporter.register_session(f"10.0.0.1:{n}")
+    assert until(lambda: reporter.errors > 0)
+    with caplog.at_level(logging.INFO, logger="agent.reporter"):
+        reporter.close(timeout=5)
+    # Five events and the start-up snapshot were held when Redis refused them.
+    assert reporter.stats()["unsent"] == 6
+    closing = [r for r in caplog.records if "closed" in r.getMessage()]
+    assert len(closing) == 1
+    assert closing[0].levelno == logging.WARNING
+    assert closing[0].getMessage().startswith(
+        "session reporter closed: 0 events sent, 6 not sent (Redis redis://127.0.0.1:")
+    assert closing[0].getMessage().endswith("did not take them), 0 dropped earlier (queue full)")
+
+
+def test_close_with_redis_up_says_nothing_was_lost(
+        make_reporter: Any, redis_url: str, caplog: pytest.LogCaptureFixture) -> None:
+    reporter = make_reporter(redis_url, **FAST_RETRY)
+    reporter.register_session("10.0.0.2:1")
+    with caplog.at_level(logging.INFO, logger="agent.reporter"):
+        reporter.close(timeout=5)
+    assert reporter.stats()["unsent"] == 0
+    assert "session reporter closed: 2 events sent, none lost" in caplog.text
 
 
 def test_sending_resumes_after_a_redis_restart(make_reporter: Any, redis_server_factory: Any,

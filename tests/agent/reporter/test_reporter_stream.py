@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import math
+import time
 from pathlib import Path
 from typing import Any
 
@@ -254,3 +255,21 @@ def test_an_oversized_snapshot_keeps_what_fits(make_reporter: Any, redis_url: st
     assert [s.client_id for s in snapshot.sessions] == [
         s.client_id for s in reporter.sessions()[: len(snapshot.sessions)]]
     assert "exceeds" in caplog.text
+
+
+def test_events_leave_promptly_while_active_and_after_the_sender_parked(
+        make_reporter: Any, redis_url: str, redis_client: Any, events: Any, until: Any) -> None:
+    """Calls never wake the sender while it polls; once parked, a call wakes it."""
+    prefix = "prompt:"
+    stream = KeySpace(prefix).sessions_stream()
+    redis_client.delete(stream)
+    reporter = make_reporter(redis_url, prefix=prefix, linger=0.02, park_after=0.2,
+                             snapshot_interval=3600.0)
+    assert until(lambda: reporter.stats()["sent"] == 1)  # the start-up snapshot
+    reporter.register_session("10.0.0.9:1")  # the sender is polling
+    assert until(lambda: len(events(redis_client, stream)) == 2, 2.0)
+    time.sleep(0.5)  # quiet for longer than park_after: the sender sleeps
+    reporter.unregister_session("10.0.0.9:1")
+    assert until(lambda: len(events(redis_client, stream)) == 3, 2.0)
+    assert [e.kind for e in events(redis_client, stream)] == ["snapshot", "connected",
+                                                               "disconnected"]
