@@ -85,7 +85,11 @@ def loads_or_config_error(cls: type, document: Any, env: dict[str, str]) -> None
     try:
         result = load_section(cls, document, "fuzz", env=env)
     except ConfigError as exc:
-        assert exc.setting.startswith("fuzz"), exc.setting
+        # A value of its own is named in the section it was read from; a
+        # pair that must agree (checked once the section is built) names the
+        # setting in its usual section.
+        name = exc.setting.rpartition(".")[2]
+        assert exc.setting.startswith("fuzz") or name in field_names(cls), exc.setting
         return
     assert isinstance(result, cls)
 

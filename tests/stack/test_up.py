@@ -151,19 +151,22 @@ def _plan(tmp_path: Path, **stack_values: object) -> up.Plan:
 
 
 def test_plan_points_the_agent_at_the_demo_bbs(tmp_path: Path, valid_invocation: Any) -> None:
-    plan = _plan(tmp_path, host="bbs-demo", bbs_port=2424)
+    # A port free now: a set port that is taken would be replaced (it counts
+    # as a default), and this test is about where the agent points.
+    port = embedded.any_free_port()
+    plan = _plan(tmp_path, host="bbs-demo", bbs_port=port)
     assert [c.name for c in plan.components] == ["collector", "alerter", "demo-bbs", "agent"]
     data = tmp_path.resolve() / "data"
     assert plan.env["MTBBS_REDIS_URL"] == plan.redis_url
     argvs = {c.name: c.argv for c in plan.components}
     demo = valid_invocation(argvs["demo-bbs"])
-    assert (demo.port, demo.host) == (2424, "bbs-demo")
+    assert (demo.port, demo.host) == (port, "bbs-demo")
     agent = valid_invocation(argvs["agent"])
     assert (agent.host, agent.interval) == ("bbs-demo", 5.0)
     # The demo's paths come as flags, which beat MTBBS_CHECKS_DB of the caller.
     assert agent.db == demo.db == str(data / "bbs" / "mtbbs.db")
     assert agent.pidfile == demo.pidfile
-    assert agent.probe_port == 2424
+    assert agent.probe_port == port
     assert agent.spool.startswith(str(data))
     valid_invocation(argvs["collector"])
     valid_invocation(argvs["alerter"])
@@ -171,7 +174,7 @@ def test_plan_points_the_agent_at_the_demo_bbs(tmp_path: Path, valid_invocation:
     lines = "\n".join(up.summary(plan, RedisSettings()))
     assert "HGETALL mtbbs:host:bbs-demo:sessions" in lines
     assert f"status --redis-url {plan.redis_url}" in lines
-    assert "telnet 127.0.0.1 2424" in lines
+    assert f"telnet 127.0.0.1 {port}" in lines
 
 
 def test_plan_without_demo_leaves_the_checks_to_the_configuration(tmp_path: Path,
