@@ -17,7 +17,6 @@ One agent per spool: an exclusive lock on ``<spool>.lock`` refuses a second.
 
 from __future__ import annotations
 
-import dataclasses
 import fcntl
 import logging
 import os
@@ -28,6 +27,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import IO
 from urllib.parse import quote
+
+import msgspec
 
 from wire.errors import DecodeError, WireError
 from wire.messages import Report, decode, encode
@@ -215,7 +216,7 @@ class Spool:
             self.delivered(rowid, 0)
             return None
         assert isinstance(report, Report)
-        return encode(dataclasses.replace(report, dropped=report.dropped + carried))
+        return encode(msgspec.structs.replace(report, dropped=report.dropped + carried))
 
     def delivered(self, rowid: int, carried: int) -> None:
         """Forget every report up to ``rowid``; ``carried`` drops went with them."""

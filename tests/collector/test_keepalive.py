@@ -11,9 +11,9 @@ import redis
 from rq import Queue
 
 from collector import keepalive
-from collector.selfmon import server_time_ms
 from collector.settings import CollectorSettings
 from wire.keys import RQ_SERIALIZER
+from wire.replies import server_time_ms
 from wire.state import STALE_CRITICAL, STALE_NO, STALE_WARNING
 from wire.status import Status
 
@@ -130,11 +130,12 @@ def test_a_sweep_never_overwrites_a_fresh_report(redis_client: redis.Redis, keys
     # A report lands between the sweep's read and its write.
     publish(report("bbs-01", 2, interval=0.2))
     collector.drain()
-    from collector.scripts import STALE_SCRIPT
+    from collector.scripts import STALE
 
     old_last_seen = "1"
-    assert STALE_SCRIPT.call(redis_client, [keys.host("bbs-01")],
-                             [old_last_seen, STALE_CRITICAL, "CRITICAL"]) == 0
+    mark_stale = redis_client.register_script(STALE)
+    assert mark_stale(keys=[keys.host("bbs-01")],
+                      args=[old_last_seen, STALE_CRITICAL, "CRITICAL"]) == 0
     assert keepalive.sweep(redis_client, keys, collector.settings, judged_at) == []
     assert redis_client.hget(keys.host("bbs-01"), "stale") == b"no"
 
