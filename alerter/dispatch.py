@@ -44,6 +44,7 @@ from rq import Queue, Retry
 
 from alerter.notify import DeliveryError, Notification
 from wire.keys import RQ_SERIALIZER
+from wire.replies import server_time_ms as now_ms
 from wire.state import iso_from_ms
 
 if TYPE_CHECKING:
@@ -89,12 +90,6 @@ return 1
 """
 
 CLAIMED, ALREADY_SENT, IN_FLIGHT = 1, 2, 3
-
-
-def now_ms(client: Any) -> int:
-    """Redis server time, ms."""
-    seconds, micros = client.time()
-    return int(seconds) * 1000 + int(micros) // 1000
 
 
 def dedup_id(channel: str, notification_id: str) -> str:
