@@ -29,7 +29,6 @@ and replaced, with the number of reports lost in the log.
 from __future__ import annotations
 
 import contextlib
-import dataclasses
 import fcntl
 import logging
 import os
@@ -41,6 +40,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import IO
 from urllib.parse import quote
+
+import msgspec
 
 from wire.errors import DecodeError, WireError
 from wire.messages import Report, decode, encode
@@ -443,7 +444,7 @@ class Spool:
             self.delivered(rowid, 0)
             return None
         assert isinstance(report, Report)
-        return encode(dataclasses.replace(report, dropped=report.dropped + carried))
+        return encode(msgspec.structs.replace(report, dropped=report.dropped + carried))
 
     def delivered(self, rowid: int, carried: int) -> None:
         """Forget every report up to ``rowid``; ``carried`` drops went with them."""

@@ -28,6 +28,7 @@ from wire.cli import ArgumentParser, add_common_options, guarded, load_config, s
 from wire.config import RedisSettings, connect, load_section
 from wire.errors import ConfigError
 from wire.keys import valid_host_id
+from wire.replies import text as _text
 from wire.state import iso_from_ms
 
 EXIT_OK = 0
@@ -309,10 +310,6 @@ def _test_notify(args: argparse.Namespace, document: Mapping[str, Any]) -> int:
 
 
 # -- alerts and log ------------------------------------------------------------------------
-
-
-def _text(value: Any) -> str:
-    return value.decode("utf-8", "replace") if isinstance(value, bytes) else str(value)
 
 
 def _alerts(args: argparse.Namespace, redis_settings: RedisSettings) -> int:

@@ -45,6 +45,7 @@ from rq import Queue, Retry
 
 from alerter.notify import DeliveryError, Notification
 from wire.keys import RQ_SERIALIZER
+from wire.replies import server_time_ms as now_ms
 from wire.state import iso_from_ms
 
 if TYPE_CHECKING:
@@ -101,12 +102,6 @@ def rq_retry_intervals(seconds: Sequence[int]) -> list[int]:
     second beyond it). 0 stays 0: rq re-queues at once.
     """
     return [delay + 1 if delay > 0 else 0 for delay in seconds]
-
-
-def now_ms(client: Any) -> int:
-    """Redis server time, ms."""
-    seconds, micros = client.time()
-    return int(seconds) * 1000 + int(micros) // 1000
 
 
 def dedup_id(channel: str, notification_id: str) -> str:

@@ -30,10 +30,13 @@ from alerter.text import format_duration, parse_duration
 from wire.errors import ConfigError
 from wire.keys import CHECK_NAME_PATTERN
 from wire.state import META_FIELDS, HostState, format_value, parse_value
+from wire.status import Status
 
-OK, WARNING, CRITICAL = 0, 1, 2
+# Levels are the project's one status scale (wire.status), as plain ints.
+OK: int = Status.OK.value
+WARNING: int = Status.WARNING.value
+CRITICAL: int = Status.CRITICAL.value
 SEVERITIES = {"warning": WARNING, "critical": CRITICAL}
-SEVERITY_NAMES = {OK: "OK", WARNING: "WARNING", CRITICAL: "CRITICAL"}
 
 RESERVED = frozenset({"defaults", "overrides", "routes"})
 NOTIFICATION_KINDS = ("firing", "repeat", "resolved", "flapping", "flapping_stopped")

@@ -157,12 +157,6 @@ def matching(silences: Iterable[Silence], host: str, check: str, now_ms: int) ->
     return None
 
 
-def redis_now_ms(client: Any) -> int:
-    """Redis server time in milliseconds."""
-    seconds, micros = client.time()
-    return int(seconds) * 1000 + int(micros) // 1000
-
-
 def add(client: Any, keys: KeySpace, silence: Silence) -> None:
     """Store ``silence``."""
     client.hset(keys.silences(), silence.id, silence.to_json())

@@ -30,7 +30,8 @@ from collections.abc import Mapping
 from dataclasses import dataclass, replace
 from typing import Any
 
-from alerter.rules import CRITICAL, OK, SEVERITY_NAMES, WARNING, Evaluation, Rule
+from alerter.rules import CRITICAL, OK, WARNING, Evaluation, Rule
+from wire.replies import text as _text
 from wire.state import iso_from_ms
 
 STATE_OK = "ok"
@@ -85,10 +86,6 @@ def _float(raw: Mapping[str, str], key: str) -> float:
         return float(raw.get(key, "0") or 0)
     except ValueError:
         return 0.0
-
-
-def _text(value: Any) -> str:
-    return value.decode("utf-8", "replace") if isinstance(value, bytes) else str(value)
 
 
 @dataclass(frozen=True)
@@ -167,10 +164,6 @@ class AlertState:
         """Nothing to remember: good, not flapping, a history without breaches."""
         return self.state in INACTIVE and not self.flapping and \
             set(self.history) <= {"0"} and self.notified == NOTIFIED_OK
-
-    def same_as(self, other: AlertState) -> bool:
-        """Equal in every machine field."""
-        return self == other
 
 
 @dataclass(frozen=True)
@@ -292,7 +285,3 @@ def alert_member(host: str, check: str) -> str:
     """The ``alerts_index`` member of one alert."""
     return f"{host}/{check}"
 
-
-def level_name(level: int) -> str:
-    """OK, WARNING or CRITICAL."""
-    return SEVERITY_NAMES.get(level, "UNKNOWN")

@@ -19,16 +19,13 @@ from collector.selfmon import (
     GroupStats,
     group_stats,
     read_collectors,
-    server_time_ms,
 )
 from collector.settings import CollectorSettings
 from wire.keys import COLLECTOR_GROUP, KeySpace
+from wire.replies import server_time_ms
+from wire.replies import text as _text
 from wire.state import HostState, check_severity, parse_host_state, stale_status
 from wire.status import Status
-
-
-def _text(value: Any) -> str:
-    return value.decode("utf-8", "replace") if isinstance(value, bytes) else str(value)
 
 
 def _number(value: Any) -> float | None:

@@ -43,9 +43,10 @@ from typing import Any
 
 import redis
 
-from collector.scripts import SKIPPED, STALE_SCRIPT
+from collector.scripts import SKIPPED, STALE
 from collector.settings import CollectorSettings
 from wire.keys import KeySpace
+from wire.replies import text as _text
 from wire.state import (
     STALE_CRITICAL,
     STALE_NO,
@@ -216,10 +217,6 @@ class Transition:
     age_s: float
 
 
-def _text(value: Any) -> str:
-    return value.decode("utf-8", "replace") if isinstance(value, bytes) else str(value)
-
-
 _SWEEP_FIELDS = ("last_seen_ms", "interval_s", "stale", "report_status", "unhealthy",
                  GRACE_FIELD_MS)
 
@@ -269,6 +266,8 @@ def sweep(client: Any, keys: KeySpace, settings: CollectorSettings, now_ms: int
                     f[GRACE_FIELD_MS] = str(outage.grace_until_ms)
     planned: list[Transition] = []
     gone: list[str] = []
+    # (redis-py loads a registered script before a pipeline that runs it.)
+    mark_stale = client.register_script(STALE)
     pipe = client.pipeline(transaction=False)
     for host, fields in zip(hosts, table, strict=True):
         last_seen = fields.get("last_seen_ms", "")
@@ -283,7 +282,7 @@ def sweep(client: Any, keys: KeySpace, settings: CollectorSettings, now_ms: int
         if level == before:
             continue
         status = host_status(fields, level)
-        STALE_SCRIPT.call(pipe, [keys.host(host)], [last_seen, level, status.name])
+        mark_stale(keys=[keys.host(host)], args=[last_seen, level, status.name], client=pipe)
         planned.append(Transition(host, before, level, round(age_s, 3)))
     if gone:
         # The hash was deleted (``forget`` or by hand): drop it from the index.

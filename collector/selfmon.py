@@ -17,6 +17,7 @@ from typing import Any
 import redis
 
 from wire.keys import KeySpace
+from wire.replies import text as _text
 from wire.state import entry_id_ms, iso_from_ms
 
 logger = logging.getLogger(__name__)
@@ -32,16 +33,6 @@ STOPPED = "stopped"
 # Redis 6.2 has no 'lag' in XINFO GROUPS; there we count undelivered entries
 # with XRANGE, up to this many, rather than transfer a large backlog.
 LAG_COUNT_CAP = 1000
-
-
-def _text(value: Any) -> str:
-    return value.decode("utf-8", "replace") if isinstance(value, bytes) else str(value)
-
-
-def server_time_ms(client: Any) -> int:
-    """Redis's clock in unix milliseconds (the TIME command)."""
-    seconds, micros = client.time()
-    return int(seconds) * 1000 + int(micros) // 1000
 
 
 @dataclass(frozen=True)

@@ -34,8 +34,7 @@ class CollectorSettings:
     name: str | None = setting(None, "consumer name in the group (default: <hostname>-<pid>); "
                                "give a fixed name to resume its own pending entries after a "
                                "restart")
-    batch_size: int = setting(500, "entries read per stream at a time (ahead, in a backlog: "
-                              "twice as many session events)",
+    batch_size: int = setting(500, "entries read per stream at a time",
                               check=_at_least_one)
     block_ms: int = setting(1000, "longest wait of one XREADGROUP for new entries (ms)",
                             check=_at_least_one)
@@ -51,6 +50,10 @@ class CollectorSettings:
                                   "dead-letter stream", check=_at_least_one)
     dead_letter_maxlen: int = setting(10_000, "approximate length the dead-letter stream is "
                                       "trimmed to", check=_at_least_one)
+    max_entry_bytes: int = setting(65_536, "largest stream entry (its field names and values) "
+                                   "the collector decodes; a larger one goes to the "
+                                   "dead-letter stream with only a prefix of its payload",
+                                   check=_at_least_one)
     dead_letter_payload_bytes: int = setting(4096, "bytes of the original payload kept in a "
                                              "dead letter", check=positive)
     host_keys_file: Path | None = setting(None, "file of 'host-id secret' lines; when set, every "

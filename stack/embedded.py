@@ -93,6 +93,11 @@ def choose_port(preferred: int, host: str = "127.0.0.1") -> int:
 # hash-max-listpack-entries. docker-compose.yml and the benchmarks set the same.
 HASH_TUNING = ("--hash-max-ziplist-entries", "16")
 
+# The largest value Redis accepts (its minimum): it bounds what one stream
+# entry's field can hold, so what a hostile host can make a collector read
+# (see docs/collector.md, "Bounding memory"). docker-compose.yml sets the same.
+VALUE_BOUND = ("--proto-max-bulk-len", "1mb")
+
 
 def server_argv(binary: str, port: int, directory: Path) -> list[str]:
     """Command line of a loopback-only Redis that persists with AOF in ``directory``,
@@ -109,6 +114,7 @@ def server_argv(binary: str, port: int, directory: Path) -> list[str]:
         "--daemonize", "no",
         "--logfile", "",
         *HASH_TUNING,
+        *VALUE_BOUND,
     ]
 
 

@@ -10,19 +10,19 @@ from __future__ import annotations
 
 import json
 import math
-from collections.abc import Mapping
+import time
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
-from datetime import UTC, datetime
 from typing import TYPE_CHECKING, Any
 
+from wire.replies import text as _text
 from wire.status import Status
 
 if TYPE_CHECKING:  # types only: the health check needs no message codec
     from wire.messages import FieldValue, Report, SessionInfo
 
-# The seed's exit codes, kept by the seed-compatible health check: a
-# database problem is CRITICAL, anything else that is unhealthy (disk,
-# memory, sessions, ...) is WARNING.
+# The seed's exit codes: a database problem is CRITICAL, anything else that
+# is unhealthy (disk, memory, sessions, ...) is WARNING.
 CRITICAL_CHECKS = frozenset({"database"})
 
 # The fleet's severity policy (status, exporter, alert rules) rates each
@@ -54,8 +54,13 @@ def check_status(name: str, healthy: bool) -> Status:
 
 
 def report_status(checks: Mapping[str, Mapping[str, Any]]) -> Status:
-    """The worst status over a report's checks under the seed's exit-code rules."""
-    return checks_status(unhealthy_checks(checks))
+    """The worst status over a report's checks."""
+    return checks_status(name for name, fields in checks.items() if not fields.get("healthy"))
+
+
+def checks_status(unhealthy: Iterable[str]) -> Status:
+    """The status a report whose checks named ``unhealthy`` failed has."""
+    return Status.worst(check_status(name, False) for name in unhealthy)
 
 
 def check_severity(name: str, fields: Mapping[str, Any]) -> Status:
@@ -83,14 +88,9 @@ def _is_number(value: Any) -> bool:
     return isinstance(value, int | float) and not isinstance(value, bool)
 
 
-def severity_status(checks: Mapping[str, Mapping[str, Any]],
-                    unhealthy: list[str] | None = None) -> Status:
-    """The worst status over a report's checks under the fleet's severity
-    policy; ``unhealthy`` (unhealthy_checks of ``checks``) when known."""
-    names = unhealthy_checks(checks) if unhealthy is None else unhealthy
-    if not names:
-        return Status.OK
-    return max(check_severity(name, checks[name]) for name in names)
+def severity_status(checks: Mapping[str, Mapping[str, Any]]) -> Status:
+    """The worst status over a report's checks under the fleet's severity policy."""
+    return Status.worst(check_severity(name, fields) for name, fields in checks.items())
 
 
 def stale_status(stale: str) -> Status:
@@ -98,49 +98,19 @@ def stale_status(stale: str) -> Status:
     return {STALE_WARNING: Status.WARNING, STALE_CRITICAL: Status.CRITICAL}.get(stale, Status.OK)
 
 
-# Formatting times is on the collector's hot path (several per entry) and
-# strftime is slow: the text of each whole second is computed once and kept
-# in a small cache, the milliseconds are appended. The result is exactly
-# strftime's (tests/wire compares them).
-_SECOND_CACHE_LIMIT = 4096
-_second_texts: dict[int, str] = {}
-# Years 1970..9999, where the cached form and strftime's agree.
-_LAST_CACHED_SECOND = 253_402_300_799
-# ".000Z" to ".999Z": the end of a text with milliseconds.
-_MILLI_TEXTS = tuple(f".{milli:03d}Z" for milli in range(1000))
-
-
-def _second_text(second: int) -> str:
-    text = _second_texts.get(second)
-    if text is None:
-        text = datetime.fromtimestamp(second, UTC).strftime("%Y-%m-%dT%H:%M:%S")
-        if len(_second_texts) >= _SECOND_CACHE_LIMIT:
-            _second_texts.clear()
-        _second_texts[second] = text
-    return text
-
-
 def iso_from_ms(ms: int | float) -> str:
     """``2026-11-28T10:30:45Z`` (UTC, second precision) from unix milliseconds."""
-    if type(ms) is int and 0 <= ms <= _LAST_CACHED_SECOND * 1000:
-        second = ms // 1000
-        return (_second_texts.get(second) or _second_text(second)) + "Z"
-    return datetime.fromtimestamp(ms / 1000, UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
+    return time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(ms // 1000))
 
 
 def iso_from_seconds(seconds: float) -> str:
-    """ISO text of unix seconds, with milliseconds, in UTC."""
-    if type(seconds) is float and 0.0 <= seconds < _LAST_CACHED_SECOND:
-        # The same rounding as datetime.fromtimestamp: to microseconds, half
-        # to even, then truncated to milliseconds as the %f text was.
-        fraction, whole = math.modf(seconds)
-        micros = round(fraction * 1e6)
-        second = int(whole)
-        if micros >= 1_000_000:
-            micros -= 1_000_000
-            second += 1
-        return (_second_texts.get(second) or _second_text(second)) + _MILLI_TEXTS[micros // 1000]
-    return datetime.fromtimestamp(seconds, UTC).strftime("%Y-%m-%dT%H:%M:%S.%f")[:-3] + "Z"
+    """ISO text of unix seconds, with milliseconds, in UTC (the fraction rounded
+    to microseconds, then cut to milliseconds, as datetime would)."""
+    whole = math.floor(seconds)
+    micros = round((seconds - whole) * 1e6)
+    if micros == 1_000_000:
+        whole, micros = whole + 1, 0
+    return f"{time.strftime('%Y-%m-%dT%H:%M:%S', time.gmtime(whole))}.{micros // 1000:03d}Z"
 
 
 def entry_id_ms(entry_id: bytes | str) -> int:
@@ -153,47 +123,10 @@ def float_text(value: float) -> str:
     """A float as stored text: rounded to 3 decimals, shortest form ('50.1',
     '2.0'); '' when not finite. Both zeros are '0.0', so that equal values
     always have equal texts."""
-    return FLOAT_TEXTS.get(value) or new_float_text(value)
-
-
-def new_float_text(value: float) -> str:
-    """:func:`float_text` of a value not in FLOAT_TEXTS, kept there (up to
-    _FLOAT_CACHE_LIMIT texts).
-
-    Figures repeat across a fleet's reports (a percentage with one decimal
-    has a thousand values): a lookup costs a fifth of formatting. Equal
-    floats have equal texts, so the cache may answer for any of them. Hot
-    loops look it up themselves (``FLOAT_TEXTS.get(value) or
-    new_float_text(value)``), which spares them a call per figure. (A plain
-    dict: indexing a dict subclass, as one with ``__missing__``, goes through
-    a Python-level slot and costs twice a plain ``get``.)
-    """
-    text = format_float(value)
-    if text:  # not inf or nan (nan would never be found again)
-        if len(FLOAT_TEXTS) >= _FLOAT_CACHE_LIMIT:
-            FLOAT_TEXTS.clear()
-        FLOAT_TEXTS[value] = text
-    return text
-
-
-def format_float(value: float) -> str:
-    """:func:`float_text` without its cache, for values that seldom repeat
-    (a clock skew): they would only push the repeating ones out of it."""
-    if -1e9 < value < 1e9:
-        # Below 1e9 the value has at most 12 significant digits after
-        # rounding, so '%.3f' without its trailing zeros is exactly
-        # repr(round(value, 3)) (tests/wire compares them), at half the cost.
-        text = ("%.3f" % value).rstrip("0")  # noqa: UP031 - the cheapest form
-        if text[-1] == ".":
-            text += "0"
-        return "0.0" if text == "-0.0" else text
-    if value - value != 0.0:  # inf or nan
+    if not math.isfinite(value):
         return ""
-    return repr(round(value, 3))
-
-
-_FLOAT_CACHE_LIMIT = 16384
-FLOAT_TEXTS: dict[float, str] = {}
+    text = repr(round(value, 3))
+    return "0.0" if text == "-0.0" else text
 
 
 def format_value(value: FieldValue) -> str:
@@ -216,123 +149,79 @@ def flatten_checks(checks: Mapping[str, Mapping[str, FieldValue]]) -> dict[str, 
     hash, and a host hash of one line per figure stays readable.
     """
     flat: dict[str, str] = {}
-    _flatten_into(flat, checks)
-    return flat
-
-
-def _flatten_into(flat: dict[str, str], checks: Mapping[str, Mapping[str, Any]]) -> None:
     for name, fields in checks.items():
-        prefix = f"{name}."
         for key, value in fields.items():
             text = field_text(value)
             if text is not None:
-                flat[f"{prefix}{key}"] = text
+                flat[f"{name}.{key}"] = text
+    return flat
 
 
 def report_fields(report: Report, entry_ms: int, stale: str = STALE_NO) -> dict[str, str]:
     """The host hash written for ``report`` received at Redis time ``entry_ms``."""
     fields = report_meta(report, entry_ms, stale)
-    _flatten_into(fields, report.checks)
+    fields.update(flatten_checks(report.checks))
     return fields
 
 
 def report_meta(report: Report, entry_ms: int, stale: str = STALE_NO) -> dict[str, str]:
     """The fields of :func:`report_fields` that are not check results (see META_FIELDS
     less ``dropped_total``, which the collector keeps as a running sum)."""
-    checks = report.checks
-    unhealthy = unhealthy_checks(checks)
-    status = severity_status(checks, unhealthy)
-    if stale != STALE_NO:
-        status = max(status, stale_status(stale))
-    last_seen, last_seen_ms, observed_at, seq, clock_skew = report_moment_texts(report, entry_ms)
-    # This runs for every report the collector takes in: the texts below are
-    # format_value's, written out for the types a decoded report holds.
-    interval = report.interval
-    in_order = tuple(checks)
-    names = _checks_texts.get(in_order)
-    if names is None:
-        names = ",".join(sorted(checks))
-        if len(_checks_texts) >= _CHECKS_TEXTS_LIMIT:
-            _checks_texts.clear()
-        _checks_texts[in_order] = names
+    meta = report_summary(report, stale)
+    meta.update(report_moment(report, entry_ms))
+    return meta
+
+
+def report_moment(report: Report, entry_ms: int) -> dict[str, str]:
+    """The meta fields that every report changes: when it was seen and made, its seq."""
     return {
-        "status": _STATUS_NAMES[status],
-        "last_seen": last_seen,
-        "last_seen_ms": last_seen_ms,
-        "observed_at": observed_at,
-        "epoch": str(report.epoch),
-        "seq": seq,
-        "agent_version": report.agent_version,
-        "clock_skew_s": clock_skew,
-        "stale": stale,
-        "interval_s": float_text(interval) if type(interval) is float else format_value(interval),
-        "checks": names,
-        "unhealthy": unhealthy_text(unhealthy),
+        "last_seen": iso_from_ms(entry_ms),
+        "last_seen_ms": str(entry_ms),
+        "observed_at": iso_from_seconds(report.observed_at),
+        "seq": str(report.seq),
+        "clock_skew_s": float_text(report.observed_at - entry_ms / 1000),
     }
 
 
-def unhealthy_checks(checks: Mapping[str, Mapping[str, Any]]) -> list[str]:
-    """The names of the unhealthy ones of a report's ``checks``, in report
-    order: a check is unhealthy iff not bool(healthy)."""
-    return [name for name, fields in checks.items() if not fields.get("healthy")]
+def report_summary(report: Report, stale: str = STALE_NO) -> dict[str, str]:
+    """The meta fields that follow from :func:`summary_key` (and ``stale``)."""
+    unhealthy = sorted(name for name, fields in report.checks.items() if not fields.get("healthy"))
+    status = severity_status(report.checks)
+    if stale != STALE_NO:
+        status = max(status, stale_status(stale))
+    return {
+        "status": status.name,
+        "epoch": str(report.epoch),
+        "agent_version": report.agent_version,
+        "stale": stale,
+        "interval_s": format_value(report.interval),
+        "checks": ",".join(sorted(report.checks)),
+        "unhealthy": ",".join(unhealthy),
+    }
 
 
-def checks_status(unhealthy: list[str]) -> Status:
-    """The status the checks named ``unhealthy`` give under the seed's rules
-    (check_status's rule, written out); the fleet rates them with
-    :func:`severity_status`, which needs their fields."""
-    if not unhealthy:
-        return Status.OK
-    if CRITICAL_CHECKS.isdisjoint(unhealthy):
-        return Status.WARNING
-    return Status.CRITICAL
-
-
-def status_name(status: Status) -> str:
-    """The stored text of a status."""
-    return _STATUS_NAMES[status]
-
-
-def unhealthy_text(unhealthy: list[str]) -> str:
-    """The stored ``unhealthy`` field: the names, sorted, comma-separated."""
-    return unhealthy[0] if len(unhealthy) == 1 else ",".join(sorted(unhealthy))
-
-
-def report_moment_texts(report: Report, entry_ms: int) -> tuple[str, str, str, str, str]:
-    """``last_seen``, ``last_seen_ms``, ``observed_at``, ``seq`` and
-    ``clock_skew_s`` of :func:`report_meta`: the fields every report changes."""
-    observed_at = report.observed_at
-    return (iso_from_ms(entry_ms), str(entry_ms), iso_from_seconds(observed_at),
-            str(report.seq), format_float(observed_at - entry_ms / 1000))
-
-
-_STATUS_NAMES = {status: status.name for status in Status}
-# The sorted check names of a report, by the names in report order: a host
-# sends the same few checks every time.
-_CHECKS_TEXTS_LIMIT = 256
-_checks_texts: dict[tuple[str, ...], str] = {}
+def summary_key(report: Report) -> tuple[Any, ...]:
+    """What :func:`report_summary` follows from: equal keys, equal summaries."""
+    return (report.epoch, report.agent_version, report.interval, type(report.interval),
+            tuple((name, check_severity(name, fields)) for name, fields in report.checks.items()))
 
 
 def field_text(value: Any) -> str | None:
     """The stored text of one check field, as :func:`flatten_checks` writes it;
     None for a list field, which the host hash leaves out."""
-    kind = type(value)
-    if kind is str:
+    if isinstance(value, str):
         return value
-    if kind is float:
-        return float_text(value)
-    if kind is bool:
+    if isinstance(value, bool):
         return "true" if value else "false"
-    if kind is int:
+    if isinstance(value, float):
+        return float_text(value)
+    if isinstance(value, int):
         return str(value)
     if value is None:
         return ""
     if isinstance(value, tuple | list):
         return None
-    return format_value(value)
-
-
-_json_string = json.encoder.encode_basestring  # what json.dumps(ensure_ascii=False) uses
+    return str(value)
 
 
 def session_text(info: SessionInfo) -> str:
@@ -342,26 +231,17 @@ def session_text(info: SessionInfo) -> str:
 
 def session_fields_text(client_id: str, user_id: str | None, state: str,
                         connected_at: float) -> str:
-    """:func:`session_text` of a session given by its fields (no SessionInfo
-    to build on the collector's hot path)."""
-    if type(client_id) is str and type(state) is str and (user_id is None
-                                                          or type(user_id) is str):
-        # json.dumps(..., ensure_ascii=False, sort_keys=True) written out:
-        # the same text, without building a dict and an encoder per call.
-        return (f'{{"client_id": {_json_string(client_id)}, "connected_at": '
-                f'{_json_string(iso_from_seconds(connected_at))}, "state": '
-                f'{_json_string(state)}, "user_id": '
-                f'{"null" if user_id is None else _json_string(user_id)}}}')
-    return json.dumps(
-        {
-            "client_id": client_id,
-            "user_id": user_id,
-            "state": state,
-            "connected_at": iso_from_seconds(connected_at),
-        },
-        ensure_ascii=False,
-        sort_keys=True,
-    )
+    """:func:`session_text` of a session given by its fields."""
+    return _SESSION_JSON.encode({
+        "client_id": client_id,
+        "user_id": user_id,
+        "state": state,
+        "connected_at": iso_from_seconds(connected_at),
+    })
+
+
+# How session texts are written: keys sorted, text as it is (not \u-escaped).
+_SESSION_JSON = json.JSONEncoder(ensure_ascii=False, sort_keys=True)
 
 
 def parse_value(text: str) -> FieldValue:
@@ -397,10 +277,6 @@ class HostState:
     def check_fields(self, name: str) -> dict[str, FieldValue]:
         """Fields of one check, or {} when the host did not report it."""
         return self.checks.get(name, {})
-
-
-def _text(value: Any) -> str:
-    return value.decode("utf-8", "replace") if isinstance(value, bytes) else str(value)
 
 
 def parse_host_state(host: str, raw: Mapping[Any, Any]) -> HostState:

@@ -19,6 +19,7 @@ from typing import Any
 
 from agent.checks.results import Session, SessionsResult
 from wire.keys import KeySpace
+from wire.replies import text as _text
 
 logger = logging.getLogger(__name__)
 
@@ -46,10 +47,6 @@ def client_ip(client_id: str) -> str:
     if isinstance(parsed, ipaddress.IPv6Address) and parsed.ipv4_mapped is not None:
         return str(parsed.ipv4_mapped)
     return str(parsed)
-
-
-def _text(value: Any) -> str:
-    return value.decode("utf-8", "replace") if isinstance(value, bytes) else str(value)
 
 
 def _optional_text(value: Any) -> str | None:

@@ -16,11 +16,13 @@ from redis.backoff import NoBackoff
 from redis.retry import Retry
 from rq import Queue
 
-from collector.ingest import _Overlay
+from collector.settings import CollectorSettings
 from wire import auth
 from wire.keys import COLLECTOR_GROUP, EVALUATE_JOB, RQ_SERIALIZER
-from wire.messages import MAX_MESSAGE_BYTES, SessionInfo, encode
+from wire.messages import SessionInfo, encode
 from wire.state import STALE_NO, entry_id_ms, iso_from_ms, parse_host_state
+
+MAX_ENTRY_BYTES = CollectorSettings().max_entry_bytes
 
 
 def pending(client: redis.Redis, stream: str) -> int:
@@ -201,46 +203,44 @@ def test_snapshot_keeps_clients_with_newer_events(redis_client: redis.Redis, key
 
 
 def test_merge_conflict_is_retried(redis_client: redis.Redis, keys: Any, publish: Any,
-                                   event: Any, make_collector: Any) -> None:
+                                   event: Any, make_collector: Any,
+                                   monkeypatch: pytest.MonkeyPatch) -> None:
     publish(event("connected", 1, client_id="192.0.2.1:5000", connected_at=time.time() - 5))
     collector = make_collector()
     collector.drain()
     publish(event("state", 2, client_id="192.0.2.1:5000", state="logged_in"))
-    entries = redis_client.xreadgroup(COLLECTOR_GROUP, collector.name,
-                                      {keys.sessions_stream(): ">"})[0][1]
     # Someone changes the session between the collector's read and its write.
-    stored = collector._read_sessions([("bbs-01", "192.0.2.1:5000")])
-    redis_client.hset(keys.host_sessions("bbs-01"), "192.0.2.1:5000",
-                      json.dumps({"client_id": "192.0.2.1:5000", "user_id": "carol",
-                                  "state": "connected",
-                                  "connected_at": "2026-01-01T00:00:00.000Z"}))
-    op = collector._session_op(keys.sessions_stream(), entries[0][0].decode(),
-                               _decode(entries[0][1]), _Overlay(stored))
-    collector._execute_now([op])
+    from collector.plan import Planner
+
+    writes = Planner.writes
+
+    def change_then_plan(planner: Planner, decoded: Any, stored: Any) -> Any:
+        redis_client.hset(keys.host_sessions("bbs-01"), "192.0.2.1:5000",
+                          json.dumps({"client_id": "192.0.2.1:5000", "user_id": "carol",
+                                      "state": "connected",
+                                      "connected_at": "2026-01-01T00:00:00.000Z"}))
+        return writes(planner, decoded, stored)
+
+    monkeypatch.setattr(Planner, "writes", change_then_plan)
+    collector.drain()
     assert collector.counters.conflicts == 1
     session = sessions_of(redis_client, keys)["192.0.2.1:5000"]
     assert (session["user_id"], session["state"]) == ("carol", "logged_in")
     assert pending(redis_client, keys.sessions_stream()) == 0
 
 
-def _decode(fields: Any) -> Any:
-    from wire.messages import decode_entry
-
-    return decode_entry(fields)
-
-
 GARBAGE: list[tuple[str, dict[str, Any], str]] = [
     ("raw bytes", {"m": b"\xc1\xff\x00garbage"}, "undecodable"),
-    ("not a map", {"m": msgpack.packb([1, 2, 3])}, "not a map"),
-    ("wrong schema", {"m": msgpack.packb({"v": 99, "t": "report"})}, "schema version"),
+    ("not a map", {"m": msgpack.packb([1, 2, 3])}, "Expected `object`"),
+    ("wrong schema", {"m": msgpack.packb({"v": 99, "t": "report"})}, "undecodable"),
     ("missing m", {"x": b"1"}, "no field 'm'"),
     ("wrong types", {"m": msgpack.packb({"v": 1, "t": "report", "host": 5, "agent_version": "x",
                                          "epoch": "1", "seq": 1, "observed_at": 1e9,
-                                         "checks": {}})}, "host is not a string"),
-    ("huge", {"m": b"\x00" * (MAX_MESSAGE_BYTES + 1)}, "exceeds"),
+                                         "checks": {}})}, "$.host"),
+    ("huge", {"m": b"\x00" * (MAX_ENTRY_BYTES + 1)}, "exceeds max_entry_bytes"),
     ("bad host id", {"m": msgpack.packb({"v": 1, "t": "session", "host": "../etc",
                                          "epoch": 1, "seq": 1, "observed_at": 1.8e9,
-                                         "kind": "snapshot"})}, "valid host id"),
+                                         "kind": "snapshot"})}, "$.host"),
 ]
 
 
@@ -265,11 +265,72 @@ def test_garbage_is_dead_lettered_while_good_messages_flow(
         letter = by_id[(reports, entry_id)]
         assert reason in letter[b"reason"].decode(), letter[b"reason"]
         assert len(letter[b"payload"]) <= 4096
-    assert int(by_id[(reports, next(i for i, r in expected.items() if r == "exceeds"))]
-               [b"payload_bytes"]) == MAX_MESSAGE_BYTES + 1
+    assert int(by_id[(reports, next(i for i, r in expected.items() if "exceeds" in r))]
+               [b"payload_bytes"]) == MAX_ENTRY_BYTES + 1
     assert collector.counters.dead_lettered == len(GARBAGE) + 1
     assert pending(redis_client, keys.reports_stream()) == 0
     assert pending(redis_client, keys.sessions_stream()) == 0
+
+
+def test_a_bad_signature_text_costs_only_its_own_entry(
+        redis_client: redis.Redis, keys: Any, publish: Any, report: Any,
+        make_collector: Any) -> None:
+    # A non-ASCII signature makes hmac's comparison raise TypeError: that
+    # entry is dead-lettered, the genuine entries of other hosts beside it
+    # in the same batch are applied.
+    host_keys = {f"bbs-0{n}": bytes([48 + n]) * 32 for n in range(1, 4)}
+    for host, key in host_keys.items():
+        message = report(host, 1)
+        if host == "bbs-02":
+            publish(message, sig="署名")
+        else:
+            publish(message, sig=auth.sign(key, encode(message)))
+    collector = make_collector(host_keys=host_keys)
+    assert collector.drain() == 3
+    assert redis_client.zrange(keys.hosts_index(), 0, -1) == [b"bbs-01", b"bbs-03"]
+    [(_, letter)] = redis_client.xrange(keys.dead_letter_stream())
+    assert letter[b"reason"] == b"missing or bad signature for host bbs-02"
+    assert (collector.counters.applied, collector.counters.dead_lettered) == (2, 1)
+    assert pending(redis_client, keys.reports_stream()) == 0
+
+
+def test_a_failure_while_planning_one_entry_dead_letters_it_alone(
+        redis_client: redis.Redis, keys: Any, publish: Any, report: Any,
+        make_collector: Any, monkeypatch: pytest.MonkeyPatch) -> None:
+    from collector.plan import Planner
+
+    report_write = Planner.report_write
+
+    def fail_for_bbs_02(planner: Planner, stream: str, entry_id: str, message: Any,
+                        **options: Any) -> Any:
+        if message.host == "bbs-02":
+            raise KeyError("a bug of ours")
+        return report_write(planner, stream, entry_id, message, **options)
+
+    monkeypatch.setattr(Planner, "report_write", fail_for_bbs_02)
+    for host in ("bbs-01", "bbs-02", "bbs-03"):
+        publish(report(host, 1))
+    collector = make_collector()
+    collector.drain()
+    assert redis_client.zrange(keys.hosts_index(), 0, -1) == [b"bbs-01", b"bbs-03"]
+    [(_, letter)] = redis_client.xrange(keys.dead_letter_stream())
+    assert letter[b"reason"].startswith(b"collector error: KeyError")
+    assert pending(redis_client, keys.reports_stream()) == 0
+
+
+def test_an_oversized_entry_is_dead_lettered_with_a_prefix_of_its_payload(
+        redis_client: redis.Redis, keys: Any, publish: Any, report: Any,
+        make_collector: Any) -> None:
+    big = redis_client.xadd(keys.reports_stream(), {"m": b"\x81" + b"x" * 5000})
+    publish(report("bbs-01", 1))
+    collector = make_collector(max_entry_bytes=4096, dead_letter_payload_bytes=100)
+    collector.drain()
+    [(_, letter)] = redis_client.xrange(keys.dead_letter_stream())
+    assert letter[b"id"] == big
+    assert letter[b"reason"] == b"entry of 5002 bytes exceeds max_entry_bytes (4096)"
+    assert letter[b"payload_bytes"] == b"5001"
+    assert letter[b"payload"] == (b"\x81" + b"x" * 5000)[:100]
+    assert redis_client.hget(keys.host("bbs-01"), "seq") == b"1"
 
 
 def test_dead_letter_stream_is_trimmed(redis_client: redis.Redis, keys: Any,
@@ -523,124 +584,74 @@ def _assert_backlog_applied(redis_client: redis.Redis, keys: Any, hosts: int,
     assert pending(redis_client, keys.sessions_stream()) == 0
 
 
-def test_a_backlog_is_read_ahead_in_batches_of_many_scripts(
+def test_a_backlog_is_applied_in_batches_of_many_calls(
         redis_client: redis.Redis, keys: Any, publish: Any, report: Any, event: Any,
         make_collector: Any) -> None:
-    # More entries per read than one batch script takes, and reads ahead of
-    # the scripts: every report in the history, every session, nothing pending.
-    from collector.ingest import BATCH_ENTRIES
+    # More entries per read than one call of the apply script takes, and
+    # batches applied while the next are read: every report in the history,
+    # every session, nothing pending.
+    from collector.apply import CALL_ENTRIES
 
     total = _backlog(publish, report, event, hosts=130, reports=4)
-    collector = make_collector(batch_size=BATCH_ENTRIES + 60)
-    collector.setup()
-    first = collector.read(None)
-    assert first == 2 * (BATCH_ENTRIES + 60)
-    # Each call went out as soon as its entries were planned.
-    assert [len(ops) for ops, _ in collector._awaited] == [  # type: ignore[misc]
-        BATCH_ENTRIES, 60, BATCH_ENTRIES, 60]
-    assert first + collector.drain() == total
+    collector = make_collector(batch_size=CALL_ENTRIES + 60)
+    assert collector.drain() == total
     _assert_backlog_applied(redis_client, keys, hosts=130, reports=4)
     assert collector.counters.applied == total
     assert collector.counters.evaluations == 130
 
 
-def _small_batches_over_a_backlog(publish: Any, report: Any, event: Any,
-                                  make_collector: Any) -> tuple[int, Any]:
-    """A backlog of 10 hosts x 6 rounds and a set-up collector reading 7 per stream."""
-    total = _backlog(publish, report, event, hosts=10, reports=6)
-    collector = make_collector(batch_size=7)
-    collector.setup()
-    return total, collector
-
-
-def test_entries_read_ahead_survive_a_flush_and_a_restart(
+def test_entries_read_survive_a_restart(
         redis_client: redis.Redis, keys: Any, publish: Any, report: Any, event: Any,
         make_collector: Any) -> None:
-    total, collector = _small_batches_over_a_backlog(publish, report, event, make_collector)
-    collector.read(None)
-    # A heartbeat (or sweep, or reclaim) waits for the batch in flight and
-    # keeps what the XREADGROUP sent ahead of it returned.
-    collector.heartbeat()
-    assert collector._prefetched
-    collector.read(None)
-    # What was read ahead when the connection is dropped (a Redis error) stays
-    # pending for this consumer and is processed again after setup().
+    # What was read but not applied when the connection is dropped (a Redis
+    # error) stays pending for this consumer and is processed after setup().
+    _backlog(publish, report, event, hosts=10, reports=6)
+    collector = make_collector(batch_size=7)
+    collector.setup()
+    for _ in range(3):
+        redis_client.xreadgroup(COLLECTOR_GROUP, collector.name,
+                                {keys.reports_stream(): ">", keys.sessions_stream(): ">"},
+                                count=7)
     collector.setup()
     collector.drain()
     _assert_backlog_applied(redis_client, keys, hosts=10, reports=6)
-    # The abandoned batch's scripts ran but their replies were dropped: the
-    # state has them (above), the counters do not.
-    assert collector.counters.applied <= total
 
 
-def test_errors_inside_a_batch_script_keep_their_kind() -> None:
-    from collector.ingest import _entry_error
-
-    assert isinstance(_entry_error(b"ERR @user_script: 9: WRONGTYPE Operation against a key"),
-                      redis.ResponseError)
-    assert not isinstance(_entry_error(b"ERR WRONGTYPE x"), redis.ConnectionError)
-    assert isinstance(_entry_error(b"ERR READONLY You can't write against a read only replica."),
-                      redis.ReadOnlyError)
-    assert isinstance(_entry_error(b"ERR LOADING Redis is loading the dataset in memory"),
-                      redis.ConnectionError)
-
-
-def test_the_next_batch_is_in_hand_while_a_batch_is_written(
-        redis_client: redis.Redis, keys: Any, publish: Any, report: Any, event: Any,
-        make_collector: Any) -> None:
-    # Working off a backlog, the XREADGROUP of the next batch went out before
-    # this batch was decoded: its entries have arrived while this batch's
-    # scripts are still in flight, so the next read waits for nothing.
-    from collector.ingest import SESSION_READ_FACTOR
-
-    total, collector = _small_batches_over_a_backlog(publish, report, event, make_collector)
-    assert collector.read(None) == 14  # seven of each stream
-    # One script call per stream here (a call takes BATCH_ENTRIES at most),
-    # each sent as soon as it was planned, their replies not waited for.
-    assert collector._inflight is not None
-    assert [len(ops) for ops, _ in collector._awaited] == [7, 7]  # type: ignore[misc]
-    # Read ahead, seven reports and twice as many session events.
-    assert collector._prefetched
-    assert {stream: len(entries) for stream, entries in collector._prefetched} == {
-        keys.reports_stream(): 7, keys.sessions_stream(): 7 * SESSION_READ_FACTOR}
-    assert not collector._reading_ahead
-    collector.drain()
-    _assert_backlog_applied(redis_client, keys, hosts=10, reports=6)
-    assert collector.counters.applied == total
-
-
-def test_a_read_ahead_is_full_by_the_count_of_each_stream(
-        redis_client: redis.Redis, keys: Any, publish: Any, report: Any, event: Any,
-        make_collector: Any) -> None:
-    # 14 reports and 30 session events, read 7 (and, ahead, 14 session
-    # events) at a time: the third read's 9 session events are fewer than
-    # its read asked for, so the backlog is worked off.
-    for seq in (1, 2):
-        for index in range(7):
-            publish(report(f"bbs-{index:03d}", seq))
-    for seq in range(1, 31):
-        publish(event("connected", seq, host="bbs-000", client_id=f"192.0.2.{seq}:5000",
-                      connected_at=time.time()))
-    collector = make_collector(batch_size=7)
+def test_a_failed_batch_drops_the_batches_after_it_unapplied(
+        redis_client: redis.Redis, keys: Any, publish: Any, report: Any,
+        make_collector: Any, monkeypatch: pytest.MonkeyPatch) -> None:
+    # Nothing is applied out of order: after a batch met a connection error,
+    # the batches handed over behind it stay pending until setup() re-reads them.
+    for seq in range(1, 7):
+        publish(report("bbs-01", seq))
+    collector = make_collector(batch_size=2)
     collector.setup()
-    assert collector.read(None) == 14  # 7 + 7, the first read (not ahead)
-    assert not collector.caught_up
-    assert collector.read(None) == 7 + 14
-    assert not collector.caught_up
-    assert collector.read(None) == 9
-    assert collector.caught_up
-    assert collector._inflight is None and not collector._reading_ahead
-    assert redis_client.hlen(keys.host_sessions("bbs-000")) == 30
-    assert pending(redis_client, keys.sessions_stream()) == 0
-    assert pending(redis_client, keys.reports_stream()) == 0
+    apply = collector.applier.apply
+    calls: list[int] = []
+
+    def failing_once(writes: Any) -> None:
+        calls.append(len(writes))
+        if len(calls) == 1:
+            raise redis.ConnectionError("connection lost")
+        apply(writes)
+
+    monkeypatch.setattr(collector.applier, "apply", failing_once)
+    with pytest.raises(redis.ConnectionError):
+        collector.drain()
+    assert not redis_client.exists(keys.host("bbs-01"))
+    collector.setup()
+    collector.drain()
+    history = redis_client.lrange(keys.host_history("bbs-01"), 0, -1)
+    assert len(history) == 6
+    assert redis_client.hget(keys.host("bbs-01"), "seq") == b"6"
 
 
 def test_the_garbage_collector_is_tuned_for_the_ingest_loop() -> None:
     import subprocess
     import sys
 
-    code = ("import gc; from collector.ingest import GC_YOUNG_THRESHOLD, tune_garbage_collector; "
-            "before = gc.get_threshold(); tune_garbage_collector(); "
+    code = ("import gc; from collector.ingest import GC_YOUNG_THRESHOLD, tune_interpreter; "
+            "before = gc.get_threshold(); tune_interpreter(); "
             "print(gc.get_threshold()[0] == GC_YOUNG_THRESHOLD > before[0], "
             "gc.get_threshold()[1:] == before[1:], gc.get_freeze_count() > 1000)")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
@@ -653,7 +664,7 @@ def test_host_state_is_the_same_in_the_tuned_redis_and_uses_hash_tables(
         event: Any) -> None:
     # The stack's Redis keeps host hashes as hash tables (HASH_TUNING); what
     # the collector writes there is what it writes into a Redis left at its
-    # defaults, through whole writes and differences alike.
+    # defaults.
     from collector.ingest import Collector
     from collector.settings import CollectorSettings
     from stack.embedded import HASH_TUNING
@@ -680,70 +691,13 @@ def test_host_state_is_the_same_in_the_tuned_redis_and_uses_hash_tables(
     assert redis_client.object("encoding", keys.host("bbs-01")) != b"hashtable"
 
 
-def test_batch_arguments_pack_as_msgpack_texts_and_integers() -> None:
-    from collector.ingest import _pack_texts, _pack_with_bytes
-
-    args = [60, "report", 4, 1, "bbs-01", "サーバー", "", "x" * 70_000, 2**40]
-    assert _pack_texts(args) == _pack_with_bytes(args)
-    assert msgpack.unpackb(_pack_texts(args)) == args
-    # A text that is not valid UTF-8 goes through as its bytes, as before.
-    assert msgpack.unpackb(_pack_texts(["a\udc80"]), raw=True) == [b"a\xed\xb2\x80"]
-    # Bytes are raw strings (not bin, which Redis 6.2's cmsgpack refuses).
-    assert _pack_with_bytes([b"\xff"]) == b"\x91\xa1\xff"
-
-
-def test_evaluation_jobs_go_behind_the_scripts_without_a_round_trip(
-        redis_client: redis.Redis, keys: Any, publish: Any, report: Any, event: Any,
-        make_collector: Any, monkeypatch: pytest.MonkeyPatch) -> None:
-    from collector import rawpipe
-    from collector.evaluate import PreparedJobs
-
-    total, collector = _small_batches_over_a_backlog(publish, report, event, make_collector)
-    waited: list[str] = []  # commands whose replies were waited for at once
-    real_execute = rawpipe.execute
-    monkeypatch.setattr(rawpipe, "execute",
-                        lambda client, commands: waited.extend(c[0] for c in commands)
-                        or real_execute(client, commands))
-    collector.read(None)
-    collector.read(None)  # handles the first batch's replies, whose scripts took marks
-    assert any(isinstance(group, PreparedJobs) for group in collector._awaited)
-    collector.drain()
-    assert set(waited) <= {"XREADGROUP"}  # only reads with nothing read ahead
-    assert collector.counters.evaluations == 10
-    assert redis_client.llen(f"rq:queue:{keys.evaluate_queue()}") == 10
-    _assert_backlog_applied(redis_client, keys, hosts=10, reports=6)
-    assert collector.counters.applied == total
-
-
-def test_jobs_sent_behind_the_scripts_that_fail_free_their_marks(
-        redis_client: redis.Redis, keys: Any, publish: Any, report: Any,
-        make_collector: Any) -> None:
-    publish(report("bbs-01", 1))
-    collector = make_collector()
-    collector.drain()  # one job (its template recorded), its mark held
-    redis_client.delete(keys.evaluation_pending("bbs-01"))
-    queue_key = f"rq:queue:{keys.evaluate_queue()}"
-    redis_client.delete(queue_key)
-    redis_client.set(queue_key, "not a list")  # rq's push fails inside the transaction
-    publish(report("bbs-01", 2))
-    publish(report("bbs-02", 1))
-    with pytest.raises(redis.ResponseError, match="WRONGTYPE"):
-        collector.drain()
-    # The reports are applied and acknowledged; only the jobs failed, and the
-    # next change of these hosts may try again.
-    assert not redis_client.exists(keys.evaluation_pending("bbs-01"),
-                                   keys.evaluation_pending("bbs-02"))
-    assert pending(redis_client, keys.reports_stream()) == 0
-    assert redis_client.hget(keys.host("bbs-01"), "seq") == b"2"
-
-
 def test_the_run_command_tunes_the_garbage_collector(
         redis_url: str, monkeypatch: pytest.MonkeyPatch,
         capsys: pytest.CaptureFixture[str]) -> None:
     from collector import cli, ingest
 
     calls: list[bool] = []
-    monkeypatch.setattr(ingest, "tune_garbage_collector", lambda: calls.append(True))
+    monkeypatch.setattr(ingest, "tune_interpreter", lambda: calls.append(True))
     for name in [n for n in os.environ if n.startswith("MTBBS_")]:
         monkeypatch.delenv(name)
     assert cli.main(["run", "--once", "--name", "gc", "--redis-url", redis_url]) == 0

@@ -11,9 +11,9 @@ import redis
 from rq import Queue
 
 from collector import keepalive
-from collector.selfmon import server_time_ms
 from collector.settings import CollectorSettings
 from wire.keys import RQ_SERIALIZER
+from wire.replies import server_time_ms
 from wire.state import STALE_CRITICAL, STALE_NO, STALE_WARNING
 from wire.status import Status
 
@@ -169,7 +169,7 @@ def test_a_sweep_never_overwrites_a_fresh_report(redis_client: redis.Redis, keys
                                                  publish: Any, report: Any,
                                                  make_collector: Any,
                                                  monkeypatch: pytest.MonkeyPatch) -> None:
-    from collector.scripts import STALE_SCRIPT
+    from collector.scripts import STALE
 
     publish(report("bbs-01", 1, interval=0.2))
     collector = make_collector()
@@ -185,15 +185,20 @@ def test_a_sweep_never_overwrites_a_fresh_report(redis_client: redis.Redis, keys
         return None  # no outage: the whole silence counts
 
     writes: list[Any] = []
+    register_script = redis_client.register_script
 
-    class RecordedStaleScript:
-        @staticmethod
-        def call(client: Any, script_keys: Any, args: Any) -> Any:
-            writes.append(list(args))
-            return STALE_SCRIPT.call(client, script_keys, args)
+    def recording_register_script(source: str) -> Any:
+        script = register_script(source)
+        if source != STALE:
+            return script
+
+        def recorded(keys: Any = None, args: Any = None, client: Any = None) -> Any:
+            writes.append([str(arg) for arg in args])
+            return script(keys=keys, args=args, client=client)
+        return recorded
 
     monkeypatch.setattr(keepalive, "detect_outage", a_report_lands_meanwhile)
-    monkeypatch.setattr(keepalive, "STALE_SCRIPT", RecordedStaleScript)
+    monkeypatch.setattr(redis_client, "register_script", recording_register_script)
     assert keepalive.sweep(redis_client, keys, collector.settings, judged_at) == []
     # The sweep did try to write its level, judged on report 1...
     assert writes == [[str(last_seen), STALE_CRITICAL, "CRITICAL"]]

@@ -3,7 +3,6 @@
 
 from __future__ import annotations
 
-import dataclasses
 import json
 import os
 import re
@@ -16,6 +15,7 @@ from datetime import datetime, timedelta
 from pathlib import Path
 from typing import Any
 
+import msgspec
 import pytest
 import redis
 
@@ -358,7 +358,7 @@ def checks_of(base: Any, **changes: dict[str, Any]) -> Any:
     """``base`` (a report) with some checks replaced."""
     checks = {name: dict(fields) for name, fields in base.checks.items()}
     checks.update(changes)
-    return dataclasses.replace(base, checks=checks)
+    return msgspec.structs.replace(base, checks=checks)
 
 
 def test_a_bbs_that_does_not_answer_is_critical(command: Any, env: dict[str, str],

@@ -5,6 +5,8 @@ from __future__ import annotations
 from typing import Any
 
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from wire.keys import KeySpace, valid_host_id
 from wire.messages import Report
@@ -123,3 +125,25 @@ def test_report_status_fields_follow_the_severity_policy() -> None:
         "database": {"healthy": False, "severity": "warning"},
     })
     assert report_fields(report, entry_ms=1_795_000_002_000)["status"] == "WARNING"
+@settings(max_examples=2000, deadline=None)
+@given(st.floats(min_value=946_684_800.0, max_value=7_258_118_400.0))
+def test_iso_from_seconds_is_datetimes_text(seconds: float) -> None:
+    from datetime import UTC, datetime
+
+    from wire.state import iso_from_seconds
+
+    expected = datetime.fromtimestamp(seconds, UTC).strftime("%Y-%m-%dT%H:%M:%S.%f")[:-3] + "Z"
+    assert iso_from_seconds(seconds) == expected
+
+
+@settings(max_examples=2000, deadline=None)
+@given(st.floats(allow_nan=True, allow_infinity=True))
+def test_float_text_is_the_rounded_repr(value: float) -> None:
+    import math
+
+    from wire.state import float_text
+
+    if not math.isfinite(value):
+        assert float_text(value) == ""
+    else:
+        assert float(float_text(value)) == round(value, 3) or float_text(value) == "0.0"

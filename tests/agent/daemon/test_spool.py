@@ -61,7 +61,7 @@ def test_a_lost_spool_starts_a_newer_epoch(tmp_path: Path) -> None:
         new = spool.add(maker())
     assert new.epoch > old.epoch
     assert new.seq == 1
-    assert new.order > old.order
+    assert (new.epoch, new.seq) > (old.epoch, old.seq)
 
 
 def test_a_full_spool_drops_the_oldest_and_the_next_report_carries_the_count(

@@ -1,0 +1,253 @@
+"""Applying planned writes: send them through the apply script and account for the replies.
+
+:class:`Applier` sends a batch's writes as calls of
+:data:`collector.scripts.APPLY`, :data:`CALL_ENTRIES` entries per call, all
+calls of a batch in one redis-py pipeline, and reads each entry's result:
+applied and skipped entries are counted, hosts whose evaluation mark the
+script took get their job, a session merge refused because the stored
+session changed meanwhile is planned again, and an entry Redis refused stays
+pending (it is redelivered and, after ``max_deliveries``, dead-lettered).
+
+:class:`Writer` runs an Applier on a thread of its own, so that Redis runs
+one batch's scripts while the collector reads and plans the next one: the
+two processes work at once instead of in turns. Batches are applied in the
+order they were handed over. When a batch fails for a reason of the whole
+connection (Redis away, a replica), the batches after it are dropped
+unapplied, so nothing is applied out of order; their entries stay pending
+for this consumer, and the caller, seeing the error on its next call, starts
+over from its pending entries.
+"""
+
+from __future__ import annotations
+
+import logging
+import queue
+import threading
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, fields
+from typing import Any
+
+import msgpack
+import redis
+
+from collector.evaluate import Evaluations
+from collector.plan import Write
+from collector.scripts import ALL, APPLY_SCRIPT, REPLAN, SKIPPED
+
+logger = logging.getLogger(__name__)
+
+# Entries per call of the apply script: Redis runs one call without serving
+# other clients, so a call is kept to a few milliseconds.
+CALL_ENTRIES = 200
+MAX_REPLANS = 3
+# Errors after which Redis may well come back: retry with backoff. A replica
+# promoted away from under us answers READONLY until the client reconnects.
+TRANSIENT_ERRORS: tuple[type[Exception], ...] = (
+    redis.ConnectionError, redis.TimeoutError, redis.ReadOnlyError,
+    redis.exceptions.BusyLoadingError,
+)
+
+
+@dataclass
+class Counters:
+    """What a collector has done since it started."""
+
+    processed: int = 0
+    applied: int = 0
+    skipped: int = 0
+    dead_lettered: int = 0
+    spoofed: int = 0
+    reclaimed: int = 0
+    conflicts: int = 0
+    evaluations: int = 0
+    stale_transitions: int = 0
+    errors: int = 0
+
+    def as_fields(self) -> dict[str, int]:
+        """The counters as heartbeat fields."""
+        return {spec.name: getattr(self, spec.name) for spec in fields(self)}
+
+
+def pack_call(writes: Sequence[Write], mark_ttl: int) -> bytes:
+    """The apply script's argument for ``writes``: one msgpack map (see
+    ``collector.scripts.PROTOCOL``). Bytes go as msgpack raw strings, the only
+    kind the cmsgpack of Redis 6.2 reads."""
+    call = {"mark_ttl": mark_ttl, "entries": [write.entry for write in writes]}
+    packed: bytes = msgpack.packb(call, use_bin_type=False, unicode_errors="surrogatepass")
+    return packed
+
+
+class Applier:
+    """Sends writes, counts what happened, enqueues the evaluations they allow.
+
+    ``replan`` plans a write again from what is stored now, when the script
+    refused it as planned on a view that is no longer true (REPLAN).
+    """
+
+    def __init__(self, client: Any, counters: Counters, evaluations: Evaluations | None,
+                 replan: Callable[[Write], Write]) -> None:
+        self.client = client
+        self.counters = counters
+        self.evaluations = evaluations
+        self.replan = replan
+        self.mark_ttl = evaluations.mark_ttl_s if evaluations is not None else 0
+
+    def apply(self, writes: Sequence[Write]) -> None:
+        """Apply ``writes`` in order; raise on an error of the whole connection."""
+        if not writes:
+            return
+        results = self._run(writes)
+        marked: list[str] = []
+        refused: list[Write] = []
+        stop: Exception | None = None
+        for write, (result, took_mark) in zip(writes, results, strict=True):
+            if took_mark:
+                marked.append(write.host)
+            if isinstance(result, Exception):
+                if isinstance(result, TRANSIENT_ERRORS):
+                    stop = stop or result
+                else:
+                    # Left pending: redelivered by a reclaim, dead-lettered
+                    # after max_deliveries attempts.
+                    self.counters.errors += 1
+                    logger.error("Redis refused the write of entry %s of %s: %s",
+                                 write.entry_id, write.stream, result)
+            elif result == REPLAN:
+                refused.append(write)
+            else:
+                self._count(write, result)
+        if marked and self.evaluations is not None:
+            self.counters.evaluations += self.evaluations.enqueue(marked)
+        if stop is not None:
+            raise stop
+        for write in refused:
+            self._replan(write)
+
+    def _count(self, write: Write, result: Any) -> None:
+        self.counters.processed += 1
+        if write.kind == "dead_letter":
+            self.counters.dead_lettered += 1
+        elif result == SKIPPED:
+            self.counters.skipped += 1
+        else:
+            self.counters.applied += 1
+
+    def _run(self, writes: Sequence[Write]) -> list[tuple[Any, bool]]:
+        """(result, whether the host's mark was taken) of every write; a result
+        is the script's answer for the entry or the exception that stopped it."""
+        calls = [writes[start:start + CALL_ENTRIES]
+                 for start in range(0, len(writes), CALL_ENTRIES)]
+        replies = self._send(calls)
+        if any(isinstance(reply, redis.exceptions.NoScriptError) for reply in replies):
+            logger.info("Redis lost the collector's scripts (restart or SCRIPT FLUSH); "
+                        "reloading them")
+            load_scripts(self.client)
+            replies = self._send(calls)
+        results: list[tuple[Any, bool]] = []
+        for call, reply in zip(calls, replies, strict=True):
+            if isinstance(reply, Exception):
+                results += [(reply, False)] * len(call)
+                continue
+            answers, marked = reply
+            took = set(marked)
+            for index in range(len(call)):
+                answer = answers[index] if index < len(answers) else _not_reached()
+                results.append((_entry_result(answer), index + 1 in took))
+        return results
+
+    def _send(self, calls: Sequence[Sequence[Write]]) -> list[Any]:
+        pipe = self.client.pipeline(transaction=False)
+        for call in calls:
+            APPLY_SCRIPT.call(pipe, [], [pack_call(call, self.mark_ttl)])
+        replies: list[Any] = pipe.execute(raise_on_error=False)
+        return replies
+
+    def _replan(self, write: Write) -> None:
+        """Plan a refused write again from what is stored now and apply it."""
+        self.counters.conflicts += 1
+        for _ in range(MAX_REPLANS):
+            fresh = self.replan(write)
+            [(result, took_mark)] = self._run([fresh])
+            if isinstance(result, Exception):
+                raise result
+            if took_mark and self.evaluations is not None:
+                self.counters.evaluations += self.evaluations.enqueue([fresh.host])
+            if result != REPLAN:
+                self._count(fresh, result)
+                return
+        logger.warning("the state of host %s kept changing; entry %s of %s left pending",
+                       write.host, write.entry_id, write.stream)
+
+
+class Writer:
+    """An :class:`Applier` on a thread of its own, fed batches in order."""
+
+    def __init__(self, applier: Applier, depth: int = 2) -> None:
+        self.applier = applier
+        self._batches: queue.Queue[Sequence[Write] | None] = queue.Queue(maxsize=depth)
+        self._failure: BaseException | None = None
+        self._thread = threading.Thread(target=self._work, name="collector-writer", daemon=True)
+        self._thread.start()
+
+    def submit(self, writes: Sequence[Write]) -> None:
+        """Hand over a batch; raise the error an earlier batch met, if any."""
+        self._raise_failure()
+        if writes:
+            self._batches.put(writes)
+
+    def wait(self) -> None:
+        """Return once every batch handed over is applied; raise the error one met."""
+        self._batches.join()
+        self._raise_failure()
+
+    def reset(self) -> None:
+        """Forget a failure, once every batch handed over is applied or dropped."""
+        self._batches.join()
+        self._failure = None
+
+    def close(self) -> None:
+        """Apply what was handed over, then end the thread."""
+        self._batches.put(None)
+        self._thread.join()
+
+    def _raise_failure(self) -> None:
+        if self._failure is not None:
+            raise self._failure
+
+    def _work(self) -> None:
+        while True:
+            batch = self._batches.get()
+            try:
+                if batch is None:
+                    return
+                if self._failure is None:
+                    self.applier.apply(batch)
+                # else: dropped unapplied, so that nothing is applied out of order.
+            except BaseException as exc:  # noqa: BLE001 - raised in the caller's thread
+                self._failure = exc
+            finally:
+                self._batches.task_done()
+
+
+def load_scripts(client: Any) -> None:
+    """Load every script of the collector into Redis."""
+    for script in ALL:
+        script.load(client)
+
+
+def _entry_result(answer: Any) -> Any:
+    """One entry's answer as an int, or the error it met as redis-py would raise it."""
+    if isinstance(answer, int):
+        return answer
+    message = answer.decode("utf-8", "replace") if isinstance(answer, bytes) else str(answer)
+    message = message.removeprefix("ERR ")
+    if "READONLY " in message:
+        return redis.ReadOnlyError(message)
+    if "LOADING " in message:
+        return redis.exceptions.BusyLoadingError(message)
+    return redis.ResponseError(message)
+
+
+def _not_reached() -> Exception:
+    # The script stopped before this entry (an error of the whole server).
+    return redis.ReadOnlyError("not applied: the call stopped at an error of the server")

@@ -1,0 +1,369 @@
+"""Planning: what one stream entry writes, as a pure function of the entry.
+
+An entry goes through two steps, neither of which talks to Redis:
+
+* :meth:`Planner.read` checks its size, decodes it and verifies its
+  signature. Whatever goes wrong there, for whatever reason (an exception
+  of our own code included), becomes a dead letter for this entry alone.
+* :meth:`Planner.writes` turns the decoded entries of a batch into
+  :class:`Write` objects: the maps that :data:`collector.scripts.APPLY` takes
+  (see its ``PROTOCOL``). A session event that leaves out something the
+  stored session knows (a login without the connection time) is merged with
+  the stored session, which the caller reads first
+  (:func:`sessions_to_read`) and passes in; the write then expects exactly
+  that stored text, so a merge planned on a stale read is refused by the
+  script and planned again.
+
+The caller sends the writes (:mod:`collector.apply`).
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import dataclass, field, replace
+from datetime import UTC, datetime
+from typing import Any
+
+from collector.hashes import WrittenHashes
+from collector.scripts import MAX_ORDER_MARKS, order_key
+from collector.settings import CollectorSettings
+from wire import auth
+from wire.errors import DecodeError
+from wire.keys import KeySpace
+from wire.messages import (
+    CONNECTED,
+    DISCONNECTED,
+    LOGGED_IN,
+    SESSION_STATES,
+    SNAPSHOT,
+    Message,
+    Report,
+    SessionEvent,
+    decode_entry,
+)
+from wire.replies import text
+from wire.state import float_text, session_fields_text, session_text
+
+logger = logging.getLogger(__name__)
+
+MAX_REASON = 200
+MAX_FIELD_NAMES = 200
+
+#: Stored session texts by (host, client id); None where there is none.
+StoredSessions = dict[tuple[str, str], str | None]
+
+
+@dataclass(slots=True)
+class Write:
+    """One entry's planned write: its map for the apply script and the keys it touches."""
+
+    kind: str  # report, session, snapshot or dead_letter
+    stream: str
+    entry_id: str
+    host: str  # '' for a dead letter
+    entry: dict[str, Any]
+    keys: tuple[str, ...]
+    event: SessionEvent | None = None  # planned again when the script asks (REPLAN)
+    report: Report | None = None  # likewise
+    unauthenticated: bool = False  # a dead letter for a missing or bad signature
+
+
+@dataclass(slots=True)
+class Decoded:
+    """An entry that decoded and passed authentication."""
+
+    stream: str
+    entry_id: str
+    fields: Mapping[Any, Any]
+    message: Message
+
+
+@dataclass(frozen=True)
+class Planner:
+    """What planning needs besides the entries: names, limits and host keys."""
+
+    keys: KeySpace
+    settings: CollectorSettings
+    group: str
+    consumer: str
+    host_keys: Mapping[str, bytes] | None = None
+    hashes: WrittenHashes = field(default_factory=WrittenHashes)
+
+    # -- reading one entry ---------------------------------------------------
+
+    def read(self, stream: str, entry_id: str, fields: Mapping[Any, Any] | None,
+             delivered: int = 1) -> Decoded | Write:
+        """The decoded entry, or the dead letter that takes its place."""
+        try:
+            return self._read(stream, entry_id, fields, delivered)
+        except Exception as exc:  # noqa: BLE001 - one bad entry must cost only itself
+            logger.error("cannot read entry %s of %s (%s: %s)", entry_id, stream,
+                         type(exc).__name__, exc)
+            return self.dead_letter(stream, entry_id, fields,
+                                    f"collector error: {type(exc).__name__}: {exc}")
+
+    def _read(self, stream: str, entry_id: str, fields: Mapping[Any, Any] | None,
+              delivered: int) -> Decoded | Write:
+        if delivered > self.settings.max_deliveries:
+            return self.dead_letter(stream, entry_id, fields,
+                                    f"delivered {delivered} times without acknowledgement")
+        if not fields:
+            # XADD needs a field, so an entry without any was deleted (trimmed)
+            # while it was pending.
+            return self.dead_letter(stream, entry_id, None, "entry no longer in the stream "
+                                    "(trimmed before it was processed)")
+        size = entry_size(fields)
+        if size > self.settings.max_entry_bytes:
+            return self.dead_letter(stream, entry_id, fields, f"entry of {size} bytes exceeds "
+                                    f"max_entry_bytes ({self.settings.max_entry_bytes})")
+        try:
+            message = decode_entry(fields)
+        except DecodeError as exc:
+            return self.dead_letter(stream, entry_id, fields, f"undecodable: {exc.reason}")
+        problem = self.authentication_problem(message.host, fields)
+        if problem:
+            logger.warning("entry %s of %s: %s", entry_id, stream, problem)
+            refused = self.dead_letter(stream, entry_id, fields, problem)
+            return replace(refused, unauthenticated=True)
+        return Decoded(stream, entry_id, fields, message)
+
+    def authentication_problem(self, host: str, fields: Mapping[Any, Any]) -> str | None:
+        """Why the entry's signature does not hold (None when it does, or when
+        no host keys are configured)."""
+        if self.host_keys is None:
+            return None
+        key = auth.key_for(self.host_keys, host)
+        if key is None:
+            return f"no key for host {host} in the host keys file"
+        payload = _field(fields, "m")
+        signature = _field(fields, "sig")
+        if isinstance(payload, str):
+            payload = payload.encode("utf-8", "surrogateescape")
+        if not isinstance(signature, bytes | str) or not _ascii(signature):
+            return f"missing or bad signature for host {host}"
+        if not auth.verify(key, payload, signature):
+            return f"missing or bad signature for host {host}"
+        return None
+
+    # -- planning writes -----------------------------------------------------
+
+    def writes(self, decoded: Sequence[Decoded], stored: StoredSessions) -> list[Write]:
+        """The writes of a batch's decoded entries, in order. ``stored`` holds
+        the sessions :func:`sessions_to_read` named; it is updated with what
+        each event leaves, so that later events of the batch merge with that."""
+        known = dict(stored)
+        planned = []
+        for item in decoded:
+            try:
+                if isinstance(item.message, Report):
+                    planned.append(self.report_write(item.stream, item.entry_id, item.message))
+                else:
+                    planned.append(self.session_write(item.stream, item.entry_id, item.message,
+                                                      known))
+            except Exception as exc:  # noqa: BLE001 - one bad entry must cost only itself
+                logger.error("cannot plan entry %s of %s (%s: %s)", item.entry_id, item.stream,
+                             type(exc).__name__, exc)
+                planned.append(self.dead_letter(item.stream, item.entry_id, item.fields,
+                                                f"collector error: {type(exc).__name__}: {exc}"))
+        return planned
+
+    def _common(self, kind: str, stream: str, entry_id: str, host: str) -> dict[str, Any]:
+        mark = self.keys.evaluation_pending(host) if self.settings.evaluate else ""
+        return {"kind": kind, "stream": stream, "group": self.group, "id": entry_id,
+                "mark": mark}
+
+    def report_write(self, stream: str, entry_id: str, report: Report, *,
+                     whole: bool = False) -> Write:
+        """The write of a report: its host hash (the difference to the host's
+        last write, or ``whole``), its history line and index score."""
+        keys = self.keys
+        host = report.host
+        entry_ms = int(entry_id.partition("-")[0])
+        order = order_key(report.epoch, report.seq)
+        if whole:
+            self.hashes.forget(host)
+        write = self.hashes.plan(report, order, entry_ms)
+        fields = write.fields
+        entry = self._common("report", stream, entry_id, host)
+        entry.update(
+            host_key=keys.host(host), hosts_index=keys.hosts_index(),
+            history_key=keys.host_history(host), host=host, order=order,
+            entry_ms=str(entry_ms), history_line=history_line(report, fields["last_seen"]),
+            history_length=self.settings.history_length, dropped=report.dropped,
+            status=write.status, base=write.base,
+            fields=[item for pair in write.fields.items() for item in pair],
+            deleted=write.deleted,
+        )
+        return Write("report", stream, entry_id, host, entry,
+                     (entry["host_key"], entry["hosts_index"], entry["history_key"]),
+                     report=report)
+
+    def session_write(self, stream: str, entry_id: str, event: SessionEvent,
+                      known: StoredSessions) -> Write:
+        """The write of a session event; ``known`` holds the stored texts of the
+        sessions it may merge with and is updated with what it leaves."""
+        keys = self.keys
+        host = event.host
+        entry = self._common("session", stream, entry_id, host)
+        entry.update(sessions_key=keys.host_sessions(host),
+                     order_key=keys.host_sessions_order(host),
+                     order=order_key(event.epoch, event.seq))
+        touched = (entry["sessions_key"], entry["order_key"])
+        if event.kind == SNAPSHOT:
+            for key in [key for key in known if key[0] == host]:
+                known[key] = None
+            sessions: list[str] = []
+            for info in event.sessions:
+                session = session_text(info)
+                sessions += (info.client_id, session)
+                known[(host, info.client_id)] = session
+            entry.update(kind="snapshot", sessions=sessions)
+            return Write("snapshot", stream, entry_id, host, entry, touched, event)
+        expect, expected = "any", ""
+        if event.kind == DISCONNECTED:
+            session = ""
+        elif needs_merge(event):
+            current = known.get((host, event.client_id))
+            expect, expected = ("absent", "") if current is None else ("equal", current)
+            session = merged_session_text(event, current)
+        else:
+            session = merged_session_text(event, None)
+        action = "del" if event.kind == DISCONNECTED else "set"
+        known[(host, event.client_id)] = None if action == "del" else session
+        entry.update(action=action, client=event.client_id, text=session, expect=expect,
+                     expected=expected, max_marks=MAX_ORDER_MARKS)
+        return Write("session", stream, entry_id, host, entry, touched, event)
+
+    def dead_letter(self, stream: str, entry_id: str, fields: Mapping[Any, Any] | None,
+                    reason: str) -> Write:
+        """The write that moves an entry to the dead-letter stream with ``reason``,
+        keeping only a prefix of its payload."""
+        payload: Any = b""
+        names = ""
+        if fields:
+            payload = _field(fields, "m")
+            if payload is None:
+                payload = b""
+            names = ",".join(sorted(text(name) for name in fields))[:MAX_FIELD_NAMES]
+        if isinstance(payload, str):
+            payload = payload.encode("utf-8", "surrogateescape")
+        if not isinstance(payload, bytes | bytearray):
+            payload = repr(payload).encode()
+        keep = self.settings.dead_letter_payload_bytes
+        entry = self._common("dead_letter", stream, entry_id, "")
+        entry.update(
+            mark="", dead_letter_stream=self.keys.dead_letter_stream(),
+            maxlen=self.settings.dead_letter_maxlen,
+            fields=["reason", reason[:MAX_REASON], "stream", stream, "id", entry_id,
+                    "consumer", self.consumer, "fields", names,
+                    "payload_bytes", str(len(payload)), "payload", bytes(payload[:keep])],
+        )
+        logger.debug("dead-lettering %s of %s: %s", entry_id, stream, reason)
+        return Write("dead_letter", stream, entry_id, "", entry, (entry["dead_letter_stream"],))
+
+
+def sessions_to_read(decoded: Iterable[Decoded]) -> list[tuple[str, str]]:
+    """The (host, client id) of every session a batch's events merge with."""
+    wanted = {(item.message.host, item.message.client_id) for item in decoded
+              if isinstance(item.message, SessionEvent) and needs_merge(item.message)}
+    return sorted(wanted)
+
+
+def entry_size(fields: Mapping[Any, Any]) -> int:
+    """The bytes of an entry's field names and values."""
+    return sum(len(name) + len(value) if isinstance(value, bytes | str) else len(name)
+               for name, value in fields.items())
+
+
+def history_line(report: Report, timestamp: str) -> str:
+    """``timestamp,sessions,disk_percent,memory_mb`` for the host history list;
+    ``timestamp`` is the entry's time as the host's last_seen has it."""
+    checks = report.checks
+    return ",".join((
+        timestamp,
+        _figure(checks.get("sessions"), "active_sessions"),
+        _figure(checks.get("disk_space"), "percent_used"),
+        _figure(checks.get("memory"), "process_rss_mb"),
+    ))
+
+
+def needs_merge(event: SessionEvent) -> bool:
+    """True when the event leaves out something the stored session knows."""
+    if event.kind == LOGGED_IN:
+        return event.connected_at is None or event.user_id is None
+    if event.kind in (CONNECTED, DISCONNECTED, SNAPSHOT):
+        return False
+    return event.connected_at is None or event.user_id is None or event.state is None
+
+
+def merged_session_text(event: SessionEvent, stored_text: str | None) -> str:
+    """The stored text of the session after ``event``, filling gaps from the
+    stored session (``stored_text``)."""
+    if event.kind == CONNECTED:
+        return session_fields_text(event.client_id, event.user_id, event.state or "connected",
+                                   event.connected_at or event.observed_at)
+    prior = _stored_session(stored_text)
+    if event.kind == LOGGED_IN:
+        user = event.user_id or prior.get("user_id") or "guest"
+        state = "logged_in"
+    else:
+        user = event.user_id if event.user_id is not None else prior.get("user_id")
+        state = event.state or prior.get("state") or "connected"
+    connected_at = event.connected_at or prior.get("connected_at") or event.observed_at
+    return session_fields_text(event.client_id, user, state, connected_at)
+
+
+def _figure(fields: Mapping[str, Any] | None, name: str) -> str:
+    """A number of a check as stored text; '' when absent or not a number."""
+    value = None if fields is None else fields.get(name)
+    if isinstance(value, bool):
+        return ""
+    if isinstance(value, float):
+        return float_text(value)
+    if isinstance(value, int):
+        return str(value)
+    return ""
+
+
+def _stored_session(stored_text: str | None) -> dict[str, Any]:
+    """The fields of a stored session text we can trust; {} for anything else."""
+    if not stored_text:
+        return {}
+    try:
+        doc = json.loads(stored_text)
+    except ValueError:
+        return {}
+    if not isinstance(doc, dict):
+        return {}
+    known: dict[str, Any] = {}
+    if isinstance(doc.get("user_id"), str):
+        known["user_id"] = doc["user_id"]
+    if doc.get("state") in SESSION_STATES:
+        known["state"] = doc["state"]
+    connected_at = _iso_seconds(doc.get("connected_at"))
+    if connected_at is not None:
+        known["connected_at"] = connected_at
+    return known
+
+
+def _iso_seconds(value: Any) -> float | None:
+    if not isinstance(value, str):
+        return None
+    for pattern in ("%Y-%m-%dT%H:%M:%S.%fZ", "%Y-%m-%dT%H:%M:%SZ"):
+        try:
+            return datetime.strptime(value, pattern).replace(tzinfo=UTC).timestamp()
+        except ValueError:
+            continue
+    return None
+
+
+def _field(fields: Mapping[Any, Any], name: str) -> Any:
+    """An entry's field ``name``, whether the reply gave names as bytes or text."""
+    value = fields.get(name.encode())
+    return fields.get(name) if value is None else value
+
+
+def _ascii(value: bytes | str) -> bool:
+    return value.isascii()
