@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import dataclasses
 import os
-import tomllib
 import types
 import typing
 from collections.abc import Callable, Mapping
@@ -73,6 +72,9 @@ def load_document(path: str | Path | None, env: Mapping[str, str] | None = None)
         path = env.get(CONFIG_ENV) or None
     if path is None:
         return {}
+    # Imported here: a run without a file (a cron health check) need not pay for the parser.
+    import tomllib
+
     try:
         with open(path, "rb") as handle:
             return tomllib.load(handle)
