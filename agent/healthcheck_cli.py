@@ -7,14 +7,19 @@ database problem, 3 a failure of the check itself (one line on stderr).
 Cron jobs, Nagios plugins and Zabbix user parameters script against this
 output, so its layout and field names do not change.
 
-The sessions figures come from the central Redis; when Redis cannot be read
-that is shown plainly but never raises the exit code.
+The sessions figures come from the central Redis when one is configured
+(``--redis-url``, ``$MTBBS_REDIS_URL``, or ``url`` or ``sentinels`` in the
+file's ``[redis]`` section, ``$MTBBS_REDIS_SENTINELS``). Without one the
+command neither imports nor connects a Redis client, so a cron job on a BBS
+host costs no more than the seed's script. When sessions cannot be read that
+is shown plainly but never raises the exit code.
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import os
 import sys
 from collections.abc import Mapping, Sequence
 from datetime import datetime
@@ -23,7 +28,7 @@ from typing import TYPE_CHECKING, Any
 from agent.checks import CHECK_ORDER, CheckSettings, run_checks
 from agent.checks.settings import SECTION, add_check_options, check_overrides
 from wire.cli import ArgumentParser, add_common_options, guarded, load_config, setup_logging
-from wire.config import connect, load_section
+from wire.config import connect, env_name, load_section
 from wire.state import check_status, report_status
 from wire.status import Status
 
@@ -212,6 +217,26 @@ def _ordered(checks: Checks) -> list[str]:
 
 # -- entry point -----------------------------------------------------------------
 
+# The [redis] settings that name a server; a prefix or a timeout alone does not.
+SESSION_SOURCE_SETTINGS = ("url", "sentinels")
+
+
+def session_source_configured(args: argparse.Namespace, document: Mapping[str, Any],
+                              env: Mapping[str, str] | None = None) -> bool:
+    """Whether this run names a Redis to read the sessions from.
+
+    Only then is a client made: the built-in default URL alone is no reason
+    to import redis-py and try the network on every run.
+    """
+    env = os.environ if env is None else env
+    if getattr(args, "redis_url", None):
+        return True
+    section = document.get("redis")
+    named = isinstance(section, Mapping) and any(
+        section.get(name) for name in SESSION_SOURCE_SETTINGS)
+    return named or any(env.get(env_name("redis", name)) for name in SESSION_SOURCE_SETTINGS)
+
+
 
 @guarded
 def main(argv: Sequence[str] | None = None) -> int:
@@ -220,11 +245,12 @@ def main(argv: Sequence[str] | None = None) -> int:
     setup_logging(args.log_level)
     document, redis_settings = load_config(args)
     settings = load_section(CheckSettings, document, SECTION, overrides=check_overrides(args))
-    client = connect(redis_settings)
+    client = connect(redis_settings) if session_source_configured(args, document) else None
     try:
         checks = run_checks(settings, redis_client=client, keys=redis_settings.keys)
     finally:
-        client.close()
+        if client is not None:
+            client.close()
     timestamp = datetime.now().isoformat(timespec="microseconds")
     text, status = render(checks, timestamp, verbose=args.verbose, as_json=args.json,
                           quiet=args.quiet)

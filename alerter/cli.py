@@ -23,7 +23,7 @@ from alerter.dispatch import enqueue_delivery, now_ms
 from alerter.notify import DeliveryError, Notification
 from alerter.rules import Policy, load_policy, load_rules, rules_table
 from alerter.settings import CHANNELS, WORKER_CLASSES, AlerterSettings
-from alerter.text import line_text, parse_duration
+from alerter.text import line_text, parse_duration, plural
 from wire.cli import ArgumentParser, add_common_options, guarded, load_config, setup_logging
 from wire.config import RedisSettings, connect, load_section
 from wire.errors import ConfigError
@@ -156,8 +156,9 @@ def _rules_check(args: argparse.Namespace, document: Mapping[str, Any]) -> int:
         print(f"rules are not valid: {exc}", file=sys.stderr)
         return EXIT_FAILED
     if not args.quiet:
-        print(f"rules OK ({source}): {len(policy.rules)} rules, {len(policy.overrides)} "
-              f"override(s), {len(policy.routes)} route(s); channels configured: "
+        print(f"rules OK ({source}): {plural(len(policy.rules), 'rule')}, "
+              f"{plural(len(policy.overrides), 'override')}, "
+              f"{plural(len(policy.routes), 'route')}; channels configured: "
               f"{', '.join(channels) or 'none'}")
         for rule in policy.rules:
             print(f"  {rule.describe()}")
@@ -247,7 +248,7 @@ def _failed(args: argparse.Namespace, document: Mapping[str, Any],
             record = records[failure_id]
             channel = str(record.get("channel", ""))
             if channel not in ctx.notifiers:
-                print(f"{failure_id}: channel {channel or '?'} is not configured; kept",
+                print(f"{failure_id}: channel {channel or '(none)'} is not configured; kept",
                       file=sys.stderr)
                 continue
             delivery = {"id": failure_id, "notifications": record.get("notifications", [])}
@@ -264,11 +265,13 @@ def _failed(args: argparse.Namespace, document: Mapping[str, Any],
         return EXIT_OK
     for failure_id, record in records.items():
         kind = "permanent" if record.get("permanent") else "temporary"
-        print(f"{failure_id}  {record.get('channel', '?')}  {record.get('failed_at', '?')}  "
-              f"{kind} after {record.get('attempts', '?')} attempt(s): "
+        attempts = record.get("attempts")
+        tries = plural(attempts, "attempt") if isinstance(attempts, int) else "unknown attempts"
+        print(f"{failure_id}  {record.get('channel', '-')}  {record.get('failed_at', '-')}  "
+              f"{kind} after {tries}: "
               f"{line_text(record.get('error', ''), 120)}")
         for note in record.get("notifications", []):
-            title = f"{str(note.get('kind', '?'))} {note.get('host', '?')} {note.get('check', '?')}"
+            title = f"{str(note.get('kind', '-'))} {note.get('host', '-')} {note.get('check', '-')}"
             print(f"    {line_text(title, 100)}  ({line_text(note.get('id', ''), 100)})")
     return EXIT_OK
 
@@ -343,7 +346,7 @@ def _alerts(args: argparse.Namespace, redis_settings: RedisSettings) -> int:
           f"{'FLAP%':>6}  SUMMARY")
     for row in rows:
         flap = row.get("flap_percent", "0") + ("*" if row.get("flapping") == "yes" else "")
-        print(f"{row['host']:<18} {row['check']:<12} {row.get('state', '?'):<9} "
+        print(f"{row['host']:<18} {row['check']:<12} {row.get('state', '-'):<9} "
               f"{row.get('severity', ''):<9} {row.get('since', ''):<21} {flap:>6}  "
               f"{line_text(row.get('summary', ''), 80)}")
     return EXIT_OK
@@ -361,7 +364,7 @@ def _log(args: argparse.Namespace, redis_settings: RedisSettings) -> int:
             entry = json.loads(text)
         except ValueError:
             continue
-        print(f"{entry.get('at', '?')}  {entry.get('outcome', '?'):<10} "
+        print(f"{entry.get('at', '-')}  {entry.get('outcome', '-'):<10} "
               f"{entry.get('channel', '-'):<8} {entry.get('kind', ''):<16} "
               f"{entry.get('host', '')} {entry.get('check', '')}  "
               f"{line_text(entry.get('detail', ''), 100)}")

@@ -44,6 +44,7 @@ from redis.exceptions import WatchError
 from rq import Queue, Retry
 
 from alerter.notify import DeliveryError, Notification
+from alerter.text import plural
 from wire.keys import RQ_SERIALIZER
 from wire.replies import server_time_ms as now_ms
 from wire.state import iso_from_ms
@@ -372,7 +373,7 @@ def run_delivery(ctx: AlerterContext, channel: str, delivery: dict[str, Any], *,
         failed = dict(delivery, notifications=[n.to_dict() for n in todo])
         record_failure(ctx, channel, failed, error, attempt, failed_at)
         outcome, detail = "failed", (f"{'permanent' if error.permanent else 'temporary'} "
-                                     f"error after {attempt} attempt(s): {error.message}")
+                                     f"error after {plural(attempt, 'attempt')}: {error.message}")
         logger.warning("%s: delivery %s failed for good: %s", channel, delivery["id"], detail)
     else:
         if error.retry_after is not None:

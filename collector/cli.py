@@ -31,6 +31,7 @@ from collector import status as check
 from collector.fleet import FleetView, read_fleet
 from collector.nagios import NagiosRange, RangeError, format_number
 from collector.settings import CollectorSettings, ExporterSettings
+from collector.tables import text_table
 from wire import auth
 from wire.cli import (
     USAGE_STDOUT,
@@ -326,14 +327,6 @@ def cmd_status(args: argparse.Namespace) -> int:
 # -- tables --------------------------------------------------------------------
 
 
-def _table(headers: Sequence[str], rows: Sequence[Sequence[str]]) -> str:
-    widths = [max([len(h)] + [len(r[i]) for r in rows]) for i, h in enumerate(headers)]
-    lines = ["  ".join(h.ljust(w) for h, w in zip(headers, widths, strict=True)).rstrip()]
-    for row in rows:
-        lines.append("  ".join(c.ljust(w) for c, w in zip(row, widths, strict=True)).rstrip())
-    return "\n".join(lines)
-
-
 def _age(seconds: float) -> str:
     seconds = int(round(seconds))
     if seconds < 120:
@@ -362,9 +355,11 @@ def cmd_hosts(args: argparse.Namespace) -> int:
     if not fleet.hosts:
         print("no host has reported yet")
         return 0
-    rows = [[v.host, v.status.name, iso_from_ms(v.state.last_seen_ms), _age(v.age_s), v.stale,
+    rows = [[v.host, v.status.name,
+             iso_from_ms(v.state.last_seen_ms) if v.state.last_seen_ms else "-",
+             _age(v.age_s) if v.state.last_seen_ms else "-", v.stale,
              "-" if v.sessions is None else str(v.sessions)] for v in fleet.hosts]
-    print(_table(["HOST", "STATUS", "LAST SEEN", "AGE", "STALE", "SESSIONS"], rows))
+    print(text_table(["HOST", "STATUS", "LAST SEEN", "AGE", "STALE", "SESSIONS"], rows))
     return 0
 
 
@@ -400,8 +395,9 @@ def cmd_sessions(args: argparse.Namespace) -> int:
         print(f"{args.host}: no active sessions")
         return 0
     rows = [[_safe(s.get("client_id", "")), _safe(s.get("user_id") or "-"),
-             _safe(s.get("state", "?")), _safe(s.get("connected_at", "?"))] for s in sessions]
-    print(_table(["CLIENT", "USER", "STATE", "CONNECTED AT"], rows))
+             _safe(s.get("state") or "-"), _safe(s.get("connected_at") or "-")]
+            for s in sessions]
+    print(text_table(["CLIENT", "USER", "STATE", "CONNECTED AT"], rows))
     return 0
 
 
@@ -440,8 +436,10 @@ def cmd_history(args: argparse.Namespace) -> int:
                 row[0] = seed_timestamp(row[0])
             writer.writerow(row)
         return 0
-    rows = [(line.split(",") + ["", "", "", ""])[:4] for line in lines]
-    print(_table(["TIMESTAMP", "SESSIONS", "DISK %", "MEMORY MB"], rows))
+    # A figure the agent could not measure is stored empty; people read "-".
+    rows = [[cell or "-" for cell in (line.split(",") + ["", "", "", ""])[:4]]
+            for line in lines]
+    print(text_table(["TIMESTAMP", "SESSIONS", "DISK %", "MEMORY MB"], rows))
     return 0
 
 
@@ -463,10 +461,10 @@ def cmd_dead_letters(args: argparse.Namespace) -> int:
         print(json.dumps(letters, indent=2, ensure_ascii=False))
         return 0
     total = client.xlen(redis_settings.keys.dead_letter_stream())
-    print(f"{total} dead letter(s); newest {len(letters)}:")
+    print(f"{check.plural(total, 'dead letter')}; newest {len(letters)}:")
     for doc in letters:
-        print(f"{doc['dead_letter_id']}  {_safe(doc.get('stream', '?'))} "
-              f"{_safe(doc.get('id', '?'))}  {_safe(doc.get('reason', '?'))}")
+        print(f"{doc['dead_letter_id']}  {_safe(doc.get('stream', '-'))} "
+              f"{_safe(doc.get('id', '-'))}  {_safe(doc.get('reason', '-'))}")
     return 0
 
 
@@ -492,7 +490,7 @@ def _drop_alert_states(client: Any, keys: KeySpace, host: str, wait_s: float) ->
             except redis.ResponseError:  # rq's results are not the collector user's to read
                 return "its alert states dropped by the alerter"
             dropped = result.get("dropped", 0) if isinstance(result, dict) else 0
-            return f"{dropped} alert state(s) dropped by the alerter"
+            return f"{check.plural(dropped, 'alert state')} dropped by the alerter"
         if status == JobStatus.FAILED:
             return "the alerter failed to drop its alert states (see rq's failed jobs)"
         if time.monotonic() >= deadline:
@@ -513,8 +511,8 @@ def cmd_forget(args: argparse.Namespace) -> int:
     pipe.zrem(keys.hosts_index(), args.host)
     deleted, _ = pipe.execute()
     alerts = _drop_alert_states(client, keys, args.host, args.wait)
-    print(f"forgot host {args.host} ({deleted} key(s) deleted; {alerts}); it reappears "
-          "with its next report")
+    print(f"forgot host {args.host} ({check.plural(deleted, 'key')} deleted; {alerts}); "
+          "it reappears with its next report")
     return 0
 
 

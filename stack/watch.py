@@ -15,7 +15,6 @@ logs. Ages are measured against Redis's clock, like everything else.
 
 from __future__ import annotations
 
-import io
 import json
 import logging
 import threading
@@ -24,8 +23,11 @@ from dataclasses import dataclass, field
 from typing import IO, Any
 
 from rich import box
-from rich.console import Console, Group, RenderableType
+from rich.cells import cell_len
+from rich.console import Console, ConsoleOptions, Group, RenderableType, RenderResult
 from rich.live import Live
+from rich.segment import Segment
+from rich.style import Style
 from rich.table import Table
 from rich.text import Text
 
@@ -80,17 +82,20 @@ def sparkline(values: Sequence[float | None], low: float | None = None,
     bottom = min(present) if low is None else low
     top = max(present) if high is None else high
     span = top - bottom
+    last = len(BARS) - 1
+    if span <= 0:
+        return "".join(" " if v is None else BARS[0 if v <= bottom else last] for v in values)
+    scale = len(BARS) / span
     bars = []
     for value in values:
         if value is None:
             bars.append(" ")
-            continue
-        if span <= 0:
-            index = 0 if value <= bottom else len(BARS) - 1
+        elif value <= bottom:
+            bars.append(BARS[0])
+        elif value >= top:
+            bars.append(BARS[last])
         else:
-            ratio = (min(max(value, bottom), top) - bottom) / span
-            index = min(int(ratio * len(BARS)), len(BARS) - 1)
-        bars.append(BARS[index])
+            bars.append(BARS[min(int((value - bottom) * scale), last)])
     return "".join(bars)
 
 
@@ -270,57 +275,134 @@ def _figure(value: float | None, unit: str = "") -> str:
     return f"{value:.1f}{unit}" if value != int(value) else f"{int(value)}{unit}"
 
 
-def spark_width(snapshot: Snapshot, console_width: int) -> int:
+# The hosts table is laid out here rather than by rich's Table: a frame of a
+# big fleet has thousands of rows, and rich measures and wraps every cell
+# (seconds for 10,000 hosts) where this costs one pass of string padding.
+HOST_HEADERS = ("host", "status", "seen", "stale", "sess", "guest", "disk%", "rss MB")
+RIGHT_ALIGNED = frozenset({"seen", "sess", "guest", "disk%", "rss MB"})
+# After which column each history sparkline goes, its series in HostRow.history
+# and its scale (low, high; None: the data's).
+SPARKS = {"sess": (0, 0.0, None), "disk%": (1, 0.0, 100.0), "rss MB": (2, 0.0, None)}
+SPARK_HEADER = "trend"
+COLUMN_GAP = 2
+
+
+@dataclass(frozen=True)
+class HostsLayout:
+    """The text and style of every hosts-table cell, and each column's width."""
+
+    cells: list[list[tuple[str, str]]]
+    widths: list[int]
+    points: int
+
+    @property
+    def fixed_width(self) -> int:
+        """Cells the table takes without sparklines."""
+        return sum(self.widths) + COLUMN_GAP * (len(self.widths) - 1)
+
+
+def host_layout(snapshot: Snapshot) -> HostsLayout:
+    """Lay out the hosts' cells once per frame."""
+    cells = []
+    for row in snapshot.hosts:
+        age = age_text((snapshot.now_ms - row.last_seen_ms) / 1000) if row.last_seen_ms else "-"
+        stale, stale_style = "", ""
+        if row.stale != STALE_NO:
+            stale = row.stale
+            stale_style = "bold red" if row.stale == STALE_CRITICAL else "bold yellow"
+        cells.append([
+            (row.host, "bold"), (row.status.name, STATUS_STYLE[row.status]), (age, ""),
+            (stale, stale_style), ("-" if row.sessions is None else str(row.sessions), ""),
+            (str(row.guests), ""), (_figure(row.disk_percent), ""), (_figure(row.memory_mb), ""),
+        ])
+    widths = [cell_len(h) for h in HOST_HEADERS]
+    for row_cells in cells:
+        widths = [max(w, cell_len(text)) for w, (text, _) in zip(widths, row_cells, strict=True)]
+    points = max((len(h.history) for h in snapshot.hosts), default=0)
+    return HostsLayout(cells, widths, points)
+
+
+def spark_width(snapshot: Snapshot | HostsLayout, console_width: int) -> int:
     """How many history points each sparkline shows on a console this wide.
 
     The three sparklines share what the other columns leave, and vanish when
-    fewer than 4 points would fit.
+    fewer points than their header is wide would fit.
     """
-    points = max((len(h.history) for h in snapshot.hosts), default=0)
-    measuring = Console(file=io.StringIO(), width=10_000)
-    fixed = measuring.measure(hosts_table(snapshot, 0)).maximum
-    # Each sparkline column adds its padding and the figure column beside it
-    # grows by nothing: 3 cells per column besides its bars.
-    width = min(points, (console_width - fixed - 9) // 3)
-    return width if width >= 4 else 0
+    layout = snapshot if isinstance(snapshot, HostsLayout) else host_layout(snapshot)
+    room = (console_width - layout.fixed_width - len(SPARKS) * COLUMN_GAP) // len(SPARKS)
+    width = min(layout.points, room)
+    return width if width >= len(SPARK_HEADER) else 0
 
 
-def hosts_table(snapshot: Snapshot, sparks: int = 20) -> Table:
+def _aligned(text: str, width: int, header: str) -> str:
+    space = " " * (width - cell_len(text))
+    return space + text if header in RIGHT_ALIGNED else text + space
+
+
+class StyledLines:
+    """Lines of (text, style) pieces, handed to rich as segments as they are.
+
+    rich crops them to the console's width (the host id comes first, so it
+    is the last thing cut) and colours them; it does not measure or wrap.
+    """
+
+    def __init__(self, lines: list[list[tuple[str, str]]]) -> None:
+        self.lines = lines
+
+    @property
+    def plain(self) -> str:
+        """The text without styles."""
+        return "\n".join("".join(text for text, _ in line) for line in self.lines)
+
+    def __rich_console__(self, console: Console, options: ConsoleOptions) -> RenderResult:
+        newline = Segment.line()
+        if console.color_system is None:
+            # Plain text (a pipe, a log): one segment a line is all rich needs.
+            for line in self.lines:
+                yield Segment("".join(text for text, _ in line))
+                yield newline
+            return
+        styles: dict[str, Style] = {}
+        for line in self.lines:
+            for text, style in line:
+                if not style:
+                    yield Segment(text)
+                    continue
+                if style not in styles:
+                    styles[style] = console.get_style(style)
+                yield Segment(text, styles[style])
+            yield newline
+
+
+def hosts_table(snapshot: Snapshot, sparks: int = 20,
+                layout: HostsLayout | None = None) -> StyledLines:
     """The hosts table, with sparklines of the last ``sparks`` points (0: none)."""
-    table = Table(title="Hosts", box=box.SIMPLE_HEAD, title_justify="left", pad_edge=False)
-    columns = [("host", "left"), ("status", "left"), ("seen", "right"), ("stale", "left"),
-               ("sess", "right"), ("guest", "right"), ("", "left"), ("disk%", "right"),
-               ("", "left"), ("rss MB", "right"), ("", "left")]
-    longest = max((len(h.host) for h in snapshot.hosts), default=4)
-    for name, justify in columns:
-        if sparks or name:
-            # On a narrow terminal the figures may be cut, never the host id.
-            table.add_column(name, justify=justify, no_wrap=True,  # type: ignore[arg-type]
-                             min_width=longest if name == "host" else None)
-    for row in snapshot.hosts:
-        age = age_text((snapshot.now_ms - row.last_seen_ms) / 1000) if row.last_seen_ms else "-"
-        stale = Text("")
-        if row.stale != STALE_NO:
-            stale = Text(row.stale, style="bold red" if row.stale == STALE_CRITICAL
-                         else "bold yellow")
+    layout = layout or host_layout(snapshot)
+    gap = " " * COLUMN_GAP
+    spark_cell = max(sparks, len(SPARK_HEADER))
+    headers: list[str] = []
+    for header, width in zip(HOST_HEADERS, layout.widths, strict=True):
+        headers.append(_aligned(header, width, header))
+        if sparks and header in SPARKS:
+            headers.append(SPARK_HEADER.ljust(spark_cell))
+    heading = gap.join(headers).rstrip()
+    lines: list[list[tuple[str, str]]] = [[("Hosts", "italic")], [(heading, "bold")],
+                                          [("─" * cell_len(heading), "")]]
+    for row, row_cells in zip(snapshot.hosts, layout.cells, strict=True):
         history = row.history[-sparks:] if sparks else []
-        cells: list[RenderableType] = [
-            Text(row.host, style="bold"), Text(row.status.name, style=STATUS_STYLE[row.status]),
-            age, stale, "-" if row.sessions is None else str(row.sessions), str(row.guests)]
-        spark_cells = [
-            Text(sparkline([p[0] for p in history], low=0), style="cyan"),
-            Text(sparkline([p[1] for p in history], low=0, high=100), style="cyan"),
-            Text(sparkline([p[2] for p in history], low=0), style="cyan"),
-        ]
-        figures = [_figure(row.disk_percent), _figure(row.memory_mb)]
-        if sparks:
-            cells += [spark_cells[0], figures[0], spark_cells[1], figures[1], spark_cells[2]]
-        else:
-            cells += figures
-        table.add_row(*cells)
+        line: list[tuple[str, str]] = []
+        for index, ((text, style), header, width) in enumerate(
+                zip(row_cells, HOST_HEADERS, layout.widths, strict=True)):
+            line.append((gap + _aligned(text, width, header) if index
+                         else _aligned(text, width, header), style))
+            if sparks and header in SPARKS:
+                series, low, high = SPARKS[header]
+                bars = sparkline([p[series] for p in history], low=low, high=high)
+                line.append((gap + bars.ljust(spark_cell), "cyan"))
+        lines.append(line)
     if not snapshot.hosts:
-        table.caption = "no host has reported yet (is an agent running?)"
-    return table
+        lines.append([("no host has reported yet (is an agent running?)", "dim")])
+    return StyledLines(lines)
 
 
 def alerts_table(snapshot: Snapshot) -> Table:
@@ -373,8 +455,9 @@ def render(snapshot: Snapshot, source: str, width: int = 120) -> RenderableType:
     for status in (Status.CRITICAL, Status.WARNING, Status.UNKNOWN, Status.OK):
         if counts.get(status):
             summary.append(f"  {status.name} {counts[status]}", style=STATUS_STYLE[status])
-    sparks = spark_width(snapshot, width)
-    parts: list[RenderableType] = [summary, hosts_table(snapshot, sparks)]
+    layout = host_layout(snapshot)
+    sparks = spark_width(layout, width)
+    parts: list[RenderableType] = [summary, hosts_table(snapshot, sparks, layout)]
     if snapshot.alerts:
         parts.append(alerts_table(snapshot))
     parts.append(collectors_table(snapshot))

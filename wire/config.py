@@ -16,7 +16,6 @@ import logging
 import os
 import re
 import stat
-import tomllib
 import types
 import typing
 from collections.abc import Callable, Mapping
@@ -97,6 +96,9 @@ def load_document(path: str | Path | None, env: Mapping[str, str] | None = None)
         path = env.get(CONFIG_ENV) or None
     if path is None:
         return {}
+    # Imported here: a run without a file (a cron health check) need not pay for the parser.
+    import tomllib
+
     try:
         with open(path, "rb") as handle:
             document = tomllib.load(handle)

@@ -20,7 +20,7 @@ from email.message import EmailMessage
 from alerter.notify import DeliveryError, Notification
 from alerter.notify.render import subject, text_body
 from alerter.settings import MailSettings
-from alerter.text import header_text, line_text
+from alerter.text import header_text, line_text, plural
 
 TITLE = "MTBBS Health Alert"
 
@@ -130,4 +130,4 @@ class MailNotifier:
         if refused:
             return (f"accepted by {host} for {len(s.to) - len(refused)} of {len(s.to)} "
                     f"recipients (refused: {', '.join(sorted(refused))})")
-        return f"accepted by {host} for {len(s.to)} recipient(s)"
+        return f"accepted by {host} for {plural(len(s.to), 'recipient')}"

@@ -56,7 +56,7 @@ def test_forget_removes_every_alert_state_of_the_host(
 
     forget = run(command, clean_env, "mtbbs-collector", config, "forget", "--host", "bbs-01")
     assert forget.returncode == 0, forget.stderr
-    assert "2 alert state(s) dropped by the alerter" in forget.stdout
+    assert "2 alert states dropped by the alerter" in forget.stdout
 
     listed = run(command, clean_env, "mtbbs-alerter", config, "alerts", "--all")
     assert listed.returncode == 0, listed.stderr

@@ -19,6 +19,7 @@ import msgspec
 import pytest
 import redis
 
+from collector.tables import display_width
 from wire.messages import SessionInfo
 
 pytestmark = pytest.mark.e2e
@@ -297,12 +298,14 @@ def test_hosts_sessions_history(command: Any, env: dict[str, str], fleet: Any, r
           report("bbs-02", 1, disk=95.0),
           event("snapshot", 1, sessions=(SessionInfo("192.0.2.1:5000", "alice", "logged_in", now),
                                          SessionInfo("192.0.2.2:5001", "\x1b[31mevil", "connected",
+                                                     now),
+                                         SessionInfo("192.0.2.3:5002", "山田太郎", "logged_in",
                                                      now))))
     done = run(command, env, "hosts")
     assert done.returncode == 0
     lines = done.stdout.splitlines()
     assert lines[0].split() == ["HOST", "STATUS", "LAST", "SEEN", "AGE", "STALE", "SESSIONS"]
-    assert lines[1].split()[:2] == ["bbs-01", "OK"] and lines[1].split()[-2:] == ["no", "2"]
+    assert lines[1].split()[:2] == ["bbs-01", "OK"] and lines[1].split()[-2:] == ["no", "3"]
     assert lines[2].split()[:2] == ["bbs-02", "WARNING"]
     hosts = json.loads(run(command, env, "hosts", "--json").stdout)
     assert [h["host"] for h in hosts] == ["bbs-01", "bbs-02"]
@@ -311,6 +314,12 @@ def test_hosts_sessions_history(command: Any, env: dict[str, str], fleet: Any, r
     assert done.returncode == 0
     assert "192.0.2.1:5000" in done.stdout and "alice" in done.stdout
     assert "\x1b" not in done.stdout and "\\x1b[31mevil" in done.stdout
+    # The STATE column starts at the same display column on every line, the
+    # Japanese name (two cells a character) included.
+    table = done.stdout.splitlines()
+    starts = {display_width(line[:re.search(r"  (STATE|logged_in|connected)", line).start()])
+              for line in table}
+    assert len(table) == 4 and len(starts) == 1, table
     sessions = json.loads(run(command, env, "sessions", "--host", "bbs-01", "--json").stdout)
     assert sessions[1]["user_id"] == "\x1b[31mevil"
 
@@ -348,7 +357,7 @@ def test_dead_letters_command(command: Any, env: dict[str, str], redis_client: r
     make_collector().drain()
     done = run(command, env, "dead-letters")
     assert done.returncode == 0
-    assert done.stdout.startswith("1 dead letter(s); newest 1:")
+    assert done.stdout.startswith("1 dead letter; newest 1:")
     assert "undecodable" in done.stdout
     letters = json.loads(run(command, env, "dead-letters", "--json").stdout)
     assert letters[0]["payload_hex"] == "006a756e6b"

@@ -197,7 +197,39 @@ def test_rows_fit_the_console_without_truncation(width: int) -> None:
         assert "…" not in text
         assert "critical" in text and "92.5" in text and "45.2" in text
     bars = watch.spark_width(snapshot, width)
-    assert (bars > 0) == (width >= 132)
+    assert (bars > 0) == (width >= 100)
+    heading = next(line for line in text.splitlines() if line.startswith("host"))
+    if bars:
+        # Every sparkline column is headed, the sessions one beside its figure.
+        assert heading.split() == ["host", "status", "seen", "stale", "sess", "trend", "guest",
+                                   "disk%", "trend", "rss", "MB", "trend"]
+        row = next(line for line in text.splitlines() if line.startswith("bbs-"))
+        assert row.index("critical") < row.index("12") < heading.index("trend") \
+            <= row.index("▁") < heading.index("guest")
+    else:
+        assert "trend" not in heading
+
+
+def test_a_frame_of_a_big_fleet_lines_up() -> None:
+    from wire.status import Status
+
+    now = int(time.time() * 1000)
+    rows = [watch.HostRow(f"bbs-{i:04d}" + "x" * (i % 7), Status.OK, now - 1000 * i, "no",
+                          i, i % 3, 50.0 + i % 10, None if i % 5 == 0 else 40.0 + i,
+                          [(j, 50.0, 40.0) for j in range(8)]) for i in range(300)]
+    out = io.StringIO()
+    watch.Console(file=out, width=160, color_system=None).print(
+        watch.render(watch.Snapshot(now, rows, [], []), "test", 160))
+    table = [line for line in out.getvalue().splitlines() if line.startswith(("host", "bbs-"))]
+    assert len(table) == 301
+    # Right-aligned figures end under the end of their header on every line,
+    # whatever the length of the host ids before them.
+    heading = table[0]
+    for header in ("seen", "sess", "disk%", "MB"):
+        end = heading.index(header) + len(header)
+        assert all(line[end - 1] != " " and line[end:end + 1] in (" ", "") for line in table[1:]), \
+            header
+    assert "None" not in out.getvalue()
 
 
 def test_alerts_as_the_alerter_writes_them(redis_client: redis.Redis) -> None:

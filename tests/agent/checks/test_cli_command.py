@@ -365,3 +365,42 @@ def test_seed_alert_script_condition(host) -> None:
     script = f'{host.line} --json "$@" >/dev/null 2>&1; [ $? -ge 1 ] && echo ALERT || echo fine'
     assert host.shell(script).stdout.strip() == "fine"
     assert host.shell(f"set -- --disk-threshold 0; {script}").stdout.strip() == "ALERT"
+
+
+# -- a run imports only what it needs --------------------------------------------
+
+IMPORTED_AFTER_A_RUN = """
+import sys
+from agent.healthcheck_cli import main
+code = main(sys.argv[1:])
+print(sorted(set(sys.modules) & {'redis', 'tomllib', 'msgspec', 'msgpack', 'urllib.request'}))
+"""
+
+
+def without_redis_url(args: list[str]) -> list[str]:
+    position = args.index("--redis-url")
+    return args[:position] + args[position + 2:]
+
+
+def test_without_a_session_source_redis_is_neither_imported_nor_asked(host) -> None:
+    args = without_redis_url(host.args)
+    done = subprocess.run([sys.executable, "-c", IMPORTED_AFTER_A_RUN, *args, "--json"],
+                          capture_output=True, text=True, env=host.env, cwd=host.cwd,
+                          timeout=60)
+    document, imported = done.stdout.rsplit("\n", 2)[0], done.stdout.splitlines()[-1]
+    assert imported == "[]", done.stderr
+    sessions = json.loads(document)["health"]["sessions"]
+    assert sessions["available"] is False and sessions["healthy"] is True
+    assert sessions["error"] == "Redis not configured: sessions unknown"
+
+
+def test_a_session_source_from_the_config_file_reads_the_sessions(host, tmp_path: Path,
+                                                                  redis_url: str) -> None:
+    args = without_redis_url(host.args)
+    config = tmp_path / "mtbbs.toml"
+    config.write_text(f'[redis]\nurl = "{redis_url}"\n')
+    done = host.run("--config", str(config), "--json", args=args)
+    assert json.loads(done.stdout)["health"]["sessions"]["active_sessions"] == 3
+    host.env = {**host.env, "MTBBS_REDIS_URL": redis_url}
+    done = host.run("--json", args=args)
+    assert json.loads(done.stdout)["health"]["sessions"]["active_sessions"] == 3
