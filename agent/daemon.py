@@ -210,7 +210,8 @@ class Daemon:
         if self.probe.enabled:
             checks[TELNET] = dict(probe_telnet(self.probe.host, self.probe.port,
                                                timeout=self.probe.timeout,
-                                               threshold_ms=self.probe.slow_ms).as_fields())
+                                               threshold_ms=self.probe.slow_ms,
+                                               quit_text=self.probe.quit_text).as_fields())
         if self._due(self._metrics_at, self.settings.metrics_interval, now):
             self._metrics_at = now
             try:
