@@ -30,7 +30,9 @@ CHECK_NAME = "telnet"
 _READ_SIZE = 256
 # Three lines holding a space: MTBBS's login prompt takes each as an empty
 # answer and, after its three attempts, says goodbye and closes by itself.
-DEFAULT_QUIT_TEXT = " \n \n \n"
+# Written with the escape an environment variable would use, so the default
+# reads the same in the configuration reference.
+DEFAULT_QUIT_TEXT = " \\n \\n \\n"
 # What the BBS still sends while the probe leaves is read and dropped, up to
 # this much: a BBS that keeps talking is closed on rather than listened to.
 _MAX_DRAIN_BYTES = 64 * 1024
