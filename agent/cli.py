@@ -14,6 +14,7 @@ one cycle and exits with the health check's codes (0 healthy, 1 warning,
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import os
 import signal
@@ -144,6 +145,11 @@ def setup_summary(redis_settings: RedisSettings, checks: CheckSettings,
         process = f"pid {checks.bbs_pid}"
     elif checks.bbs_pidfile is not None:
         process = f"pidfile {checks.bbs_pidfile}"
+    elif checks.bbs_port and checks.bbs_match:
+        process = (f"process listening on port {checks.bbs_port}, else matching "
+                   f"{checks.bbs_match!r}")
+    elif checks.bbs_port:
+        process = f"process listening on port {checks.bbs_port}"
     else:
         process = f"process matching {checks.bbs_match!r}"
     return (f"redis={redis_settings.redacted_url()} prefix={redis_settings.prefix}"
@@ -178,6 +184,9 @@ def run(args: argparse.Namespace, env: Mapping[str, str]) -> int:
     probe = load_section(ProbeSettings, document, "probe", env, _probe_overrides(args))
     check_settings = load_section(CheckSettings, document, CHECKS_SECTION, env,
                                   check_overrides(args))
+    if check_settings.bbs_port is None:
+        # The port the probe calls is the BBS's: its listener is the BBS process.
+        check_settings = dataclasses.replace(check_settings, bbs_port=probe.port)
     host = check_settings.host
     key = host_key(settings, host)
     keys: KeySpace = redis_settings.keys

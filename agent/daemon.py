@@ -87,12 +87,13 @@ def uptime_fields(memory: Mapping[str, FieldValue] | None, *, now: float, boot_t
 class HostChecks:
     """:func:`agent.checks.run_checks` bound to ``[checks]`` settings, for a daemon.
 
-    Found by its program name, the BBS costs a scan of every process (a few
-    milliseconds per cycle, more on a busy host). The daemon runs the checks
-    every cycle, so once a scan found the BBS, later cycles go to the same
-    process by pid for as long as a process with that pid *and the same
-    start time* exists (a reused pid is another process); otherwise the scan
-    runs again. The report still says ``found_by: match``.
+    Found by its port or its program name, the BBS costs a scan of every
+    process (a few milliseconds per cycle, more on a busy host). The daemon
+    runs the checks every cycle, so once a scan found the BBS, later cycles
+    go to the same process by pid for as long as a process with that pid
+    *and the same start time* exists (a reused pid is another process);
+    otherwise the scan runs again. The report still says how the scan found
+    it (``found_by: port`` or ``match``).
     """
 
     def __init__(self, settings: CheckSettings, *, redis_client: Any, keys: KeySpace,
@@ -102,8 +103,9 @@ class HostChecks:
         self.keys = keys
         self.start_time = start_time
         self._cached: tuple[int, float] | None = None
+        self._found_by: FieldValue = "match"
         self._cacheable = (settings.bbs_pid is None and settings.bbs_pidfile is None
-                           and bool(settings.bbs_match))
+                           and bool(settings.bbs_match or settings.bbs_port))
 
     def _settings(self) -> CheckSettings:
         if self._cached is None:
@@ -128,14 +130,15 @@ class HostChecks:
                 self._cached = None
                 checks["memory"] = self._scan()
             else:
-                memory["found_by"] = "match"
+                memory["found_by"] = self._found_by
             return checks
         self._remember(memory)
         return checks
 
     def _scan(self) -> dict[str, FieldValue]:
         s = self.settings
-        memory = check_memory(match=s.bbs_match, rss_threshold_mb=s.process_rss_mb,
+        memory = check_memory(match=s.bbs_match, port=s.bbs_port or None,
+                              rss_threshold_mb=s.process_rss_mb,
                               system_threshold_percent=s.system_memory_percent).to_fields()
         self._remember(memory)
         return memory
@@ -145,6 +148,7 @@ class HostChecks:
         if isinstance(pid, int) and not isinstance(pid, bool):
             started = self.start_time(pid)
             self._cached = (pid, started) if started is not None else None
+            self._found_by = memory.get("found_by") or "match"
 
 
 class Daemon:
@@ -219,7 +223,8 @@ class Daemon:
         if self.probe.enabled:
             checks[TELNET] = dict(probe_telnet(self.probe.host, self.probe.port,
                                                timeout=self.probe.timeout,
-                                               threshold_ms=self.probe.slow_ms).as_fields())
+                                               threshold_ms=self.probe.slow_ms,
+                                               quit_text=self.probe.quit_text).as_fields())
         if self._due(self._metrics_at, self.settings.metrics_interval, now):
             self._metrics_at = now
             try:

@@ -37,9 +37,10 @@ from __future__ import annotations
 import collections
 import functools
 import logging
+import os
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from types import TracebackType
@@ -49,11 +50,14 @@ from wire import auth
 from wire.config import (
     RedisSettings,
     connect,
+    load_document,
+    load_section,
     non_negative,
     positive,
     setting,
     warn_if_exposed,
 )
+from wire.errors import ConfigError
 from wire.keys import DEFAULT_PREFIX, KeySpace, valid_host_id
 from wire.messages import (
     CONNECTED,
@@ -169,8 +173,9 @@ _Item = tuple[str, str, str | None, str, float, float]
 class SessionReporter:
     """Reports the BBS's sessions to Redis without ever blocking or raising.
 
-    Create it once with a Redis URL and the host id, call :meth:`start`, then
-    call the three session methods from the BBS (any thread, including an
+    Create it once with a Redis URL and the host id (or with
+    :meth:`from_config`, from the agent's configuration), call
+    :meth:`start`, then call the three session methods from the BBS (any thread, including an
     asyncio event loop: they never block) and :meth:`close` at shutdown.
     Calls made before :meth:`start` are queued. Counters (``queued``,
     ``sent``, ``dropped``, ``errors``, ...) are plain attributes; see
@@ -279,6 +284,49 @@ class SessionReporter:
             reporter._client = None
             logger.error("session reporter disabled: %s", problem)
         return reporter
+
+    @classmethod
+    def from_config(cls, path: str | Path | None = None, *,
+                    env: Mapping[str, str] | None = None) -> SessionReporter:
+        """A reporter configured exactly as this host's agent, with no code edits.
+
+        Reads the agent's TOML file (``path``, else the file named by
+        ``$MTBBS_CONFIG``, else none) and the ``MTBBS_...`` environment
+        variables: ``[redis]`` (URL, password, TLS, Sentinel, key prefix),
+        the host id from ``[checks] host`` (the agent's, so that sessions and
+        reports meet under one host), the signing key from ``[reporter]
+        host_key_file`` or else the agent's ``[agent] host_key_file``, and the
+        ``[reporter]`` tuning. MTBBS's own settings (``REDIS_URL`` and the
+        like) are never read. Never raises: a configuration error disables
+        the reporter, logged, with ``problem`` saying why.
+        """
+        # Only this constructor needs the agent's sections: imported here so
+        # that the BBS importing the reporter does not load the checks.
+        from agent.checks.settings import CheckSettings, default_host_id
+        from agent.settings import AgentSettings
+
+        env = os.environ if env is None else env
+        host = ""
+        try:
+            document = load_document(path, env)
+            redis_settings = load_section(RedisSettings, document, "redis", env)
+            host = load_section(CheckSettings, document, "checks", env).host
+            settings = load_section(ReporterSettings, document, "reporter", env)
+            agent_key_file = load_section(AgentSettings, document, "agent", env).host_key_file
+            if settings.host_key_file is not None or agent_key_file is None:
+                return cls.from_settings(redis_settings, host, settings)
+            key = auth.key_for(auth.load_host_keys(agent_key_file), host)
+            if key is None:
+                raise ConfigError("agent.host_key_file",
+                                  f"{agent_key_file} has no key for host {host}")
+        except ConfigError as exc:
+            reporter = cls(None, host or default_host_id())
+            reporter.problem = f"configuration: {exc}"
+            reporter.errors += 1
+            reporter._client = None
+            logger.error("session reporter disabled: %s", reporter.problem)
+            return reporter
+        return cls(None, host, host_key=key, settings=settings, redis_settings=redis_settings)
 
     def _configure(self, redis_url: str | None, prefix: str, host_key: bytes | None,
                    settings: ReporterSettings | None, redis_settings: RedisSettings | None,

@@ -22,6 +22,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from agent.checks.telnet import DEFAULT_QUIT_TEXT
 from wire.config import non_negative, one_of, positive, setting
 
 # Where the spool lives when ``spool_path`` is not set. The system directory
@@ -97,6 +98,11 @@ class ProbeSettings:
                              "bytes of the banner", check=positive)
     slow_ms: float = setting(2000.0, "a banner slower than this many milliseconds is unhealthy",
                              check=positive)
+    quit_text: str = setting(DEFAULT_QUIT_TEXT, "sent after the banner before the probe "
+                             "closes its side and reads until the BBS hangs up; each newline "
+                             "(or the two characters \\n) is sent as CR LF. The default, three "
+                             "empty lines, makes MTBBS's login prompt close the connection "
+                             "itself, so MTBBS logs no error per probe; empty: just close")
 
 
 def default_spool_path(env: Mapping[str, str] | None = None, *, euid: int | None = None,

@@ -62,8 +62,10 @@ for _ in range(rounds):
 print((time.process_time() - start) / rounds * 1000)
 """
 
-# Named like the MTBBS server so that the default lookup (bbs_match =
-# "telnet_server") finds it by its program, as it would find the BBS.
+# Started like MTBBS (a program named uvicorn given app.main:app) so that the
+# default lookup (bbs_match = "uvicorn app.main:app") finds it, as it would
+# find the BBS; the telnet port is this process's, so the port lookup, tried
+# first, passes over it.
 FAKE_BBS = "import time\nwhile True:\n    time.sleep(1)\n"
 
 
@@ -151,8 +153,8 @@ def main() -> int:
         data = root / "data"
         data.mkdir()
         make_database(data / "mtbbs.db")
-        (root / "telnet_server.py").write_text(FAKE_BBS)
-        bbs = subprocess.Popen([sys.executable, str(root / "telnet_server.py")])
+        (root / "uvicorn").write_text(FAKE_BBS)
+        bbs = subprocess.Popen([sys.executable, str(root / "uvicorn"), "app.main:app"])
         server, port = start_redis(root)
         listener, telnet_port = start_banner_server()
         log = (root / "agent.log").open("wb")

@@ -306,7 +306,9 @@ def merged_session_text(event: SessionEvent, stored_text: str | None) -> str:
                                    event.connected_at or event.observed_at)
     prior = _stored_session(stored_text)
     if event.kind == LOGGED_IN:
-        user = event.user_id or prior.get("user_id") or "guest"
+        # As sent: a login without a user stays without one (shown empty), so a
+        # reporter that lost the user is seen rather than hidden behind a name.
+        user = event.user_id if event.user_id is not None else prior.get("user_id")
         state = "logged_in"
     else:
         user = event.user_id if event.user_id is not None else prior.get("user_id")

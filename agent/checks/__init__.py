@@ -91,6 +91,7 @@ def run_checks(
             settings.data_dir, threshold=settings.disk_percent)),
         "memory": _safely("memory", lambda: check_memory(
             pid=settings.bbs_pid, pidfile=settings.bbs_pidfile, match=settings.bbs_match,
+            port=settings.bbs_port or None,
             rss_threshold_mb=settings.process_rss_mb,
             system_threshold_percent=settings.system_memory_percent)),
     }

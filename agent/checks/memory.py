@@ -1,13 +1,19 @@
 """The memory check: RSS and VMS of the BBS process, and the system's usage.
 
 The BBS process is found, in this order of preference, by an explicit pid,
-by a pidfile, or by matching a text against each process's *program* (its
-executable name, or for an interpreter the script or ``-m`` module it runs).
-Matching the program rather than the whole command line keeps ``grep
-telnet_server`` and ``mtbbs-health-check --match telnet_server`` from being
-mistaken for the BBS; the checker itself and its ancestors (the agent, the
-shell of a cron job) are never candidates. A BBS that cannot be found is an
-unhealthy result with an ``error`` naming what was looked for, not a crash,
+by a pidfile, as the process listening on the BBS's telnet port, or by
+matching a text against each process's *program* (its executable name, or
+for an interpreter the script or ``-m`` module it runs; further words of the
+text must be arguments of its command line, as in ``uvicorn app.main:app``,
+how MTBBS is started). The port comes first because it finds MTBBS however
+it was started (uvicorn with or without ``--reload``, ``python -m app.main``)
+and writes no pidfile; seeing which process owns another user's socket needs
+privileges, so when the port cannot tell, the match is tried. Matching the
+program rather than the whole command line keeps ``grep uvicorn`` and
+``mtbbs-health-check --match uvicorn`` from being mistaken for the BBS; the
+checker itself and its ancestors (the agent, the shell of a cron job) are
+never candidates. A BBS that cannot be found is an unhealthy result with an
+``error`` naming what was looked for, not a crash,
 rated ``critical``: the BBS is not running. Memory over a threshold is
 rated ``warning``.
 """
@@ -112,15 +118,63 @@ def _by_pid(pid: int, source: str) -> psutil.Process:
                               "access denied") from None
 
 
+def _oldest(processes: list[psutil.Process]) -> psutil.Process:
+    """Forked workers share the parent's program and socket: the oldest is the server."""
+    def started(process: psutil.Process) -> tuple[float, int]:
+        try:
+            return float(process.create_time()), process.pid
+        except psutil.Error:
+            return float("inf"), process.pid
+
+    return min(processes, key=started)
+
+
+def _by_port(port: int) -> psutil.Process:
+    """The process listening on TCP ``port`` (on any address)."""
+    try:
+        connections = psutil.net_connections(kind="tcp")
+    except psutil.AccessDenied:
+        raise ProcessNotFound(f"the listener on port {port} cannot be looked up: "
+                              "access denied") from None
+    except (OSError, psutil.Error) as exc:
+        raise ProcessNotFound(f"the listener on port {port} cannot be looked up: "
+                              f"{exc}") from None
+    listening = [c for c in connections
+                 if c.status == psutil.CONN_LISTEN and c.laddr and c.laddr.port == port]
+    if not listening:
+        raise ProcessNotFound(f"nothing listens on port {port}")
+    visible = {c.pid for c in listening if c.pid is not None}
+    if not visible:
+        # The kernel shows the socket but not its owner: another user's
+        # process, whose open files only root (or that user) may read.
+        raise ProcessNotFound(f"port {port} is open but its process is not visible to this "
+                              "user (run the agent as root or as the BBS's user)")
+    pids = visible - _excluded_pids()
+    if not pids:
+        raise ProcessNotFound(f"port {port} is held by the checker itself or its parent")
+    processes = []
+    for pid in pids:
+        try:
+            processes.append(psutil.Process(pid))
+        except psutil.NoSuchProcess:
+            continue
+    if not processes:
+        raise ProcessNotFound(f"the process listening on port {port} has exited")
+    return _oldest(processes)
+
+
 def _by_match(match: str) -> psutil.Process:
     excluded = _excluded_pids()
+    program, *arguments = match.split() or [match]
     candidates: list[tuple[float, int, psutil.Process]] = []
     for process in psutil.process_iter(["name", "cmdline", "create_time"]):
         if process.pid in excluded:
             continue
         info = process.info
-        words = program_words(list(info.get("cmdline") or []), info.get("name") or "")
-        if any(match in word for word in words):
+        cmdline = list(info.get("cmdline") or [])
+        words = program_words(cmdline, info.get("name") or "")
+        if (any(program in word for word in words)
+                and all(argument in cmdline[1:] for argument in arguments)):
             candidates.append((float(info.get("create_time") or 0.0), process.pid, process))
     if not candidates:
         raise ProcessNotFound(f"no BBS process found whose program matches {match!r}")
@@ -130,16 +184,30 @@ def _by_match(match: str) -> psutil.Process:
 
 
 def find_bbs_process(pid: int | None = None, pidfile: Path | None = None,
-                     match: str = "") -> FoundProcess:
-    """The BBS process by ``pid``, else ``pidfile``, else ``match``."""
+                     match: str = "", port: int | None = None) -> FoundProcess:
+    """The BBS process by ``pid``, else ``pidfile``, else the listener on
+    ``port``, else ``match``."""
     if pid is not None:
         return FoundProcess(_by_pid(pid, "configured pid"), "pid")
     if pidfile is not None:
         return FoundProcess(_by_pid(_read_pidfile(pidfile), f"from {pidfile}"), "pidfile")
+    not_by_port = None
+    if port:
+        try:
+            return FoundProcess(_by_port(port), "port")
+        except ProcessNotFound as exc:
+            not_by_port = str(exc)
     if match:
-        return FoundProcess(_by_match(match), "match")
+        try:
+            return FoundProcess(_by_match(match), "match")
+        except ProcessNotFound as exc:
+            if not_by_port is None:
+                raise
+            raise ProcessNotFound(f"{not_by_port}; {exc}") from None
+    if not_by_port is not None:
+        raise ProcessNotFound(not_by_port)
     raise ProcessNotFound("no way to find the BBS process is configured "
-                          "(set bbs_pid, bbs_pidfile or bbs_match)")
+                          "(set bbs_pid, bbs_pidfile, bbs_port or bbs_match)")
 
 
 def _system_percent() -> float | None:
@@ -155,6 +223,7 @@ def check_memory(
     pid: int | None = None,
     pidfile: Path | None = None,
     match: str = "",
+    port: int | None = None,
     rss_threshold_mb: float = 500.0,
     system_threshold_percent: float = 90.0,
 ) -> MemoryResult:
@@ -167,7 +236,7 @@ def check_memory(
                             warning_threshold_system_percent=system_threshold_percent)
 
     try:
-        found = find_bbs_process(pid, pidfile, match)
+        found = find_bbs_process(pid, pidfile, match, port)
         memory = found.process.memory_info()
     except ProcessNotFound as exc:
         return failed(str(exc))

@@ -45,6 +45,10 @@ def _pid(value: Any) -> str | None:
     return None if value > 0 else "must be a process id greater than 0"
 
 
+def _port_or_off(value: Any) -> str | None:
+    return None if 0 <= value <= 65_535 else "must be a TCP port (1-65535), or 0 for none"
+
+
 @dataclass(frozen=True)
 class CheckSettings:
     """Paths, process lookup and thresholds of the host checks."""
@@ -70,9 +74,15 @@ class CheckSettings:
                                   check=_pid)
     bbs_pidfile: Path | None = setting(None, "file holding the BBS's process id (used when "
                                        "bbs_pid is not set)")
-    bbs_match: str = setting("telnet_server", "text matched against each process's program "
-                             "(executable, script or -m module) when neither bbs_pid nor "
-                             "bbs_pidfile is set; empty disables the search")
+    bbs_port: int | None = setting(None, "TCP port the BBS listens on: the process listening "
+                                   "there is the BBS (after bbs_pid and bbs_pidfile, before "
+                                   "bbs_match). The agent uses the [probe] port when this is "
+                                   "not set; 0 turns the lookup off", check=_port_or_off)
+    bbs_match: str = setting("uvicorn app.main:app", "how the BBS's command line reads, when "
+                             "no other way found it: the first word is matched against each "
+                             "process's program (executable, script or -m module), each "
+                             "further word must be one of its arguments (MTBBS runs as "
+                             "uvicorn app.main:app); empty disables the search")
 
 
 def add_check_options(parser: argparse.ArgumentParser, *, host_help: str,
@@ -95,7 +105,7 @@ def add_check_options(parser: argparse.ArgumentParser, *, host_help: str,
     add(checks, "--pid", type=int, metavar="PID", help="process id of the BBS")
     add(checks, "--pidfile", metavar="FILE", help="file holding the BBS's process id")
     add(checks, "--match", metavar="TEXT",
-        help="find the BBS by its program name (default telnet_server)")
+        help="find the BBS by its command line (default 'uvicorn app.main:app')")
     add(checks, "--db-timeout", type=float, metavar="SECONDS",
         help="how long to wait for a database lock (default 2)")
     add(limits, "--disk-threshold", type=float, metavar="PERCENT",

@@ -8,8 +8,16 @@ banner slower than the threshold is unhealthy. A BBS that does not answer
 answers slowly ``warning`` (``wire.state.check_severity``). The result goes
 into the report as the ``telnet`` check.
 
-A function of its inputs (address, limits, clock), so tests point it at a
-tiny server of their own.
+After the banner the probe leaves the way a polite caller does, so that
+the BBS logs no error for it: it sends the *quit text* (by default three
+empty lines, at which MTBBS's login prompt gives up and closes the
+connection itself, and the demo BBS just asks again), closes its sending
+side and reads whatever the BBS still says until the BBS closes. A caller
+that vanished in the middle of a write or a read is what MTBBS logs as a
+session error with a traceback; one that ends its input politely is not.
+
+A function of its inputs (address, limits, quit text, clock), so tests point
+it at a tiny server of their own.
 """
 
 from __future__ import annotations
@@ -24,6 +32,14 @@ from wire.state import SEVERITY_CRITICAL, SEVERITY_FIELD, SEVERITY_WARNING
 CHECK_NAME = "telnet"
 # Enough to see that the server speaks; the banner's content is not judged.
 _READ_SIZE = 256
+# Three lines holding a space: MTBBS's login prompt takes each as an empty
+# answer and, after its three attempts, says goodbye and closes by itself.
+# Written with the escape an environment variable would use, so the default
+# reads the same in the configuration reference.
+DEFAULT_QUIT_TEXT = " \\n \\n \\n"
+# What the BBS still sends while the probe leaves is read and dropped, up to
+# this much: a BBS that keeps talking is closed on rather than listened to.
+_MAX_DRAIN_BYTES = 64 * 1024
 
 
 @dataclass(frozen=True)
@@ -66,9 +82,49 @@ def _ms(seconds: float) -> float:
     return round(seconds * 1000, 1)
 
 
+def quit_bytes(text: str) -> bytes:
+    """The quit text as sent: each line end (a newline, or the two characters
+    backslash and n, which an environment variable can hold) becomes telnet's
+    CR LF."""
+    lines = text.replace("\\n", "\n").replace("\r\n", "\n").split("\n")
+    return "\r\n".join(lines).encode("utf-8")
+
+
+def _leave(sock: socket.socket, quit_text: str, timeout: float) -> None:
+    """Send the quit text, end our side and read until the BBS closes.
+
+    Reading to the end matters as much as the quit text: closing a socket
+    with unread data makes the kernel reset the connection, and a BBS in the
+    middle of a write then sees the connection lost.
+    """
+    deadline = time.monotonic() + timeout
+    drained = 0
+    try:
+        if quit_text:
+            sock.sendall(quit_bytes(quit_text))
+        sock.shutdown(socket.SHUT_WR)
+        while drained < _MAX_DRAIN_BYTES:
+            remaining = deadline - time.monotonic()
+            if remaining <= 0:
+                return
+            sock.settimeout(remaining)
+            data = sock.recv(4096)
+            if not data:
+                return
+            drained += len(data)
+    except OSError:
+        # Already closed or reset by the BBS: nothing left to be polite to.
+        return
+
+
 def probe_telnet(host: str, port: int, *, timeout: float, threshold_ms: float,
+                 quit_text: str = DEFAULT_QUIT_TEXT,
                  clock: Callable[[], float] = time.perf_counter) -> TelnetResult:
-    """Connect to ``host:port`` and time the banner; never raises for network trouble."""
+    """Connect to ``host:port``, time the banner and leave politely.
+
+    Never raises for network trouble. Leaving (``quit_text``, then reading
+    until the BBS closes, for at most ``timeout`` seconds) is not judged.
+    """
 
     def failed(error: str, connect_ms: float | None = None) -> TelnetResult:
         return TelnetResult(False, host, port, threshold_ms, connect_ms, None, error)
@@ -97,6 +153,7 @@ def probe_telnet(host: str, port: int, *, timeout: float, threshold_ms: float,
         if not data:
             return failed("connection closed before the banner", connect_ms)
         banner_ms = _ms(clock() - started)
+        _leave(sock, quit_text, timeout)
     finally:
         sock.close()
     if banner_ms > threshold_ms:

@@ -79,7 +79,8 @@ def test_settings_defaults() -> None:
     assert (settings.disk_percent, settings.process_rss_mb, settings.system_memory_percent) == (
         90, 500, 90)
     assert (settings.max_sessions, settings.max_same_ip) == (100, 3)
-    assert settings.bbs_match == "telnet_server" and settings.bbs_pid is None
+    assert settings.bbs_match == "uvicorn app.main:app" and settings.bbs_pid is None
+    assert settings.bbs_port is None
     assert valid_host_id(settings.host) and settings.host == default_host_id()
 
 
@@ -111,7 +112,7 @@ def test_bad_settings_name_the_setting(section: dict, setting: str) -> None:
 
 def test_every_setting_is_documented() -> None:
     rows = describe(CheckSettings, "checks")
-    assert len(rows) == 12
+    assert len(rows) == 13
     assert all(doc for *_, doc in rows)
     assert rows[8][:3] == ("checks.max_same_ip", "MTBBS_CHECKS_MAX_SAME_IP", "3")
 

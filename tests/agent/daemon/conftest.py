@@ -45,6 +45,7 @@ class BannerServer:
         self.listener.settimeout(0.1)
         self.port = int(self.listener.getsockname()[1])
         self.accepted = 0
+        self.received = b""
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._serve, daemon=True)
         self._thread.start()
@@ -69,7 +70,16 @@ class BannerServer:
                 return
             try:
                 conn.sendall(self.banner)
-                self._stop.wait(1)
+                # Like a BBS: read what the caller says until it hangs up.
+                conn.settimeout(0.1)
+                while not self._stop.is_set():
+                    try:
+                        data = conn.recv(1024)
+                    except TimeoutError:
+                        continue
+                    if not data:
+                        break
+                    self.received += data
             except OSError:
                 pass
 

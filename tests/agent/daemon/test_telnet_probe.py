@@ -1,7 +1,11 @@
-"""The telnet probe against real sockets: up, down, silent, slow, hanging up."""
+"""The telnet probe against real sockets: up, down, silent, slow, hanging up, and how
+it leaves."""
 
 from __future__ import annotations
 
+import socket
+import threading
+import time
 from collections.abc import Callable
 from typing import Any
 
@@ -76,3 +80,51 @@ def test_fields_travel_in_a_report() -> None:
     decoded = decode(encode(report))
     assert isinstance(decoded, Report)
     assert decoded.checks["telnet"] == fields
+
+
+def test_the_probe_sends_its_quit_text_and_hangs_up_itself(
+        banner_server: Callable[..., Any]) -> None:
+    server = banner_server()
+    result = probe_telnet("127.0.0.1", server.port, timeout=5, threshold_ms=5000)
+    assert result.healthy, result
+    # The server's read saw end of input, after the default quit text as CR LF lines.
+    assert server.received == b" \r\n \r\n \r\n"
+
+
+def test_a_quit_text_from_the_environment_writes_line_ends_as_backslash_n(
+        banner_server: Callable[..., Any]) -> None:
+    server = banner_server()
+    probe_telnet("127.0.0.1", server.port, timeout=5, threshold_ms=5000, quit_text="Q\\n")
+    assert server.received == b"Q\r\n"
+
+
+def test_an_empty_quit_text_just_ends_the_input(banner_server: Callable[..., Any]) -> None:
+    server = banner_server()
+    assert probe_telnet("127.0.0.1", server.port, timeout=5, threshold_ms=5000,
+                        quit_text="").healthy
+    assert server.received == b""
+    assert server.accepted == 1
+
+
+def test_a_bbs_that_never_hangs_up_holds_the_probe_at_most_the_timeout() -> None:
+    listener = socket.create_server(("127.0.0.1", 0))
+    port = listener.getsockname()[1]
+    try:
+        def serve() -> None:
+            conn, _ = listener.accept()
+            conn.sendall(b"login: ")
+            held.append(conn)  # never read, never closed until the test ends
+
+        held: list[socket.socket] = []
+        thread = threading.Thread(target=serve, daemon=True)
+        thread.start()
+        started = time.monotonic()
+        result = probe_telnet("127.0.0.1", port, timeout=0.5, threshold_ms=5000)
+        elapsed = time.monotonic() - started
+        thread.join(5)
+        assert result.healthy, result
+        assert elapsed < 2.0
+    finally:
+        for conn in held:
+            conn.close()
+        listener.close()
