@@ -182,6 +182,9 @@ def build_parser() -> ArgumentParser:
     exporter.add_argument("--port", type=int, help="TCP port (default [exporter] port, 9100)")
     exporter.add_argument("--bind", metavar="ADDR",
                           help="address to listen on (default [exporter] bind, 127.0.0.1)")
+    exporter.add_argument("--host-series", action="store_true", default=None,
+                          help="also export every host's own series (default [exporter] "
+                          "host_series; without it, fleet aggregates only)")
     add_common_options(exporter)
     return parser
 
@@ -276,9 +279,12 @@ def _status_result(args: argparse.Namespace) -> check.CheckResult:
     timeout = min(redis_settings.socket_timeout, args.timeout + 1)
     client = _query_client(redis_settings, socket_timeout=timeout,
                            socket_connect_timeout=timeout)
+    # Every figure of every host only where the output shows them all.
+    detail = args.verbose or args.json
     try:
         fleet = read_fleet(client, redis_settings.keys, settings,
-                           [args.host] if args.host is not None else None)
+                           [args.host] if args.host is not None else None,
+                           whole=detail or args.host is not None)
     except redis.AuthenticationError as exc:
         return check.unknown(f"Redis refused our credentials at "
                              f"{redis_settings.redacted_url()} ({exc})")
@@ -289,7 +295,7 @@ def _status_result(args: argparse.Namespace) -> check.CheckResult:
         return check.unknown(f"Redis error: {str(exc).splitlines()[0] if str(exc) else exc!r}")
     if args.host is not None:
         return check.host_result(fleet, thresholds, settings)
-    return check.fleet_result(fleet, thresholds, settings)
+    return check.fleet_result(fleet, thresholds, settings, detail)
 
 
 def cmd_status(args: argparse.Namespace) -> int:
@@ -341,7 +347,8 @@ def _age(seconds: float) -> str:
 def _fleet(args: argparse.Namespace) -> tuple[FleetView, RedisSettings, CollectorSettings]:
     _, redis_settings, settings = _settings(args)
     client = _query_client(redis_settings)
-    return read_fleet(client, redis_settings.keys, settings), redis_settings, settings
+    return (read_fleet(client, redis_settings.keys, settings, whole=False), redis_settings,
+            settings)
 
 
 def cmd_hosts(args: argparse.Namespace) -> int:
@@ -521,11 +528,13 @@ def cmd_exporter(args: argparse.Namespace) -> int:
 
     document, redis_settings, settings = _settings(args)
     exporter = load_section(ExporterSettings, document, "exporter",
-                            overrides={"port": args.port, "bind": args.bind})
+                            overrides={"port": args.port, "bind": args.bind,
+                                       "host_series": args.host_series})
     client = _query_client(redis_settings)
     stop = _stop_on_signals()
     try:
-        serve(client, redis_settings.keys, settings, exporter.bind, exporter.port, stop)
+        serve(client, redis_settings.keys, settings, exporter.bind, exporter.port, stop,
+              exporter.host_series)
     except OSError as exc:
         print(f"error: cannot listen on {exporter.bind}:{exporter.port} ({exc.strerror or exc})",
               file=sys.stderr)

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import logging
 import threading
+from collections import Counter
 from collections.abc import Iterator
 from typing import Any
 
@@ -22,11 +23,12 @@ from prometheus_client.core import (
 )
 from prometheus_client.exposition import start_http_server
 
-from collector.fleet import read_fleet
+from collector.fleet import FleetView, read_fleet
 from collector.selfmon import total
 from collector.settings import CollectorSettings
 from wire.keys import KeySpace
 from wire.state import STALE_CRITICAL, STALE_WARNING
+from wire.status import Status
 
 logger = logging.getLogger(__name__)
 
@@ -37,12 +39,21 @@ _STALE_VALUE = {STALE_WARNING: 1, STALE_CRITICAL: 2}
 
 
 class FleetCollector:
-    """Builds the metric families from the fleet's state on each ``collect``."""
+    """Builds the metric families from the fleet's state on each ``collect``.
 
-    def __init__(self, client: Any, keys: KeySpace, settings: CollectorSettings) -> None:
+    By default a scrape carries the fleet's aggregates (hosts by status,
+    stale hosts, unhealthy components, sessions, the longest silence): a
+    handful of series whatever the fleet's size, so that the scrape of a
+    big fleet stays within Prometheus's timeout. With ``host_series`` it
+    carries every host's own series as well (about 12 a host).
+    """
+
+    def __init__(self, client: Any, keys: KeySpace, settings: CollectorSettings,
+                 host_series: bool = False) -> None:
         self.client = client
         self.keys = keys
         self.settings = settings
+        self.host_series = host_series
 
     def describe(self) -> list[Metric]:
         """Nothing up front: the families depend on what Redis holds."""
@@ -52,7 +63,7 @@ class FleetCollector:
         """The metric families of one scrape."""
         up = GaugeMetricFamily("mtbbs_up", "1 when Redis was readable for this scrape")
         try:
-            fleet = read_fleet(self.client, self.keys, self.settings)
+            fleet = read_fleet(self.client, self.keys, self.settings, whole=False)
         except (redis.RedisError, OSError) as exc:
             logger.warning("scrape: cannot read Redis (%s: %s)", type(exc).__name__, exc)
             up.add_metric([], 0)
@@ -60,83 +71,121 @@ class FleetCollector:
             return
         up.add_metric([], 1)
         yield up
-
-        def gauge(name: str, doc: str, labels: tuple[str, ...] = ("host",)) -> GaugeMetricFamily:
-            return GaugeMetricFamily(name, doc, labels=list(labels))
-
-        hosts = GaugeMetricFamily("mtbbs_hosts", "hosts in the fleet index",
-                                  value=len(fleet.hosts))
-        sessions = gauge("mtbbs_sessions_active", "active telnet sessions")
-        disk = gauge("mtbbs_disk_usage_percent", "disk usage of the BBS data directory (%)")
-        rss = gauge("mtbbs_memory_process_rss_bytes", "resident memory of the MTBBS process")
-        system = gauge("mtbbs_memory_system_percent", "memory usage of the whole system (%)")
-        healthy = gauge("mtbbs_component_healthy", "1 when the check reported healthy",
-                        ("host", "component"))
-        status = gauge("mtbbs_host_status", "0 OK, 1 WARNING, 2 CRITICAL, 3 UNKNOWN "
-                       "(staleness included)")
-        stale = gauge("mtbbs_host_stale", "0 fresh, 1 stale at WARNING, 2 stale at CRITICAL")
-        age = gauge("mtbbs_last_seen_age_seconds", "seconds since the last report (Redis clock)")
-        skew = gauge("mtbbs_clock_skew_seconds", "agent clock minus Redis clock at the last "
-                     "report")
-        for view in fleet.hosts:
-            labels = [view.host]
-            if view.sessions is not None:
-                sessions.add_metric(labels, view.sessions)
-            for family, check, field, scale in ((disk, "disk_space", "percent_used", 1),
-                                                (rss, "memory", "process_rss_mb", MIB),
-                                                (system, "memory", "system_percent", 1)):
-                value = view.figure(check, field)
-                if value is not None:
-                    family.add_metric(labels, value * scale)
-            for name, fields in sorted(view.state.checks.items()):
-                flag = fields.get("healthy")
-                if isinstance(flag, bool):
-                    healthy.add_metric([view.host, name], 1 if flag else 0)
-            status.add_metric(labels, int(view.status))
-            stale.add_metric(labels, _STALE_VALUE.get(view.stale, 0))
-            age.add_metric(labels, view.age_s)
-            if view.state.clock_skew_s is not None:
-                skew.add_metric(labels, view.state.clock_skew_s)
-        yield from (hosts, sessions, disk, rss, system, healthy, status, stale, age, skew)
-
-        sums = total(fleet.groups)
-        yield GaugeMetricFamily("mtbbs_collector_lag", "stream entries not yet delivered to "
-                                "the collector group", value=sums["lag"])
-        yield GaugeMetricFamily("mtbbs_collector_lag_seconds", "age of the oldest undelivered "
-                                "entry", value=sums["lag_s"])
-        yield GaugeMetricFamily("mtbbs_collector_pending", "entries delivered to a collector "
-                                "but not yet acknowledged", value=sums["pending"])
-        yield GaugeMetricFamily("mtbbs_collector_oldest_pending_seconds", "age of the oldest "
-                                "pending entry", value=sums["oldest_pending_s"])
-        yield GaugeMetricFamily("mtbbs_dead_letters", "entries in the dead-letter stream",
-                                value=fleet.dead_letters)
-        beat = gauge("mtbbs_collector_heartbeat_age_seconds", "seconds since the collector's "
-                     "last heartbeat", ("collector",))
-        # Counters (exposed with _total): they only grow while a collector
-        # runs and start again from 0 when it restarts, which rate() handles.
-        processed = CounterMetricFamily("mtbbs_collector_processed", "entries the collector "
-                                        "handled since it started", labels=["collector"])
-        dead = CounterMetricFamily("mtbbs_collector_dead_lettered", "entries the collector "
-                                   "dead-lettered since it started", labels=["collector"])
-        for collector in fleet.collectors:
-            beat.add_metric([collector.name], collector.age_s)
-            processed.add_metric([collector.name], collector.number("processed"))
-            dead.add_metric([collector.name], collector.number("dead_lettered"))
-        yield from (beat, processed, dead)
+        yield GaugeMetricFamily("mtbbs_hosts", "hosts in the fleet index", value=len(fleet.hosts))
+        yield from fleet_families(fleet)
+        if self.host_series:
+            yield from host_families(fleet)
+        yield from collector_families(fleet)
 
 
-def registry_for(client: Any, keys: KeySpace, settings: CollectorSettings) -> CollectorRegistry:
-    """A registry holding only the fleet collector (no process metrics of the exporter)."""
+def _gauge(name: str, doc: str, labels: tuple[str, ...] = ("host",)) -> GaugeMetricFamily:
+    return GaugeMetricFamily(name, doc, labels=list(labels))
+
+
+def fleet_families(fleet: FleetView) -> Iterator[Metric]:
+    """The fleet's aggregates: as many series for ten hosts as for 100,000."""
+    by_status = _gauge("mtbbs_hosts_by_status", "hosts in each status (staleness included)",
+                       ("status",))
+    statuses = Counter(view.status for view in fleet.hosts)
+    for status in Status:
+        by_status.add_metric([status.name], statuses[status])
+    stale = _gauge("mtbbs_hosts_stale", "hosts stale at each level", ("level",))
+    levels = Counter(view.stale for view in fleet.hosts)
+    for level in (STALE_WARNING, STALE_CRITICAL):
+        stale.add_metric([level], levels[level])
+    unhealthy = _gauge("mtbbs_hosts_unhealthy", "hosts whose check of this component "
+                       "reported unhealthy", ("component",))
+    components = Counter(name for view in fleet.hosts
+                         for name, fields in view.state.checks.items()
+                         if fields.get("healthy") is False)
+    for name in sorted(components):
+        unhealthy.add_metric([name], components[name])
+    yield from (by_status, stale, unhealthy)
+    yield GaugeMetricFamily("mtbbs_fleet_sessions_active", "active sessions over every host",
+                            value=sum(view.sessions or 0 for view in fleet.hosts))
+    yield GaugeMetricFamily("mtbbs_fleet_last_seen_age_max_seconds", "seconds since the "
+                            "last report of the host silent longest (Redis clock)",
+                            value=max((view.age_s for view in fleet.hosts), default=0.0))
+
+
+def host_families(fleet: FleetView) -> Iterator[Metric]:
+    """Every host's own series."""
+    sessions = _gauge("mtbbs_sessions_active", "active telnet sessions")
+    disk = _gauge("mtbbs_disk_usage_percent", "disk usage of the BBS data directory (%)")
+    rss = _gauge("mtbbs_memory_process_rss_bytes", "resident memory of the MTBBS process")
+    system = _gauge("mtbbs_memory_system_percent", "memory usage of the whole system (%)")
+    healthy = _gauge("mtbbs_component_healthy", "1 when the check reported healthy",
+                     ("host", "component"))
+    status = _gauge("mtbbs_host_status", "0 OK, 1 WARNING, 2 CRITICAL, 3 UNKNOWN "
+                    "(staleness included)")
+    stale = _gauge("mtbbs_host_stale", "0 fresh, 1 stale at WARNING, 2 stale at CRITICAL")
+    age = _gauge("mtbbs_last_seen_age_seconds", "seconds since the last report (Redis clock)")
+    skew = _gauge("mtbbs_clock_skew_seconds", "agent clock minus Redis clock at the last "
+                  "report")
+    for view in fleet.hosts:
+        labels = [view.host]
+        if view.sessions is not None:
+            sessions.add_metric(labels, view.sessions)
+        for family, check, field, scale in ((disk, "disk_space", "percent_used", 1),
+                                            (rss, "memory", "process_rss_mb", MIB),
+                                            (system, "memory", "system_percent", 1)):
+            value = view.figure(check, field)
+            if value is not None:
+                family.add_metric(labels, value * scale)
+        for name, fields in sorted(view.state.checks.items()):
+            flag = fields.get("healthy")
+            if isinstance(flag, bool):
+                healthy.add_metric([view.host, name], 1 if flag else 0)
+        status.add_metric(labels, int(view.status))
+        stale.add_metric(labels, _STALE_VALUE.get(view.stale, 0))
+        age.add_metric(labels, view.age_s)
+        if view.state.clock_skew_s is not None:
+            skew.add_metric(labels, view.state.clock_skew_s)
+    yield from (sessions, disk, rss, system, healthy, status, stale, age, skew)
+
+
+def collector_families(fleet: FleetView) -> Iterator[Metric]:
+    """The collectors' own health: the group's position, heartbeats and counters."""
+    sums = total(fleet.groups)
+    yield GaugeMetricFamily("mtbbs_collector_lag", "stream entries not yet delivered to "
+                            "the collector group", value=sums["lag"])
+    yield GaugeMetricFamily("mtbbs_collector_lag_seconds", "age of the oldest undelivered "
+                            "entry", value=sums["lag_s"])
+    yield GaugeMetricFamily("mtbbs_collector_pending", "entries delivered to a collector "
+                            "but not yet acknowledged", value=sums["pending"])
+    yield GaugeMetricFamily("mtbbs_collector_oldest_pending_seconds", "age of the oldest "
+                            "pending entry", value=sums["oldest_pending_s"])
+    yield GaugeMetricFamily("mtbbs_dead_letters", "entries in the dead-letter stream",
+                            value=fleet.dead_letters)
+    beat = _gauge("mtbbs_collector_heartbeat_age_seconds", "seconds since the collector's "
+                  "last heartbeat", ("collector",))
+    # Counters (exposed with _total): they only grow while a collector
+    # runs and start again from 0 when it restarts, which rate() handles.
+    processed = CounterMetricFamily("mtbbs_collector_processed", "entries the collector "
+                                    "handled since it started", labels=["collector"])
+    dead = CounterMetricFamily("mtbbs_collector_dead_lettered", "entries the collector "
+                               "dead-lettered since it started", labels=["collector"])
+    for collector in fleet.collectors:
+        beat.add_metric([collector.name], collector.age_s)
+        processed.add_metric([collector.name], collector.number("processed"))
+        dead.add_metric([collector.name], collector.number("dead_lettered"))
+    yield from (beat, processed, dead)
+
+
+def registry_for(client: Any, keys: KeySpace, settings: CollectorSettings,
+                 host_series: bool = False) -> CollectorRegistry:
+    """A registry holding only the fleet collector (no process metrics of the exporter);
+    ``host_series``: every host's series besides the fleet's aggregates."""
     registry = CollectorRegistry(auto_describe=False)
-    registry.register(FleetCollector(client, keys, settings))
+    registry.register(FleetCollector(client, keys, settings, host_series))
     return registry
 
 
 def serve(client: Any, keys: KeySpace, settings: CollectorSettings, bind: str, port: int,
-          stop: threading.Event) -> None:
+          stop: threading.Event, host_series: bool = False) -> None:
     """Serve ``/metrics`` on ``bind:port`` until ``stop`` is set."""
-    server, thread = start_http_server(port, addr=bind,
-                                       registry=registry_for(client, keys, settings))
+    server, thread = start_http_server(port, addr=bind, registry=registry_for(
+        client, keys, settings, host_series))
     logger.info("exporter listening on http://%s:%s/metrics", bind, server.server_port)
     try:
         stop.wait()

@@ -9,11 +9,19 @@ here too; the age shown stays the whole silence.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+import gc
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import Any
 
-from collector.keepalive import grace_until, judged_age_s, stale_level, worse_stale
+from collector.keepalive import (
+    GRACE_FIELD_MS,
+    grace_until,
+    judged_age_s,
+    stale_level,
+    worse_stale,
+)
 from collector.selfmon import (
     CollectorView,
     GroupStats,
@@ -88,23 +96,87 @@ def _interval(fields: dict[str, str]) -> float:
     return value if value > 0 else 60.0
 
 
+# Hosts read per pipeline round trip: few round trips, and neither this
+# process nor Redis holds the replies of a whole big fleet at once.
+READ_CHUNK = 1000
+
+# The fields of a host hash that a fleet summary (the status line, ``hosts``,
+# the exporter) shows or judges. A host whose ``unhealthy`` list is empty has
+# every check healthy, so these are all of it that matters; the hash of a
+# host with an unhealthy check is read whole, for the problem and its limits.
+SUMMARY_FIELDS = (
+    "status", "last_seen_ms", "stale", "clock_skew_s", "agent_version", "interval_s",
+    "checks", "unhealthy", GRACE_FIELD_MS,
+    "sessions.active_sessions", "sessions.max_sessions",
+    "disk_space.percent_used", "disk_space.warning_threshold",
+    "memory.process_rss_mb", "memory.warning_threshold_process_mb", "memory.system_percent",
+)
+
+
+def _chunks(items: Sequence[str]) -> Iterator[Sequence[str]]:
+    for start in range(0, len(items), READ_CHUNK):
+        yield items[start:start + READ_CHUNK]
+
+
+def _all_healthy(fields: dict[str, str]) -> bool:
+    """True when a host hash says that every check it lists was healthy."""
+    return fields.get("unhealthy") == "" and "checks" in fields
+
+
+def _read_hashes(client: Any, keys: KeySpace, hosts: Sequence[str], whole: bool
+                 ) -> list[tuple[dict[str, str], int, int]]:
+    """Per host: its hash (whole, or :data:`SUMMARY_FIELDS` with the checks'
+    healthy flags filled in when none is unhealthy), its live sessions and
+    whether the BBS tracks them."""
+    rows: list[tuple[dict[str, str], int, int]] = []
+    for chunk in _chunks(hosts):
+        pipe = client.pipeline(transaction=False)
+        for host in chunk:
+            if whole:
+                pipe.hgetall(keys.host(host))
+            else:
+                pipe.hmget(keys.host(host), SUMMARY_FIELDS)
+            pipe.hlen(keys.host_sessions(host))
+            pipe.exists(keys.host_sessions_order(host))
+        replies = pipe.execute()
+        for index in range(0, len(replies), 3):
+            stored, live, tracked = replies[index:index + 3]
+            if whole:
+                fields = {_text(k): _text(v) for k, v in stored.items()}
+            else:
+                fields = {name: _text(value) for name, value in zip(SUMMARY_FIELDS, stored,
+                                                                    strict=True)
+                          if value is not None}
+            rows.append((fields, live, tracked))
+    if not whole:
+        unhealthy = [i for i, (fields, _, _) in enumerate(rows)
+                     if fields and not _all_healthy(fields)]
+        for i, row in zip(unhealthy, _read_hashes(client, keys, [hosts[i] for i in unhealthy],
+                                                  whole=True), strict=True):
+            rows[i] = row
+        for fields, _, _ in rows:
+            if _all_healthy(fields):
+                for name in filter(None, fields["checks"].split(",")):
+                    fields[f"{name}.healthy"] = "true"
+    return rows
+
+
 def read_hosts(client: Any, keys: KeySpace, settings: CollectorSettings, now_ms: int,
-               hosts: Sequence[str]) -> tuple[list[HostView], list[str]]:
-    """Views of ``hosts``; and the ids of those without any state."""
-    pipe = client.pipeline(transaction=False)
-    for host in hosts:
-        pipe.hgetall(keys.host(host))
-        pipe.hlen(keys.host_sessions(host))
-        pipe.exists(keys.host_sessions_order(host))
-    replies = pipe.execute()
+               hosts: Sequence[str], whole: bool = True) -> tuple[list[HostView], list[str]]:
+    """Views of ``hosts``; and the ids of those without any state.
+
+    With ``whole`` False, the views of hosts whose checks are all healthy
+    hold only :data:`SUMMARY_FIELDS` of them (what a summary of a big fleet
+    needs); the others hold every figure.
+    """
     views: list[HostView] = []
     missing: list[str] = []
-    for index, host in enumerate(hosts):
-        raw, live, tracked = replies[3 * index: 3 * index + 3]
-        if not raw:
+    for host, (fields, live, tracked) in zip(hosts, _read_hashes(client, keys, hosts, whole),
+                                             strict=True):
+        if not fields:
             missing.append(host)
             continue
-        state = parse_host_state(host, raw)
+        state = parse_host_state(host, fields)
         interval = _interval(state.raw)
         age = max(0.0, (now_ms - state.last_seen_ms) / 1000) if state.last_seen_ms else 0.0
         # After an outage of Redis the sweep's grace says from when silence counts.
@@ -125,12 +197,28 @@ def host_ids(client: Any, keys: KeySpace) -> list[str]:
     return sorted(_text(h) for h in client.zrange(keys.hosts_index(), 0, -1))
 
 
+@contextmanager
+def _garbage_collector_paused() -> Iterator[None]:
+    """The cyclic garbage collector off while a fleet is read: what is made then
+    stays alive until the answer is out, so its collections would only scan the
+    same objects again and again (seconds at 100,000 hosts)."""
+    enabled = gc.isenabled()
+    gc.disable()
+    try:
+        yield
+    finally:
+        if enabled:
+            gc.enable()
+
+
 def read_fleet(client: Any, keys: KeySpace, settings: CollectorSettings,
-               only: Sequence[str] | None = None) -> FleetView:
-    """The fleet (or the hosts in ``only``) with the collectors' health."""
+               only: Sequence[str] | None = None, whole: bool = True) -> FleetView:
+    """The fleet (or the hosts in ``only``) with the collectors' health; with
+    ``whole`` False, healthy hosts with only their summary (see :func:`read_hosts`)."""
     now_ms = server_time_ms(client)
     hosts = list(only) if only is not None else host_ids(client, keys)
-    views, missing = read_hosts(client, keys, settings, now_ms, hosts)
+    with _garbage_collector_paused():
+        views, missing = read_hosts(client, keys, settings, now_ms, hosts, whole)
     collectors = read_collectors(client, keys, now_ms)
     groups = [group_stats(client, s, COLLECTOR_GROUP, now_ms) for s in keys.streams()]
     dead = int(client.xlen(keys.dead_letter_stream()))

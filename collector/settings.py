@@ -93,3 +93,6 @@ class ExporterSettings:
 
     port: int = setting(9100, "TCP port of the /metrics endpoint", check=_port)
     bind: str = setting("127.0.0.1", "address to listen on (0.0.0.0 for every interface)")
+    host_series: bool = setting(False, "also export each host's series (about 12 a host); "
+                                "by default only fleet aggregates, which a big fleet's scrape "
+                                "answers in time")

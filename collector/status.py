@@ -487,9 +487,11 @@ def host_result(fleet: FleetView, thresholds: Thresholds, settings: CollectorSet
     return CheckResult(status, summary, perf, long, doc)
 
 
-def fleet_result(fleet: FleetView, thresholds: Thresholds, settings: CollectorSettings
-                 ) -> CheckResult:
-    """The check of every host in the index."""
+def fleet_result(fleet: FleetView, thresholds: Thresholds, settings: CollectorSettings,
+                 detail: bool = True) -> CheckResult:
+    """The check of every host in the index; without ``detail``, the long
+    output and the JSON document leave out the hosts (a line or an object
+    per host, which a big fleet's status line does not need to wait for)."""
     collector_status, collector_problems = judge_collectors(fleet, settings)
     if not fleet.hosts:
         result = unknown("no host has reported yet" + (
@@ -540,13 +542,14 @@ def fleet_result(fleet: FleetView, thresholds: Thresholds, settings: CollectorSe
         perfdata("dead_letters", fleet.dead_letters, "", "", "", 0),
     ]
     named_hosts = {v.view.host for v in bad[:MAX_NAMED_PROBLEMS]}
+    by_host = sorted(verdicts, key=lambda v: v.view.host) if detail else []
     long: list[str] = []
-    for verdict in sorted(verdicts, key=lambda v: v.view.host):
+    for verdict in by_host:
         long.extend(_host_long(verdict, verdict.view.host in named_hosts))
     long.extend(_collector_long(fleet, settings))
     doc = {"timestamp": iso_from_ms(fleet.now_ms),
            "counts": {s.name: counts[s] for s in Status},
-           "hosts": [_host_doc(v) for v in sorted(verdicts, key=lambda v: v.view.host)],
+           "hosts": [_host_doc(v) for v in by_host],
            "collectors": [_collector_doc(c, settings) for c in fleet.collectors],
            "collector_problems": collector_problems}
     return CheckResult(status, summary, perf, long, doc)

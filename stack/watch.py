@@ -1,7 +1,7 @@
 """``mtbbs-monitor watch``: the live picture a sysop keeps open.
 
 Reads the state the collector and the alerter keep in Redis, only through
-the contract in :mod:`wire` (key names, ``parse_host_state``), and draws it
+the contract in :mod:`wire` (key names, the host hash's fields), and draws it
 with rich: one row per host with its status colour, last-seen age, stale
 flag, sessions, disk and memory figures with sparklines of recent history,
 then the firing alerts and the collectors' heartbeats.
@@ -18,8 +18,8 @@ from __future__ import annotations
 import json
 import logging
 import threading
-from collections.abc import Iterable, Sequence
-from dataclasses import dataclass, field
+from collections.abc import Collection, Iterable, Iterator, Sequence
+from dataclasses import dataclass, field, replace
 from typing import IO, Any
 
 from rich import box
@@ -32,7 +32,7 @@ from rich.table import Table
 from rich.text import Text
 
 from wire.keys import KeySpace
-from wire.state import STALE_CRITICAL, STALE_NO, parse_host_state
+from wire.state import STALE_CRITICAL, STALE_NO, parse_value
 from wire.status import Status
 
 logger = logging.getLogger(__name__)
@@ -67,6 +67,8 @@ COLLECTOR_STALL_S = 60.0
 def clean(text: Any) -> str:
     """Text from Redis made safe for a terminal: no control characters."""
     value = text.decode("utf-8", "replace") if isinstance(text, bytes) else str(text)
+    if value.isprintable():  # nearly always: one check for the whole text
+        return value
     return "".join(c if c.isprintable() else "?" for c in value)
 
 
@@ -124,7 +126,8 @@ def parse_history(lines: Iterable[Any]) -> list[tuple[float | None, float | None
     """
     points: list[tuple[float | None, float | None, float | None]] = []
     for raw in lines:
-        parts = clean(raw).split(",")
+        # Only the figures are shown, and float() refuses any control character.
+        parts = (raw.decode("utf-8", "replace") if isinstance(raw, bytes) else str(raw)).split(",")
         figures: list[float | None] = []
         for text in parts[1:4] if len(parts) >= 4 else ["", "", ""]:
             try:
@@ -184,50 +187,81 @@ def _text_map(raw: Any) -> dict[str, str]:
     return {clean(k): clean(v) for k, v in (raw or {}).items()}
 
 
-def _sessions(raw: dict[str, str]) -> tuple[int, int]:
+def _sessions(texts: Collection[str]) -> tuple[int, int]:
+    """How many sessions the JSON texts are, and how many of them are guests."""
     guests = 0
-    for text in raw.values():
+    for text in texts:
         try:
             info = json.loads(text)
         except ValueError:
             continue
         if isinstance(info, dict) and info.get("user_id") == "guest":
             guests += 1
-    return len(raw), guests
+    return len(texts), guests
 
 
-def read_snapshot(client: Any, keys: KeySpace, history_points: int = 30) -> Snapshot:
-    """Read hosts, alerts and collectors from Redis (a handful of round trips)."""
+# Hosts read per pipeline round trip: few round trips, and neither watch nor
+# Redis holds the replies for a whole big fleet at once.
+READ_CHUNK = 1000
+# The fields of a host hash that a row shows (read as parse_host_state does).
+ROW_FIELDS = ("status", "last_seen_ms", "stale", "sessions.active_sessions",
+              "disk_space.percent_used", "memory.process_rss_mb")
+
+
+def _chunks(items: list[str]) -> Iterator[list[str]]:
+    for start in range(0, len(items), READ_CHUNK):
+        yield items[start:start + READ_CHUNK]
+
+
+def read_snapshot(client: Any, keys: KeySpace, history_points: int = 30,
+                  width: int | None = None) -> Snapshot:
+    """Read hosts, alerts and collectors from Redis (a round trip per thousand hosts).
+
+    With a console ``width``, each host's history is read only as far back
+    as a sparkline there can show (none when they do not fit).
+    """
     seconds, micros = client.time()
     now_ms = int(seconds) * 1000 + int(micros) // 1000
     hosts = [clean(h) for h in client.zrange(keys.hosts_index(), 0, -1)]
-    pipe = client.pipeline(transaction=False)
-    for host in hosts:
-        pipe.hgetall(keys.host(host))
-        pipe.hgetall(keys.host_sessions(host))
-        if history_points > 0:
-            pipe.lrange(keys.host_history(host), 0, history_points - 1)
-    results = pipe.execute()
-    step = 3 if history_points > 0 else 2
     rows = []
-    for index, host in enumerate(hosts):
-        state = parse_host_state(host, results[index * step] or {})
-        sessions_raw = _text_map(results[index * step + 1])
-        history = parse_history(results[index * step + 2]) if history_points > 0 else []
-        active: int | None
-        active, guests = _sessions(sessions_raw)
-        if not sessions_raw:
-            reported = _number(state.check_fields("sessions").get("active_sessions"))
-            active = int(reported) if reported is not None else None
-        rows.append(HostRow(
-            host=host, status=state.status, last_seen_ms=state.last_seen_ms,
-            stale=state.stale, sessions=active, guests=guests,
-            disk_percent=_number(state.check_fields("disk_space").get("percent_used")),
-            memory_mb=_number(state.check_fields("memory").get("process_rss_mb")),
-            history=history,
-        ))
+    for chunk in _chunks(hosts):
+        pipe = client.pipeline(transaction=False)
+        for host in chunk:
+            pipe.hmget(keys.host(host), ROW_FIELDS)
+            pipe.hvals(keys.host_sessions(host))
+        replies = pipe.execute()
+        for host, stored, sessions in zip(chunk, replies[0::2], replies[1::2], strict=True):
+            status, last_seen, stale, reported, disk, memory = (
+                "" if value is None else clean(value) for value in stored)
+            active: int | None
+            active, guests = _sessions([clean(text) for text in sessions])
+            if not sessions:
+                count = _number(parse_value(reported))
+                active = int(count) if count is not None else None
+            rows.append(HostRow(
+                host=host, status=Status.parse(status or "UNKNOWN"),
+                last_seen_ms=int(last_seen) if last_seen.isdigit() else 0,
+                stale=stale or STALE_NO, sessions=active, guests=guests,
+                disk_percent=_number(parse_value(disk)),
+                memory_mb=_number(parse_value(memory)),
+            ))
     rows.sort(key=lambda r: (-int(r.status), r.host))
-    return Snapshot(now_ms, rows, read_alerts(client, keys), read_collectors(client, keys))
+    snapshot = Snapshot(now_ms, rows, read_alerts(client, keys), read_collectors(client, keys))
+    points = history_points
+    if width is not None:
+        # The room the headers alone leave: no sparkline of this console is longer.
+        points = min(points, spark_room(host_layout(Snapshot(now_ms, [], [], [])), width))
+    if points <= 0:
+        return snapshot
+    histories: list[list[tuple[float | None, float | None, float | None]]] = []
+    for chunk in _chunks([row.host for row in rows]):
+        pipe = client.pipeline(transaction=False)
+        for host in chunk:
+            pipe.lrange(keys.host_history(host), 0, points - 1)
+        histories.extend(parse_history(lines) for lines in pipe.execute())
+    return Snapshot(now_ms, [replace(row, history=history)
+                             for row, history in zip(rows, histories, strict=True)],
+                    snapshot.alerts, snapshot.collectors)
 
 
 def read_alerts(client: Any, keys: KeySpace) -> list[AlertRow]:
@@ -322,15 +356,21 @@ def host_layout(snapshot: Snapshot) -> HostsLayout:
     return HostsLayout(cells, widths, points)
 
 
-def spark_width(snapshot: Snapshot | HostsLayout, console_width: int) -> int:
-    """How many history points each sparkline shows on a console this wide.
+def spark_room(layout: HostsLayout, console_width: int) -> int:
+    """How many points each sparkline has room for on a console this wide (0: the
+    sparklines do not fit).
 
     The three sparklines share what the other columns leave, and vanish when
     fewer points than their header is wide would fit.
     """
-    layout = snapshot if isinstance(snapshot, HostsLayout) else host_layout(snapshot)
     room = (console_width - layout.fixed_width - len(SPARKS) * COLUMN_GAP) // len(SPARKS)
-    width = min(layout.points, room)
+    return room if room >= len(SPARK_HEADER) else 0
+
+
+def spark_width(snapshot: Snapshot | HostsLayout, console_width: int) -> int:
+    """How many history points each sparkline shows on a console this wide."""
+    layout = snapshot if isinstance(snapshot, HostsLayout) else host_layout(snapshot)
+    width = min(layout.points, spark_room(layout, console_width))
     return width if width >= len(SPARK_HEADER) else 0
 
 
@@ -489,7 +529,7 @@ def run(client: Any, keys: KeySpace, source: str, *, interval: float, once: bool
 
     def picture() -> tuple[RenderableType, bool]:
         try:
-            snapshot = read_snapshot(client, keys, history_points)
+            snapshot = read_snapshot(client, keys, history_points, console.width)
             return render(snapshot, source, console.width), True
         except Exception as exc:  # a watch survives a Redis outage
             logger.debug("reading Redis failed", exc_info=True)

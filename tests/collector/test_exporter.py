@@ -38,10 +38,11 @@ def test_scrape(redis_client: redis.Redis, keys: Any, publish: Any, report: Any,
     collector.drain()
     collector.heartbeat()
     redis_client.xadd(keys.reports_stream(), {"m": b"junk"})  # lag 1
-    registry = registry_for(redis_client, keys, CollectorSettings())
+    registry = registry_for(redis_client, keys, CollectorSettings(), host_series=True)
     found = samples(generate_latest(registry).decode())
     assert found[("mtbbs_up", ())] == 1
     assert found[("mtbbs_hosts", ())] == 2
+    assert found[("mtbbs_hosts_by_status", (("status", "CRITICAL"),))] == 1
     assert found[("mtbbs_sessions_active", (("host", "bbs-01"),))] == 3
     assert found[("mtbbs_disk_usage_percent", (("host", "bbs-01"),))] == 92.5
     assert found[("mtbbs_memory_process_rss_bytes", (("host", "bbs-02"),))] == 600 * 1024 * 1024
@@ -57,6 +58,38 @@ def test_scrape(redis_client: redis.Redis, keys: Any, publish: Any, report: Any,
     assert found[("mtbbs_collector_heartbeat_age_seconds", (("collector", "exp"),))] < 60
     assert found[("mtbbs_collector_processed_total", (("collector", "exp"),))] == 2
     assert found[("mtbbs_dead_letters", ())] == 0
+
+
+def test_a_default_scrape_has_the_fleets_aggregates_and_no_host_series(
+        redis_client: redis.Redis, keys: Any, publish: Any, report: Any,
+        make_collector: Any) -> None:
+    publish(report("bbs-01", 1, disk=92.5, sessions=3, database_ok=False))
+    publish(report("bbs-02", 1, disk=95.0, rss=600.0, sessions=2))
+    publish(report("bbs-03", 1, sessions=4))
+    publish(report("bbs-04", 1, sessions=0, observed_at=time.time() - 7200))
+    collector = make_collector(name="exp")
+    collector.drain()
+    collector.heartbeat()
+    # bbs-04 last reported two hours ago (by Redis's clock, as readers judge).
+    stale_ms = int(time.time() * 1000) - 7_200_000
+    redis_client.hset(keys.host("bbs-04"), "last_seen_ms", str(stale_ms))
+    found = samples(generate_latest(registry_for(redis_client, keys,
+                                                 CollectorSettings())).decode())
+    assert found[("mtbbs_up", ())] == 1
+    assert found[("mtbbs_hosts", ())] == 4
+    assert found[("mtbbs_hosts_by_status", (("status", "OK"),))] == 1
+    assert found[("mtbbs_hosts_by_status", (("status", "WARNING"),))] == 1
+    assert found[("mtbbs_hosts_by_status", (("status", "CRITICAL"),))] == 2
+    assert found[("mtbbs_hosts_by_status", (("status", "UNKNOWN"),))] == 0
+    assert found[("mtbbs_hosts_stale", (("level", "critical"),))] == 1
+    assert found[("mtbbs_hosts_stale", (("level", "warning"),))] == 0
+    assert found[("mtbbs_hosts_unhealthy", (("component", "database"),))] == 1
+    assert found[("mtbbs_hosts_unhealthy", (("component", "disk_space"),))] == 2
+    assert found[("mtbbs_hosts_unhealthy", (("component", "memory"),))] == 1
+    assert found[("mtbbs_fleet_sessions_active", ())] == 9
+    assert found[("mtbbs_fleet_last_seen_age_max_seconds", ())] >= 7200
+    assert found[("mtbbs_collector_processed_total", (("collector", "exp"),))] == 4
+    assert not any(labels and labels[0][0] == "host" for _, labels in found)
 
 
 def test_scrape_without_redis() -> None:
@@ -78,14 +111,22 @@ def free_port() -> int:
 
 
 @pytest.mark.e2e
+@pytest.mark.parametrize(("flags", "environment", "host_series"), [
+    ((), {}, False),
+    (("--host-series",), {}, True),
+    ((), {"MTBBS_EXPORTER_HOST_SERIES": "true"}, True),
+])
 def test_exporter_process(command: Any, clean_env: dict[str, str], redis_url: str,
-                          publish: Any, report: Any, make_collector: Any) -> None:
+                          publish: Any, report: Any, make_collector: Any,
+                          flags: tuple[str, ...], environment: dict[str, str],
+                          host_series: bool) -> None:
     publish(report("bbs-01", 1))
     make_collector().drain()
     port = free_port()
     process = subprocess.Popen(
-        [command("mtbbs-collector"), "exporter", "--port", str(port), "--bind", "127.0.0.1"],
-        env={**clean_env, "MTBBS_REDIS_URL": redis_url}, stdout=subprocess.PIPE,
+        [command("mtbbs-collector"), "exporter", "--port", str(port), "--bind", "127.0.0.1",
+         *flags],
+        env={**clean_env, "MTBBS_REDIS_URL": redis_url, **environment}, stdout=subprocess.PIPE,
         stderr=subprocess.PIPE, text=True)
     try:
         deadline = time.monotonic() + 15
@@ -100,7 +141,9 @@ def test_exporter_process(command: Any, clean_env: dict[str, str], redis_url: st
                 time.sleep(0.1)
         found = samples(text)
         assert found[("mtbbs_up", ())] == 1
-        assert found[("mtbbs_disk_usage_percent", (("host", "bbs-01"),))] == 50.1
+        assert found[("mtbbs_hosts_by_status", (("status", "OK"),))] == 1
+        disk = found.get(("mtbbs_disk_usage_percent", (("host", "bbs-01"),)))
+        assert disk == (50.1 if host_series else None)
     finally:
         process.terminate()
         process.wait(10)
@@ -141,13 +184,14 @@ ABBREVIATED = re.compile(r"_(mb|kb|gb|ms|us|ns|sec|secs|mins?|hours?)(_|$)")
 
 
 def scraped(redis_client: redis.Redis, keys: Any, publish: Any, report: Any,
-            make_collector: Any) -> str:
+            make_collector: Any, host_series: bool = True) -> str:
     publish(report("bbs-01", 1, disk=92.5, sessions=3, database_ok=False))
     publish(report("bbs-02", 1, rss=600.0))
     collector = make_collector(name="exp")
     collector.drain()
     collector.heartbeat()
-    return generate_latest(registry_for(redis_client, keys, CollectorSettings())).decode()
+    return generate_latest(registry_for(redis_client, keys, CollectorSettings(),
+                                        host_series)).decode()
 
 
 def test_the_exposition_follows_prometheus_conventions(
@@ -164,11 +208,16 @@ def test_the_exposition_follows_prometheus_conventions(
     # What only grows while a collector runs is a counter.
     assert families["mtbbs_collector_processed"].type == "counter"
     assert families["mtbbs_collector_dead_lettered"].type == "counter"
-    # The docs' table lists exactly the exposed series names.
-    documented = set(re.findall(r"^\| `(mtbbs_[a-z_]+)` \|", DOCS.read_text(encoding="utf-8"),
-                                re.MULTILINE))
+    # The docs' table lists exactly the exposed series names, those of every
+    # host marked as such.
+    table = re.findall(r"^\| `(mtbbs_[a-z_]+)`( \(per host\))? \|",
+                       DOCS.read_text(encoding="utf-8"), re.MULTILINE)
     exposed = {s.name for family in families.values() for s in family.samples}
-    assert documented == exposed
+    assert {name for name, _ in table} == exposed
+    default = text_string_to_metric_families(generate_latest(registry_for(
+        redis_client, keys, CollectorSettings())).decode())
+    assert {name for name, per_host in table if not per_host} == {
+        s.name for family in default for s in family.samples}
 
 
 @pytest.mark.skipif(shutil.which("promtool") is None,

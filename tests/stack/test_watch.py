@@ -177,7 +177,7 @@ def test_live_mode_refreshes_until_stopped(redis_client: redis.Redis) -> None:
 
 
 def test_json_of_sessions_that_is_not_json_is_skipped() -> None:
-    assert watch._sessions({"a": "not json", "b": json.dumps({"user_id": "guest"})}) == (2, 1)
+    assert watch._sessions(["not json", json.dumps({"user_id": "guest"})]) == (2, 1)
 
 
 @pytest.mark.parametrize("width", [80, 100, 132, 200])
@@ -250,3 +250,17 @@ def test_alerts_as_the_alerter_writes_them(redis_client: redis.Redis) -> None:
     assert list(alert.details)[:3] == ["severity", "since", "summary"]
     assert alert.details["summary"] == "disk_space 92.5% used"
     assert "history" not in alert.details and "flapping" not in alert.details
+
+
+def test_only_the_history_the_console_can_show_is_read(redis_client: redis.Redis) -> None:
+    keys = KeySpace("t:")
+    lines = [f"2026-11-28T10:{n // 60:02d}:{n % 60:02d}Z,{n},50,40" for n in range(40)]
+    write_host(redis_client, keys, make_report("bbs-01", disk=50.0, rss=40.0),
+               history=list(reversed(lines)))
+    full = watch.read_snapshot(redis_client, keys, history_points=30).hosts[0].history
+    assert len(full) == 30
+    wide = watch.read_snapshot(redis_client, keys, history_points=30, width=120).hosts[0].history
+    assert 0 < len(wide) < 30
+    assert wide == full[-len(wide):]  # the newest points
+    narrow = watch.read_snapshot(redis_client, keys, history_points=30, width=60)
+    assert narrow.hosts[0].history == []
