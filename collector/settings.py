@@ -93,3 +93,8 @@ class ExporterSettings:
 
     port: int = setting(9100, "TCP port of the /metrics endpoint", check=_port)
     bind: str = setting("127.0.0.1", "address to listen on (0.0.0.0 for every interface)")
+    password_file: Path | None = setting(None, "file whose first line is the password of HTTP "
+                                         "basic auth (any user name) for /metrics and the web "
+                                         "page; required to bind beyond loopback unless open")
+    open: bool = setting(False, "serve on a non-loopback bind without a password, on purpose "
+                         "(a private network, or a proxy in front that authenticates)")
