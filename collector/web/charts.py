@@ -56,17 +56,19 @@ def spark_points(values: Sequence[float | None], low: float | None = None,
     """Polyline ``points`` texts of a sparkline, one per run without gaps."""
     bottom, top = _scale(values, low, high)
     step = width / max(len(values) - 1, 1)
+    # y = base - value * ratio, the value clipped to [bottom, top].
+    ratio = (height - 2) / (top - bottom)
+    base = height - 1 + bottom * ratio
     runs: list[str] = []
     current: list[str] = []
     for index, value in enumerate(values):
         if value is None:
             if current:
                 runs.append(" ".join(current))
-            current = []
+                current = []
             continue
-        clipped = min(max(value, bottom), top)
-        y = height - 1 - (clipped - bottom) / (top - bottom) * (height - 2)
-        current.append(f"{index * step:.1f},{y:.1f}")
+        clipped = bottom if value < bottom else top if value > top else value
+        current.append(f"{index * step:.1f},{base - clipped * ratio:.1f}")
     if current:
         runs.append(" ".join(current))
     # A single point draws nothing as a polyline: repeat it a pixel on.
@@ -75,13 +77,15 @@ def spark_points(values: Sequence[float | None], low: float | None = None,
 
 
 def sparkline(values: Sequence[float | None], low: float | None = None,
-              high: float | None = None, label: str = "") -> str:
-    """A small inline SVG of the recent history (empty text without data)."""
-    runs = spark_points(values, low, high)
-    lines = "".join(f'<polyline points="{escape(run)}"/>' for run in runs)
+              high: float | None = None, label: str = "", label_html: str | None = None) -> str:
+    """A small inline SVG of the recent history (no line without data); its
+    accessible name is ``label``, or ``label_html`` when already escaped."""
+    # The points are numbers this module formats: nothing in them to escape.
+    lines = "".join(f'<polyline points="{run}"/>' for run in spark_points(values, low, high))
+    name = escape(label) if label_html is None else label_html
     return (f'<svg class="spark" viewBox="0 0 {SPARK_WIDTH} {SPARK_HEIGHT}" '
             f'width="{SPARK_WIDTH}" height="{SPARK_HEIGHT}" role="img" '
-            f'aria-label="{escape(label)}">{lines}</svg>')
+            f'aria-label="{name}">{lines}</svg>')
 
 
 def utc_label(ms: int, span_ms: int) -> str:

@@ -10,6 +10,7 @@ as plain text here because the collector must not import the alerter.
 from __future__ import annotations
 
 import json
+import math
 from collections.abc import Iterable, Mapping, Sequence
 from fnmatch import fnmatchcase
 from typing import Any
@@ -48,11 +49,13 @@ def _texts(raw: Mapping[Any, Any] | None) -> dict[str, str]:
 
 
 def _float(text: str) -> float | None:
+    if not text:
+        return None
     try:
         value = float(text)
     except ValueError:
         return None
-    return value if value == value and abs(value) != float("inf") else None
+    return value if math.isfinite(value) else None
 
 
 def _int(text: str | None) -> int | None:
@@ -72,21 +75,30 @@ def _iso_ms(text: str) -> int | None:
         return None
 
 
-def parse_history(lines: Iterable[Any]) -> dict[str, list[Any]]:
+def parse_history(lines: Iterable[Any], with_times: bool = True) -> dict[str, list[Any]]:
     """Series of the history list (newest first in Redis), oldest first here.
 
     Each line is ``timestamp,sessions,disk_percent,memory_mb`` with the
-    timestamp as ISO UTC text; ``t`` holds unix milliseconds (None when the
-    time is unreadable), a malformed figure is None, so gaps stay gaps.
+    timestamp as ISO UTC text; ``t`` (left out without ``with_times``, as the
+    sparklines need no times) holds unix milliseconds, None when the time is
+    unreadable; a malformed figure is None, so gaps stay gaps.
     """
-    series: dict[str, list[Any]] = {"t": [], "sessions": [], "disk": [], "rss": []}
+    times: list[int | None] = []
+    sessions: list[float | None] = []
+    disk: list[float | None] = []
+    rss: list[float | None] = []
     for raw in reversed(list(lines)):
-        parts = _text(raw).split(",")
+        parts = (raw.decode("utf-8", "replace") if isinstance(raw, bytes) else str(raw)
+                 ).split(",")
         if len(parts) < 4:
             continue
-        series["t"].append(_iso_ms(parts[0]))
-        for name, text in zip(("sessions", "disk", "rss"), parts[1:4], strict=True):
-            series[name].append(_float(text))
+        if with_times:
+            times.append(_iso_ms(parts[0]))
+        sessions.append(_float(parts[1]))
+        disk.append(_float(parts[2]))
+        rss.append(_float(parts[3]))
+    series: dict[str, list[Any]] = {"t": times} if with_times else {}
+    series.update(sessions=sessions, disk=disk, rss=rss)
     return series
 
 
@@ -204,7 +216,8 @@ def read_fleet_page(client: Any, keys: KeySpace, settings: CollectorSettings,
         pipe.hgetall(keys.host_sessions(view.host))
         pipe.lrange(keys.host_history(view.host), 0, history_points - 1)
     replies = pipe.execute() if views else []
-    hosts = [_host_summary(view, _texts(replies[2 * i]), parse_history(replies[2 * i + 1]))
+    hosts = [_host_summary(view, _texts(replies[2 * i]),
+                           parse_history(replies[2 * i + 1], with_times=False))
              for i, view in enumerate(views)]
     hosts = _order(hosts)
     counts: dict[str, int] = {}

@@ -123,35 +123,43 @@ def _banner(text: dict[str, str], redis_error: str | None) -> str:
             f"{esc(detail)}</div>")
 
 
-def _spark_cell(name: str, values: list[float | None], label: str) -> str:
+def _spark_cell(name: str, values: list[float | None], label_html: str) -> str:
     low, high = SPARK_SCALES[name]
-    return sparkline(values, low, high, label=label)
+    return sparkline(values, low, high, label_html=label_html)
 
 
-def host_row(text: dict[str, str], host: dict[str, Any]) -> str:
-    """One row of the fleet's hosts table."""
+def escaped_labels(text: dict[str, str]) -> dict[str, str]:
+    """Every label as HTML text."""
+    return {key: esc(value) for key, value in text.items()}
+
+
+def host_row(text: dict[str, str], host: dict[str, Any],
+             lab: dict[str, str] | None = None) -> str:
+    """One row of the fleet's hosts table (``lab``: the labels already escaped,
+    which a big fleet's page would otherwise escape once per row)."""
+    lab = lab or escaped_labels(text)
     history = host["history"]
     stale = host["stale"]
     cells = [
-        f'<td class="c-host" data-label="{esc(text["host"])}">'
+        f'<td class="c-host" data-label="{lab["host"]}">'
         f'<a href="{esc(host_url(host["host"]))}">{esc(host["host"])}</a></td>',
-        f'<td class="c-status" data-label="{esc(text["status"])}">'
+        f'<td class="c-status" data-label="{lab["status"]}">'
         f'{badge(text, host["status"])}</td>',
-        f'<td class="c-seen num" data-label="{esc(text["seen"])}">'
+        f'<td class="c-seen num" data-label="{lab["seen"]}">'
         f'{esc(age_text(host["age_s"]))}</td>',
-        f'<td class="c-stale stale-{esc(stale)}" data-label="{esc(text["stale"])}">'
+        f'<td class="c-stale stale-{esc(stale)}" data-label="{lab["stale"]}">'
         f'{esc(_stale_word(text, stale))}</td>',
-        f'<td class="c-sessions num" data-label="{esc(text["sessions"])}">'
+        f'<td class="c-sessions num" data-label="{lab["sessions"]}">'
         f'<span class="v">{esc(figure(host["sessions"]))}</span>'
-        f'{_spark_cell("sessions", history["sessions"], text["sessions"])}</td>',
-        f'<td class="c-guests num" data-label="{esc(text["guests"])}">'
+        f'{_spark_cell("sessions", history["sessions"], lab["sessions"])}</td>',
+        f'<td class="c-guests num" data-label="{lab["guests"]}">'
         f'{esc(figure(host["guests"]))}</td>',
-        f'<td class="c-disk num" data-label="{esc(text["disk"])}">'
+        f'<td class="c-disk num" data-label="{lab["disk"]}">'
         f'<span class="v">{esc(figure(host["disk_percent"]))}</span>'
-        f'{_spark_cell("disk", history["disk"], text["disk"])}</td>',
-        f'<td class="c-rss num" data-label="{esc(text["rss"])}">'
+        f'{_spark_cell("disk", history["disk"], lab["disk"])}</td>',
+        f'<td class="c-rss num" data-label="{lab["rss"]}">'
         f'<span class="v">{esc(figure(host["rss_mb"]))}</span>'
-        f'{_spark_cell("rss", history["rss"], text["rss"])}</td>',
+        f'{_spark_cell("rss", history["rss"], lab["rss"])}</td>',
     ]
     return (f'<tr data-host="{esc(host["host"])}" class="row st-{esc(host["status"])}">'
             + "".join(cells) + "</tr>")
@@ -208,7 +216,8 @@ def fleet_page(lang: str, fleet: dict[str, Any] | None, redis_error: str | None 
     headers = "".join(
         f'<th class="h-{key}{" num" if key in NUMERIC_COLUMNS else ""}">{esc(text[key])}</th>'
         for key in ("host", "status", "seen", "stale", "sessions", "guests", "disk", "rss"))
-    rows = "".join(host_row(text, host) for host in data["hosts"])
+    lab = escaped_labels(text)
+    rows = "".join(host_row(text, host, lab) for host in data["hosts"])
     empty = "" if data["hosts"] or fleet is None else \
         f'<p class="empty" id="no-hosts">{esc(text["no_hosts"])}</p>'
     old = ' class="old"' if redis_error else ""
