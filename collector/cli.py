@@ -185,6 +185,11 @@ def build_parser() -> ArgumentParser:
     exporter.add_argument("--host-series", action="store_true", default=None,
                           help="also export every host's own series (default [exporter] "
                           "host_series; without it, fleet aggregates only)")
+    exporter.add_argument("--password-file", metavar="FILE",
+                          help="require HTTP basic auth with the password on the file's first "
+                          "line (any user name); needed to bind beyond loopback")
+    exporter.add_argument("--open", action="store_true", default=None,
+                          help="serve on a non-loopback --bind without a password, on purpose")
     add_common_options(exporter)
     return parser
 
@@ -527,14 +532,25 @@ def cmd_exporter(args: argparse.Namespace) -> int:
     from collector.exporter import serve
 
     document, redis_settings, settings = _settings(args)
+    from collector.web.server import ExposureError, check_exposure, read_password
+
     exporter = load_section(ExporterSettings, document, "exporter",
                             overrides={"port": args.port, "bind": args.bind,
-                                       "host_series": args.host_series})
+                                       "host_series": args.host_series,
+                                       "password_file": args.password_file,
+                                       "open": args.open})
+    password = (read_password(exporter.password_file)
+                if exporter.password_file is not None else None)
+    try:
+        check_exposure(exporter.bind, password, exporter.open)
+    except ExposureError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return EXIT_ERROR
     client = _query_client(redis_settings)
     stop = _stop_on_signals()
     try:
         serve(client, redis_settings.keys, settings, exporter.bind, exporter.port, stop,
-              exporter.host_series)
+              exporter.host_series, password)
     except OSError as exc:
         print(f"error: cannot listen on {exporter.bind}:{exporter.port} ({exc.strerror or exc})",
               file=sys.stderr)

@@ -21,7 +21,7 @@ from prometheus_client.core import (
     GaugeMetricFamily,
     Metric,
 )
-from prometheus_client.exposition import start_http_server
+from prometheus_client.exposition import make_wsgi_app
 
 from collector.fleet import FleetView, read_fleet
 from collector.selfmon import total
@@ -182,11 +182,16 @@ def registry_for(client: Any, keys: KeySpace, settings: CollectorSettings,
 
 
 def serve(client: Any, keys: KeySpace, settings: CollectorSettings, bind: str, port: int,
-          stop: threading.Event, host_series: bool = False) -> None:
-    """Serve ``/metrics`` on ``bind:port`` until ``stop`` is set."""
-    server, thread = start_http_server(port, addr=bind, registry=registry_for(
-        client, keys, settings, host_series))
-    logger.info("exporter listening on http://%s:%s/metrics", bind, server.server_port)
+          stop: threading.Event, host_series: bool = False,
+          password: str | None = None) -> None:
+    """Serve ``/metrics`` and the web page on ``bind:port`` until ``stop`` is set
+    (behind HTTP basic auth when ``password`` is given)."""
+    from collector.web.server import WebApp, start
+
+    metrics = make_wsgi_app(registry_for(client, keys, settings, host_series))
+    server, thread = start(WebApp(client, keys, settings, metrics, password), bind, port)
+    logger.info("exporter listening on http://%s:%s/metrics, its web page on http://%s:%s/",
+                bind, server.server_port, bind, server.server_port)
     try:
         stop.wait()
     finally:

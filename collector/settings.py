@@ -96,3 +96,8 @@ class ExporterSettings:
     host_series: bool = setting(False, "also export each host's series (about 12 a host); "
                                 "by default only fleet aggregates, which a big fleet's scrape "
                                 "answers in time")
+    password_file: Path | None = setting(None, "file whose first line is the password of HTTP "
+                                         "basic auth (any user name) for /metrics and the web "
+                                         "page; required to bind beyond loopback unless open")
+    open: bool = setting(False, "serve on a non-loopback bind without a password, on purpose "
+                         "(a private network, or a proxy in front that authenticates)")

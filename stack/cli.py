@@ -45,6 +45,9 @@ def build_parser() -> argparse.ArgumentParser:
     up.add_argument("--bbs-port", type=int, metavar="PORT",
                     help="telnet port of the demo BBS; an error if taken (default 2323, or a "
                     "free one when 2323 is taken)")
+    up.add_argument("--web-port", type=int, metavar="PORT",
+                    help="port of the web page and /metrics on 127.0.0.1; an error if taken "
+                    "(default 9100, or a free one when 9100 is taken)")
     up.add_argument("--redis-port", type=int, metavar="PORT",
                     help="port of the embedded Redis; an error if taken (default 6379, or a "
                     "free one when 6379 is taken)")
@@ -90,6 +93,7 @@ def _stack_settings(args: argparse.Namespace, document: dict[str, Any]) -> Stack
         "host": getattr(args, "host", None),
         "bbs_port": getattr(args, "bbs_port", None),
         "redis_port": getattr(args, "redis_port", None),
+        "web_port": getattr(args, "web_port", None),
         "agent_interval": getattr(args, "agent_interval", None),
         "integrity_interval": getattr(args, "integrity_interval", None),
         "watch_interval": getattr(args, "interval", None),
@@ -109,7 +113,7 @@ def _up(args: argparse.Namespace) -> int:
             config_file=args.config, log_level=args.log_level, base_env=os.environ,
             # Only a port named on the command line is the sysop's firm choice;
             # the [stack] settings are documented as falling back when taken.
-            given_ports=frozenset(name for name in ("redis_port", "bbs_port")
+            given_ports=frozenset(name for name in ("redis_port", "bbs_port", "web_port")
                                   if getattr(args, name) is not None),
             restart_delay=args.demo_restart_delay)
         return up.run(plan, redis_settings, stack_settings, sys.stdout)

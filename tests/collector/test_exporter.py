@@ -165,11 +165,13 @@ def test_exporter_port_in_use(command: Any, clean_env: dict[str, str], redis_url
 
 
 def test_exporter_listens_with_reuse_address() -> None:
-    """The exporter's server (prometheus_client's, as serve() starts it) sets
-    SO_REUSEADDR, so a restart is not refused by connections in TIME-WAIT."""
-    from prometheus_client import CollectorRegistry, start_http_server
+    """The exporter's server (as serve() starts it) sets SO_REUSEADDR, so a
+    restart is not refused by connections in TIME-WAIT."""
+    from prometheus_client import CollectorRegistry, make_wsgi_app
 
-    server, thread = start_http_server(0, addr="127.0.0.1", registry=CollectorRegistry())
+    from collector.web.server import start
+
+    server, thread = start(make_wsgi_app(CollectorRegistry()), "127.0.0.1", 0)
     try:
         assert server.socket.getsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR) != 0
     finally:

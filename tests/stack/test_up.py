@@ -155,7 +155,8 @@ def test_plan_points_the_agent_at_the_demo_bbs(tmp_path: Path, valid_invocation:
     # as a default), and this test is about where the agent points.
     port = embedded.any_free_port()
     plan = _plan(tmp_path, host="bbs-demo", bbs_port=port)
-    assert [c.name for c in plan.components] == ["collector", "alerter", "demo-bbs", "agent"]
+    assert [c.name for c in plan.components] == ["collector", "alerter", "demo-bbs", "agent",
+                                                 "exporter"]
     data = tmp_path.resolve() / "data"
     assert plan.env["MTBBS_REDIS_URL"] == plan.redis_url
     argvs = {c.name: c.argv for c in plan.components}
@@ -175,6 +176,9 @@ def test_plan_points_the_agent_at_the_demo_bbs(tmp_path: Path, valid_invocation:
     assert "HGETALL mtbbs:host:bbs-demo:sessions" in lines
     assert f"status --redis-url {plan.redis_url}" in lines
     assert f"telnet 127.0.0.1 {port}" in lines
+    exporter = valid_invocation(argvs["exporter"])
+    assert exporter.bind == "127.0.0.1" and not exporter.open
+    assert f"http://127.0.0.1:{exporter.port}/" in lines
 
 
 def test_plan_without_demo_leaves_the_checks_to_the_configuration(tmp_path: Path,
@@ -183,7 +187,7 @@ def test_plan_without_demo_leaves_the_checks_to_the_configuration(tmp_path: Path
     plan = up.make_plan(stack, RedisSettings(url="redis://127.0.0.1:6390/0", prefix="x:"),
                         demo=False, worker=False, agent=True, existing_redis=True,
                         config_file="mtbbs.toml", log_level="DEBUG", base_env={})
-    assert [c.name for c in plan.components] == ["collector", "agent"]
+    assert [c.name for c in plan.components] == ["collector", "agent", "exporter"]
     agent = valid_invocation(plan.components[1].argv)
     assert agent.db is None and agent.probe_port is None
     assert plan.redis_argv is None and plan.redis_url == "redis://127.0.0.1:6390/0"
