@@ -113,7 +113,8 @@ def test_exporter_as_the_readonly_user(locked: redis.Redis, acl_redis: Any, as_u
     name, password = acl_redis.credentials("mtbbs-readonly")
     env = dict(clean_env, MTBBS_REDIS_URL=acl_redis.url(), MTBBS_REDIS_USERNAME=name,
                MTBBS_REDIS_PASSWORD_FILE=str(password_file(password)))
-    exporter = subprocess.Popen([command("mtbbs-collector"), "exporter", "--port", str(port)],
+    exporter = subprocess.Popen([command("mtbbs-collector"), "exporter", "--port", str(port),
+                                 "--host-series"],
                                 env=env, cwd=tmp_path, stdout=subprocess.PIPE,
                                 stderr=subprocess.PIPE, text=True)
     try:
@@ -126,6 +127,9 @@ def test_exporter_as_the_readonly_user(locked: redis.Redis, acl_redis: Any, as_u
             except OSError:
                 time.sleep(0.1)
         assert 'host="bbs-a"' in body
+        # The web page reads the fleet with the same read-only user.
+        with urllib.request.urlopen(f"http://127.0.0.1:{port}/api/fleet", timeout=5) as reply:
+            assert reply.status == 200 and "bbs-a" in reply.read().decode()
     finally:
         exporter.terminate()
         _, stderr = exporter.communicate(timeout=20)
