@@ -51,8 +51,8 @@ logger = logging.getLogger(__name__)
 MAX_REASON = 200
 MAX_FIELD_NAMES = 200
 
-#: Stored session texts by (host, client id); None where there is none.
-StoredSessions = dict[tuple[str, str], str | None]
+#: Stored session texts by host, then client id; None (or no entry) where there is none.
+StoredSessions = dict[str, dict[str, str | None]]
 
 
 @dataclass(slots=True)
@@ -153,7 +153,7 @@ class Planner:
         """The writes of a batch's decoded entries, in order. ``stored`` holds
         the sessions :func:`sessions_to_read` named; it is updated with what
         each event leaves, so that later events of the batch merge with that."""
-        known = dict(stored)
+        known = {host: dict(sessions) for host, sessions in stored.items()}
         planned = []
         for item in decoded:
             try:
@@ -212,26 +212,26 @@ class Planner:
                      order=order_key(event.epoch, event.seq))
         touched = (entry["sessions_key"], entry["order_key"])
         if event.kind == SNAPSHOT:
-            for key in [key for key in known if key[0] == host]:
-                known[key] = None
+            # Later events of the batch find what the snapshot leaves.
+            known[host] = {}
             sessions: list[str] = []
             for info in event.sessions:
                 session = session_text(info)
                 sessions += (info.client_id, session)
-                known[(host, info.client_id)] = session
+                known[host][info.client_id] = session
             entry.update(kind="snapshot", sessions=sessions)
             return Write("snapshot", stream, entry_id, host, entry, touched, event)
         expect, expected = "any", ""
         if event.kind == DISCONNECTED:
             session = ""
         elif needs_merge(event):
-            current = known.get((host, event.client_id))
+            current = known.get(host, {}).get(event.client_id)
             expect, expected = ("absent", "") if current is None else ("equal", current)
             session = merged_session_text(event, current)
         else:
             session = merged_session_text(event, None)
         action = "del" if event.kind == DISCONNECTED else "set"
-        known[(host, event.client_id)] = None if action == "del" else session
+        known.setdefault(host, {})[event.client_id] = None if action == "del" else session
         entry.update(action=action, client=event.client_id, text=session, expect=expect,
                      expected=expected, max_marks=MAX_ORDER_MARKS)
         return Write("session", stream, entry_id, host, entry, touched, event)
@@ -272,9 +272,9 @@ def sessions_to_read(decoded: Iterable[Decoded]) -> list[tuple[str, str]]:
 
 
 def entry_size(fields: Mapping[Any, Any]) -> int:
-    """The bytes of an entry's field names and values."""
-    return sum(len(name) + len(value) if isinstance(value, bytes | str) else len(name)
-               for name, value in fields.items())
+    """The bytes of an entry's field names and values (as Redis replies them:
+    bytes or text)."""
+    return sum(map(len, fields)) + sum(map(len, fields.values()))
 
 
 def history_line(report: Report, timestamp: str) -> str:

@@ -160,8 +160,9 @@ def report_summary(report: Report, stale: str = STALE_NO) -> dict[str, str]:
 
 def summary_key(report: Report) -> tuple[Any, ...]:
     """What :func:`report_summary` follows from: equal keys, equal summaries."""
+    checks = report.checks
     return (report.epoch, report.agent_version, report.interval, type(report.interval),
-            tuple((name, bool(fields.get("healthy"))) for name, fields in report.checks.items()))
+            tuple(checks), tuple(fields.get("healthy") for fields in checks.values()))
 
 
 def field_text(value: Any) -> str | None:
