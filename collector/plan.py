@@ -57,14 +57,13 @@ StoredSessions = dict[str, dict[str, str | None]]
 
 @dataclass(slots=True)
 class Write:
-    """One entry's planned write: its map for the apply script and the keys it touches."""
+    """One entry's planned write: its map for the apply script."""
 
     kind: str  # report, session, snapshot or dead_letter
     stream: str
     entry_id: str
     host: str  # '' for a dead letter
     entry: dict[str, Any]
-    keys: tuple[str, ...]
     event: SessionEvent | None = None  # planned again when the script asks (REPLAN)
     report: Report | None = None  # likewise
     unauthenticated: bool = False  # a dead letter for a missing or bad signature
@@ -193,12 +192,10 @@ class Planner:
             entry_ms=str(entry_ms), history_line=history_line(report, fields["last_seen"]),
             history_length=self.settings.history_length, dropped=report.dropped,
             status=write.status, base=write.base,
-            fields=[item for pair in write.fields.items() for item in pair],
+            fields=write.fields,
             deleted=write.deleted,
         )
-        return Write("report", stream, entry_id, host, entry,
-                     (entry["host_key"], entry["hosts_index"], entry["history_key"]),
-                     report=report)
+        return Write("report", stream, entry_id, host, entry, report=report)
 
     def session_write(self, stream: str, entry_id: str, event: SessionEvent,
                       known: StoredSessions) -> Write:
@@ -210,7 +207,6 @@ class Planner:
         entry.update(sessions_key=keys.host_sessions(host),
                      order_key=keys.host_sessions_order(host),
                      order=order_key(event.epoch, event.seq))
-        touched = (entry["sessions_key"], entry["order_key"])
         if event.kind == SNAPSHOT:
             # Later events of the batch find what the snapshot leaves.
             known[host] = {}
@@ -220,7 +216,7 @@ class Planner:
                 sessions += (info.client_id, session)
                 known[host][info.client_id] = session
             entry.update(kind="snapshot", sessions=sessions)
-            return Write("snapshot", stream, entry_id, host, entry, touched, event)
+            return Write("snapshot", stream, entry_id, host, entry, event)
         expect, expected = "any", ""
         if event.kind == DISCONNECTED:
             session = ""
@@ -234,7 +230,7 @@ class Planner:
         known.setdefault(host, {})[event.client_id] = None if action == "del" else session
         entry.update(action=action, client=event.client_id, text=session, expect=expect,
                      expected=expected, max_marks=MAX_ORDER_MARKS)
-        return Write("session", stream, entry_id, host, entry, touched, event)
+        return Write("session", stream, entry_id, host, entry, event)
 
     def dead_letter(self, stream: str, entry_id: str, fields: Mapping[Any, Any] | None,
                     reason: str) -> Write:
@@ -261,7 +257,7 @@ class Planner:
                     "payload_bytes", str(len(payload)), "payload", bytes(payload[:keep])],
         )
         logger.debug("dead-lettering %s of %s: %s", entry_id, stream, reason)
-        return Write("dead_letter", stream, entry_id, "", entry, (entry["dead_letter_stream"],))
+        return Write("dead_letter", stream, entry_id, "", entry)
 
 
 def sessions_to_read(decoded: Iterable[Decoded]) -> list[tuple[str, str]]:
