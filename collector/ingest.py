@@ -25,7 +25,6 @@ import gc
 import logging
 import os
 import socket
-import sys
 import threading
 import time
 from collections.abc import Callable, Mapping, Sequence
@@ -48,13 +47,7 @@ from wire.state import iso_from_ms
 logger = logging.getLogger(__name__)
 
 __all__ = ["TRANSIENT_ERRORS", "Collector", "Counters", "default_name",
-           "tune_interpreter"]
-
-# How long a thread may hold the interpreter while another waits for it
-# (Python's default is 5 ms). The writer's thread mostly waits for Redis;
-# when a reply arrives it must get the interpreter back soon, or Redis and
-# the reading thread both idle while it waits its turn.
-SWITCH_INTERVAL_S = 0.0002
+           "tune_garbage_collector"]
 
 # Collections of the youngest generation happen after this many container
 # allocations (Python's default is 700). A batch allocates a few thousand
@@ -64,11 +57,9 @@ SWITCH_INTERVAL_S = 0.0002
 GC_YOUNG_THRESHOLD = 100_000
 
 
-def tune_interpreter() -> None:
-    """Tune a collector process: hand the interpreter between its two threads
-    quickly, and make the cyclic garbage collector cheap (what was loaded at
-    start is moved out of its sight, young collections are rare)."""
-    sys.setswitchinterval(SWITCH_INTERVAL_S)
+def tune_garbage_collector() -> None:
+    """Make the cyclic garbage collector cheap for a collector process: what
+    was loaded at start is moved out of its sight, young collections are rare."""
     gc.collect()
     gc.freeze()
     _, middle, old = gc.get_threshold()

@@ -649,8 +649,8 @@ def test_the_garbage_collector_is_tuned_for_the_ingest_loop() -> None:
     import subprocess
     import sys
 
-    code = ("import gc; from collector.ingest import GC_YOUNG_THRESHOLD, tune_interpreter; "
-            "before = gc.get_threshold(); tune_interpreter(); "
+    code = ("import gc; from collector.ingest import GC_YOUNG_THRESHOLD, tune_garbage_collector; "
+            "before = gc.get_threshold(); tune_garbage_collector(); "
             "print(gc.get_threshold()[0] == GC_YOUNG_THRESHOLD > before[0], "
             "gc.get_threshold()[1:] == before[1:], gc.get_freeze_count() > 1000)")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
@@ -696,7 +696,7 @@ def test_the_run_command_tunes_the_garbage_collector(
     from collector import cli, ingest
 
     calls: list[bool] = []
-    monkeypatch.setattr(ingest, "tune_interpreter", lambda: calls.append(True))
+    monkeypatch.setattr(ingest, "tune_garbage_collector", lambda: calls.append(True))
     for name in [n for n in os.environ if n.startswith("MTBBS_")]:
         monkeypatch.delenv(name)
     assert cli.main(["run", "--once", "--name", "gc", "--redis-url", redis_url]) == 0
