@@ -702,3 +702,30 @@ def test_the_run_command_tunes_the_garbage_collector(
     assert cli.main(["run", "--once", "--name", "gc", "--redis-url", redis_url]) == 0
     assert calls == [True]
     assert "processed 0 entries" in capsys.readouterr().out
+
+
+def test_the_planner_and_the_apply_script_follow_one_table_of_names(
+        keys: Any, report: Any, event: Any) -> None:
+    # Every entry map carries exactly the names scripts.PROTOCOL lists for
+    # its kind, and the script reads each of them by that name.
+    from collector.plan import Planner
+    from collector.scripts import APPLY, PROTOCOL
+
+    planner = Planner(keys, CollectorSettings(), COLLECTOR_GROUP, "c")
+    now = time.time()
+    writes = [
+        planner.report_write("s", "1800000000000-0", report("bbs-01", 1)),
+        planner.report_write("s", "1800000000001-0", report("bbs-01", 2)),
+        planner.session_write("s", "1800000000002-0",
+                              event("connected", 1, client_id="192.0.2.1:1"), {}),
+        planner.session_write("s", "1800000000003-0", event("snapshot", 2, sessions=(
+            SessionInfo("192.0.2.1:1", None, "connected", now),)), {}),
+        planner.dead_letter("s", "1800000000004-0", {b"m": b"x"}, "why"),
+    ]
+    assert [write.kind for write in writes] == ["report", "report", "session", "snapshot",
+                                               "dead_letter"]
+    for write in writes:
+        names = PROTOCOL["common"] + PROTOCOL[write.kind]
+        assert sorted(write.entry) == sorted(names), write.kind
+        for name in PROTOCOL[write.kind]:
+            assert f"e.{name}" in APPLY, name
