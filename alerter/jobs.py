@@ -3,8 +3,9 @@
 They take plain, JSON-serialisable arguments and find the configuration with
 :func:`alerter.context.get_context` (installed by ``mtbbs-alerter worker``).
 
-* ``evaluate_host(host)`` — enqueued by the collector (``wire.keys.EVALUATE_JOB``)
-  on ``KeySpace.evaluate_queue()`` after it marked the host pending.
+* ``evaluate_host(*hosts)`` — enqueued by the collector (``wire.keys.EVALUATE_JOB``)
+  on ``KeySpace.evaluate_queue()`` after it marked the hosts pending; one job
+  carries up to a few dozen hosts, evaluated together.
 * ``flush_channel(channel)`` — scheduled by the digest logic at the end of a
   channel's window or rate period.
 * ``deliver(channel, delivery)`` — one message on one channel; returns an rq
@@ -22,9 +23,9 @@ from alerter.context import get_context
 from alerter.evaluate import evaluate_hosts
 
 
-def evaluate_host(host: str) -> dict[str, Any]:
-    """Evaluate one host's rules (deletes its evaluation-pending mark first)."""
-    return evaluate_hosts(get_context(), [host]).as_dict()
+def evaluate_host(*hosts: str) -> dict[str, Any]:
+    """Evaluate the rules of ``hosts`` (deletes their evaluation-pending marks first)."""
+    return evaluate_hosts(get_context(), hosts).as_dict()
 
 
 def flush_channel(channel: str) -> str:

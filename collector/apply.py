@@ -28,6 +28,7 @@ from dataclasses import dataclass, fields
 from typing import Any
 
 import msgpack
+import msgspec
 import redis
 
 from collector.evaluate import Evaluations
@@ -70,11 +71,23 @@ class Counters:
 
 def pack_call(writes: Sequence[Write], mark_ttl: int) -> bytes:
     """The apply script's argument for ``writes``: one msgpack map (see
-    ``collector.scripts.PROTOCOL``). Bytes go as msgpack raw strings, the only
-    kind the cmsgpack of Redis 6.2 reads."""
-    call = {"mark_ttl": mark_ttl, "entries": [write.entry for write in writes]}
-    packed: bytes = msgpack.packb(call, use_bin_type=False, unicode_errors="surrogatepass")
-    return packed
+    ``collector.scripts.PROTOCOL``)."""
+    call = {"mark_ttl": mark_ttl,
+            "entries": [_raw_bytes(write.entry) if write.kind == "dead_letter" else write.entry
+                        for write in writes]}
+    return _encode(call)
+
+
+_encode = msgspec.msgpack.Encoder().encode
+
+
+def _raw_bytes(entry: dict[str, Any]) -> dict[str, Any]:
+    """A dead letter's entry with its bytes (the payload) as msgpack raw
+    strings: msgspec writes bytes as bin, which the cmsgpack of Redis 6.2
+    cannot read."""
+    return {**entry, "fields": [
+        msgspec.Raw(msgpack.packb(item, use_bin_type=False)) if isinstance(item, bytes) else item
+        for item in entry["fields"]]}
 
 
 class Applier:

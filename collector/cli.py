@@ -229,7 +229,7 @@ def _check_host(host: str) -> None:
 
 def cmd_run(args: argparse.Namespace) -> int:
     # Imported here: the query commands need neither rq nor the ingest code.
-    from collector.ingest import Collector, default_name, tune_interpreter
+    from collector.ingest import Collector, default_name, tune_garbage_collector
     from collector.selfmon import STOPPED
 
     _, redis_settings, settings = _settings(args)
@@ -242,7 +242,7 @@ def cmd_run(args: argparse.Namespace) -> int:
     collector = Collector(client, redis_settings.keys, settings,
                           name=settings.name or default_name(), host_keys=host_keys,
                           max_block_ms=max_block)
-    tune_interpreter()
+    tune_garbage_collector()
     if args.once:
         collector.setup()
         collector.reclaim()

@@ -9,11 +9,14 @@ waits in the queue. The job is named by its import path
 (:data:`wire.keys.EVALUATE_JOB`): the collector never imports the alerter.
 
 Jobs are made with rq's public API, ``Queue.prepare_data`` and
-``Queue.enqueue_many`` on a pipeline, :data:`CHUNK_HOSTS` hosts per
-pipeline: a sweep that turns a whole fleet stale at once sends many
-pipelines of a bounded size rather than one command that grows with the
-fleet. Should a chunk fail, the marks of its hosts are freed (so that the
-next change enqueues again) and the error is raised.
+``Queue.enqueue_many`` on a pipeline. One job carries up to
+:data:`JOB_HOSTS` hosts (the alerter evaluates them in one pass, and an rq
+job costs the collector some 100 µs to make, more than all else a host's
+report costs it), and one pipeline up to :data:`CHUNK_HOSTS` hosts: a sweep
+that turns a whole fleet stale at once sends many pipelines of a bounded
+size rather than one command that grows with the fleet. Should a chunk
+fail, the marks of its hosts are freed (so that the next change enqueues
+again) and the error is raised.
 """
 
 from __future__ import annotations
@@ -35,8 +38,10 @@ logger = logging.getLogger(__name__)
 # a week so a sysop can see them in rq's failed registry.
 JOB_TTL_S = 3600
 FAILURE_TTL_S = 7 * 86_400
-# Hosts whose marks and jobs go out in one pipeline.
+# Hosts whose marks and jobs go out in one pipeline, and hosts of one job:
+# few enough that the last of them is evaluated soon after the first.
 CHUNK_HOSTS = 500
+JOB_HOSTS = 32
 
 
 class Evaluations:
@@ -67,7 +72,9 @@ class Evaluations:
         for chunk in _chunks(batch):
             try:
                 with self.client.pipeline() as pipe:
-                    self.queue.enqueue_many([job_data(host) for host in chunk], pipeline=pipe)
+                    self.queue.enqueue_many([job_data(chunk[start:start + JOB_HOSTS])
+                                             for start in range(0, len(chunk), JOB_HOSTS)],
+                                            pipeline=pipe)
                     pipe.execute()
             except redis.RedisError:
                 self._free_marks(chunk)
@@ -83,9 +90,10 @@ class Evaluations:
             pass
 
 
-def job_data(host: str) -> EnqueueData:
-    """What the collector asks of rq for a host's evaluation job."""
-    return Queue.prepare_data(EVALUATE_JOB, args=(host,), description=f"evaluate {host}",
+def job_data(hosts: Sequence[str]) -> EnqueueData:
+    """What the collector asks of rq for the evaluation job of ``hosts``."""
+    return Queue.prepare_data(EVALUATE_JOB, args=tuple(hosts),
+                              description=f"evaluate {' '.join(hosts)}",
                               result_ttl=0, ttl=JOB_TTL_S, failure_ttl=FAILURE_TTL_S)
 
 

@@ -14,12 +14,13 @@ it only when the stored report is the base's, and otherwise refuses it
 (:data:`collector.scripts.REPLAN`), after which the collector forgets the
 host and writes the whole hash. Every :data:`WHOLE_EVERY`-th write of a
 host is whole anyway, so that a change made to a hash by hand lasts a
-bounded number of reports.
+bounded number of reports. For the same reason what is remembered needs
+no lock between the reading thread, which plans, and the writer's, which
+forgets: a memory that is out of date costs one refused difference.
 """
 
 from __future__ import annotations
 
-import threading
 from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
@@ -38,7 +39,7 @@ MAX_HOSTS = 20_000
 _MISSING = object()
 
 
-@dataclass(frozen=True)
+@dataclass(slots=True)
 class HashWrite:
     """A report's write of its host hash: ``base`` '' for the whole hash
     (``fields`` is all of it), else the ordering key of the write that
@@ -50,7 +51,7 @@ class HashWrite:
     status: str  # the report's status, which a difference writes over a stale hash
 
 
-@dataclass(frozen=True)
+@dataclass(slots=True)
 class _Written:
     order: str
     summary_key: tuple[Any, ...]
@@ -66,15 +67,12 @@ class WrittenHashes:
         self.whole_every = whole_every
         self.max_hosts = max_hosts
         self._written: dict[str, _Written] = {}
-        # The writer's thread forgets hosts while the reading thread plans.
-        self._lock = threading.Lock()
 
     def plan(self, report: Report, order: str, entry_ms: int) -> HashWrite:
         """The write of ``report`` (ordering key ``order``, seen at Redis time
         ``entry_ms``), remembered as its host's latest."""
         key = summary_key(report)
-        with self._lock:
-            before = self._written.get(report.host)
+        before = self._written.get(report.host)
         if before is not None and before.writes >= self.whole_every:
             before = None
         if before is not None and before.summary_key == key:
@@ -83,11 +81,10 @@ class WrittenHashes:
             summary = report_summary(report)
             # The status of the checks alone; ``status`` adds staleness later.
             summary["report_status"] = summary["status"]
-        with self._lock:
-            if before is None and len(self._written) >= self.max_hosts:
-                self._written.clear()
-            self._written[report.host] = _Written(
-                order, key, summary, report.checks, 1 if before is None else before.writes + 1)
+        if before is None and len(self._written) >= self.max_hosts:
+            self._written.clear()
+        self._written[report.host] = _Written(
+            order, key, summary, report.checks, 1 if before is None else before.writes + 1)
         fields = report_moment(report, entry_ms)
         if before is None:
             fields.update(summary)
@@ -102,8 +99,7 @@ class WrittenHashes:
 
     def forget(self, host: str) -> None:
         """Drop what is remembered of ``host``: its next write is whole."""
-        with self._lock:
-            self._written.pop(host, None)
+        self._written.pop(host, None)
 
     def __len__(self) -> int:
         return len(self._written)

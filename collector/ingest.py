@@ -25,7 +25,6 @@ import gc
 import logging
 import os
 import socket
-import sys
 import threading
 import time
 from collections.abc import Callable, Mapping, Sequence
@@ -36,7 +35,7 @@ import redis
 from collector import keepalive
 from collector.apply import TRANSIENT_ERRORS, Applier, Counters, Writer, load_scripts
 from collector.evaluate import Evaluations
-from collector.plan import Decoded, Planner, Write, sessions_to_read
+from collector.plan import Decoded, Planner, StoredSessions, Write, sessions_to_read
 from collector.reclaim import Reclaimer
 from collector.selfmon import STOPPED, group_stats, total, write_heartbeat
 from collector.settings import CollectorSettings
@@ -48,13 +47,7 @@ from wire.state import iso_from_ms
 logger = logging.getLogger(__name__)
 
 __all__ = ["TRANSIENT_ERRORS", "Collector", "Counters", "default_name",
-           "tune_interpreter"]
-
-# How long a thread may hold the interpreter while another waits for it
-# (Python's default is 5 ms). The writer's thread mostly waits for Redis;
-# when a reply arrives it must get the interpreter back soon, or Redis and
-# the reading thread both idle while it waits its turn.
-SWITCH_INTERVAL_S = 0.0002
+           "tune_garbage_collector"]
 
 # Collections of the youngest generation happen after this many container
 # allocations (Python's default is 700). A batch allocates a few thousand
@@ -64,11 +57,9 @@ SWITCH_INTERVAL_S = 0.0002
 GC_YOUNG_THRESHOLD = 100_000
 
 
-def tune_interpreter() -> None:
-    """Tune a collector process: hand the interpreter between its two threads
-    quickly, and make the cyclic garbage collector cheap (what was loaded at
-    start is moved out of its sight, young collections are rare)."""
-    sys.setswitchinterval(SWITCH_INTERVAL_S)
+def tune_garbage_collector() -> None:
+    """Make the cyclic garbage collector cheap for a collector process: what
+    was loaded at start is moved out of its sight, young collections are rare."""
     gc.collect()
     gc.freeze()
     _, middle, old = gc.get_threshold()
@@ -113,6 +104,7 @@ class Collector:
         self.ready = False
         self.caught_up = False
         self.started_ms = 0
+        self._read_ahead: list[tuple[str, Sequence[Any]]] | None = None
         now = clock()
         self._next_claim = now
         self._next_sweep = now + settings.sweep_interval_s
@@ -123,8 +115,10 @@ class Collector:
     def setup(self) -> None:
         """Load the scripts, create the group, resume this consumer's own pending entries."""
         # Batches handed over before an error were applied or dropped; what
-        # was dropped is still pending and is re-read below, in order.
+        # was dropped, and what was read ahead, is still pending and is
+        # re-read below, in order.
         self.writer.reset()
+        self._read_ahead = None
         load_scripts(self.client)
         self.ensure_groups()
         if not self.started_ms:
@@ -220,22 +214,30 @@ class Collector:
     def read(self, block_ms: int | None) -> int:
         """Read one batch of new entries of both streams and hand it to the writer;
         the number read. Caught up, it waits until the batch is applied."""
-        # Working off a backlog, the next read takes what is there at once;
-        # caught up (everything handed over is applied), it may wait.
-        block = block_ms if self.caught_up else None
-        reply = self.client.xreadgroup(self.group, self.name,
-                                       dict.fromkeys(self.streams, ">"),
-                                       count=self.settings.batch_size, block=block)
-        read = 0
-        full = False
-        for stream, entries in reply or []:
-            read += len(entries)
-            full = full or len(entries) >= self.settings.batch_size
-            self.process(text(stream), entries)
+        batches, self._read_ahead = self._read_ahead, None
+        if batches is None:
+            # Working off a backlog, the read takes what is there at once;
+            # caught up (everything handed over is applied), it may wait.
+            batches = self._read_new(block_ms if self.caught_up else None)
+        planned = [(stream, self.plan(stream, entries)) for stream, entries in batches]
+        full = any(len(entries) >= self.settings.batch_size for _, entries in batches)
+        if full:
+            # The next batch is read now, while Redis has nothing else to do:
+            # read later, it would wait behind this batch's writes, and
+            # Redis and this process would take turns rather than work at once.
+            self._read_ahead = self._read_new(None)
+        for _, writes in planned:
+            self.writer.submit(writes)
         self.caught_up = not full
         if not full:
             self.flush()
-        return read
+        return sum(len(entries) for _, entries in batches)
+
+    def _read_new(self, block_ms: int | None) -> list[tuple[str, Sequence[Any]]]:
+        """New entries of both streams (XREADGROUP ... >), by stream."""
+        reply = self.client.xreadgroup(self.group, self.name, dict.fromkeys(self.streams, ">"),
+                                       count=self.settings.batch_size, block=block_ms)
+        return [(text(stream), entries) for stream, entries in reply or []]
 
     def drain(self, timeout_s: float = 60.0) -> int:
         """Read until the streams are empty for this group (tests and benchmarks)."""
@@ -264,6 +266,11 @@ class Collector:
     def process(self, stream: str, entries: Sequence[Any],
                 delivered: Mapping[str, int] | None = None) -> None:
         """Plan one batch of entries of ``stream`` and hand it to the writer."""
+        self.writer.submit(self.plan(stream, entries, delivered))
+
+    def plan(self, stream: str, entries: Sequence[Any],
+             delivered: Mapping[str, int] | None = None) -> list[Write]:
+        """The writes of one batch of entries of ``stream``, in order."""
         read: list[Decoded | Write] = []
         for raw_id, fields in entries:
             entry_id = text(raw_id)
@@ -276,19 +283,18 @@ class Collector:
         stored = self._read_sessions(wanted) if wanted else {}
         planned = iter(self.planner.writes(decoded, stored))
         # Dead letters keep their place among the batch's writes.
-        self.writer.submit([item if isinstance(item, Write) else next(planned)
-                            for item in read])
+        return [item if isinstance(item, Write) else next(planned) for item in read]
 
-    def _read_sessions(self, wanted: Sequence[tuple[str, str]]) -> dict[tuple[str, str],
-                                                                        str | None]:
+    def _read_sessions(self, wanted: Sequence[tuple[str, str]]) -> StoredSessions:
         """The stored texts of ``wanted`` sessions, once what is handed over is applied."""
         self.flush()
         pipe = self.client.pipeline(transaction=False)
         for host, client_id in wanted:
             pipe.hget(self.keys.host_sessions(host), client_id)
-        values = pipe.execute()
-        return {key: None if value is None else text(value)
-                for key, value in zip(wanted, values, strict=True)}
+        stored: StoredSessions = {}
+        for (host, client_id), value in zip(wanted, pipe.execute(), strict=True):
+            stored.setdefault(host, {})[client_id] = None if value is None else text(value)
+        return stored
 
     def _replan(self, write: Write) -> Write:
         """A write planned again from what is stored now: a report's whole
@@ -298,9 +304,8 @@ class Collector:
                                              whole=True)
         event = write.event
         assert isinstance(event, SessionEvent)
-        key = (event.host, event.client_id)
         stored = self.client.hget(self.keys.host_sessions(event.host), event.client_id)
-        known = {key: None if stored is None else text(stored)}
+        known = {event.host: {event.client_id: None if stored is None else text(stored)}}
         return self.planner.session_write(write.stream, write.entry_id, event, known)
 
     def _apply_now(self, writes: list[Write]) -> None:

@@ -51,20 +51,19 @@ logger = logging.getLogger(__name__)
 MAX_REASON = 200
 MAX_FIELD_NAMES = 200
 
-#: Stored session texts by (host, client id); None where there is none.
-StoredSessions = dict[tuple[str, str], str | None]
+#: Stored session texts by host, then client id; None (or no entry) where there is none.
+StoredSessions = dict[str, dict[str, str | None]]
 
 
 @dataclass(slots=True)
 class Write:
-    """One entry's planned write: its map for the apply script and the keys it touches."""
+    """One entry's planned write: its map for the apply script."""
 
     kind: str  # report, session, snapshot or dead_letter
     stream: str
     entry_id: str
     host: str  # '' for a dead letter
     entry: dict[str, Any]
-    keys: tuple[str, ...]
     event: SessionEvent | None = None  # planned again when the script asks (REPLAN)
     report: Report | None = None  # likewise
     unauthenticated: bool = False  # a dead letter for a missing or bad signature
@@ -153,7 +152,7 @@ class Planner:
         """The writes of a batch's decoded entries, in order. ``stored`` holds
         the sessions :func:`sessions_to_read` named; it is updated with what
         each event leaves, so that later events of the batch merge with that."""
-        known = dict(stored)
+        known = {host: dict(sessions) for host, sessions in stored.items()}
         planned = []
         for item in decoded:
             try:
@@ -193,12 +192,10 @@ class Planner:
             entry_ms=str(entry_ms), history_line=history_line(report, fields["last_seen"]),
             history_length=self.settings.history_length, dropped=report.dropped,
             status=write.status, base=write.base,
-            fields=[item for pair in write.fields.items() for item in pair],
+            fields=write.fields,
             deleted=write.deleted,
         )
-        return Write("report", stream, entry_id, host, entry,
-                     (entry["host_key"], entry["hosts_index"], entry["history_key"]),
-                     report=report)
+        return Write("report", stream, entry_id, host, entry, report=report)
 
     def session_write(self, stream: str, entry_id: str, event: SessionEvent,
                       known: StoredSessions) -> Write:
@@ -210,31 +207,30 @@ class Planner:
         entry.update(sessions_key=keys.host_sessions(host),
                      order_key=keys.host_sessions_order(host),
                      order=order_key(event.epoch, event.seq))
-        touched = (entry["sessions_key"], entry["order_key"])
         if event.kind == SNAPSHOT:
-            for key in [key for key in known if key[0] == host]:
-                known[key] = None
+            # Later events of the batch find what the snapshot leaves.
+            known[host] = {}
             sessions: list[str] = []
             for info in event.sessions:
                 session = session_text(info)
                 sessions += (info.client_id, session)
-                known[(host, info.client_id)] = session
+                known[host][info.client_id] = session
             entry.update(kind="snapshot", sessions=sessions)
-            return Write("snapshot", stream, entry_id, host, entry, touched, event)
+            return Write("snapshot", stream, entry_id, host, entry, event)
         expect, expected = "any", ""
         if event.kind == DISCONNECTED:
             session = ""
         elif needs_merge(event):
-            current = known.get((host, event.client_id))
+            current = known.get(host, {}).get(event.client_id)
             expect, expected = ("absent", "") if current is None else ("equal", current)
             session = merged_session_text(event, current)
         else:
             session = merged_session_text(event, None)
         action = "del" if event.kind == DISCONNECTED else "set"
-        known[(host, event.client_id)] = None if action == "del" else session
+        known.setdefault(host, {})[event.client_id] = None if action == "del" else session
         entry.update(action=action, client=event.client_id, text=session, expect=expect,
                      expected=expected, max_marks=MAX_ORDER_MARKS)
-        return Write("session", stream, entry_id, host, entry, touched, event)
+        return Write("session", stream, entry_id, host, entry, event)
 
     def dead_letter(self, stream: str, entry_id: str, fields: Mapping[Any, Any] | None,
                     reason: str) -> Write:
@@ -261,7 +257,7 @@ class Planner:
                     "payload_bytes", str(len(payload)), "payload", bytes(payload[:keep])],
         )
         logger.debug("dead-lettering %s of %s: %s", entry_id, stream, reason)
-        return Write("dead_letter", stream, entry_id, "", entry, (entry["dead_letter_stream"],))
+        return Write("dead_letter", stream, entry_id, "", entry)
 
 
 def sessions_to_read(decoded: Iterable[Decoded]) -> list[tuple[str, str]]:
@@ -272,9 +268,9 @@ def sessions_to_read(decoded: Iterable[Decoded]) -> list[tuple[str, str]]:
 
 
 def entry_size(fields: Mapping[Any, Any]) -> int:
-    """The bytes of an entry's field names and values."""
-    return sum(len(name) + len(value) if isinstance(value, bytes | str) else len(name)
-               for name, value in fields.items())
+    """The bytes of an entry's field names and values (as Redis replies them:
+    bytes or text)."""
+    return sum(map(len, fields)) + sum(map(len, fields.values()))
 
 
 def history_line(report: Report, timestamp: str) -> str:

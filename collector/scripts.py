@@ -58,7 +58,7 @@ PROTOCOL: dict[str, tuple[str, ...]] = {
     # the agent lost since its last one; status: the report's status;
     # base: '' when fields is the whole hash, else the ordering key of the
     # write that fields and deleted are the difference to (see
-    # collector.hashes); fields: a flat list (field, value, ...).
+    # collector.hashes); fields: field -> value; deleted: field names.
     "report": ("host_key", "hosts_index", "history_key", "host", "order", "entry_ms",
                "history_line", "history_length", "dropped", "status", "base", "fields",
                "deleted"),
@@ -109,8 +109,12 @@ local function report(e)
       redis.call('HSET', e.host_key, 'stale', 'no', 'status', e.status)
     end
   end
-  redis.call('HSET', e.host_key, 'dropped_total', (tonumber(stored[3]) or 0) + e.dropped)
-  bulk('HSET', e.host_key, e.fields)
+  local written = {'dropped_total', (tonumber(stored[3]) or 0) + e.dropped}
+  for name, value in pairs(e.fields) do
+    written[#written + 1] = name
+    written[#written + 1] = value
+  end
+  bulk('HSET', e.host_key, written)
   redis.call('ZADD', e.hosts_index, e.entry_ms, e.host)
   if redis.call('LPUSH', e.history_key, e.history_line) > e.history_length then
     redis.call('LTRIM', e.history_key, 0, e.history_length - 1)

@@ -20,7 +20,7 @@ CHECK_NAME_PATTERN = re.compile(r"^[a-z][a-z0-9_]{0,31}$")
 COLLECTOR_GROUP = "collectors"
 
 # The rq job the collector enqueues per changed host, by import path, so that
-# the collector never imports the alerter: ``evaluate_host(host: str)``.
+# the collector never imports the alerter: ``evaluate_host(*hosts: str)``.
 EVALUATE_JOB = "alerter.jobs.evaluate_host"
 
 # The serializer of every rq queue of the project, as rq names it: JSON rather

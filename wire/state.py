@@ -202,8 +202,9 @@ def report_summary(report: Report, stale: str = STALE_NO) -> dict[str, str]:
 
 def summary_key(report: Report) -> tuple[Any, ...]:
     """What :func:`report_summary` follows from: equal keys, equal summaries."""
+    checks = report.checks
     return (report.epoch, report.agent_version, report.interval, type(report.interval),
-            tuple((name, check_severity(name, fields)) for name, fields in report.checks.items()))
+            tuple(checks), tuple(check_severity(name, fields) for name, fields in checks.items()))
 
 
 def field_text(value: Any) -> str | None:

@@ -13,7 +13,7 @@ from rq import Queue
 from rq.job import JobStatus
 from rq.registry import FailedJobRegistry
 
-from collector.evaluate import CHUNK_HOSTS, FAILURE_TTL_S, JOB_TTL_S, Evaluations
+from collector.evaluate import CHUNK_HOSTS, FAILURE_TTL_S, JOB_HOSTS, JOB_TTL_S, Evaluations
 from collector.ingest import Collector
 from collector.settings import CollectorSettings
 from wire.keys import EVALUATE_JOB, RQ_SERIALIZER, KeySpace
@@ -31,11 +31,11 @@ def test_jobs_read_back_through_rq(redis_client: redis.Redis, keys: KeySpace,
     evaluations.enqueue(["bbs-01"])
     queue = Queue(keys.evaluate_queue(), connection=redis_client, serializer=RQ_SERIALIZER)
     jobs = queue.get_jobs()
-    assert [job.args for job in jobs] == [["bbs-01"], ["bbs-02"], ["bbs-01"]]
-    assert len({job.id for job in jobs}) == 3
+    assert [job.args for job in jobs] == [["bbs-01", "bbs-02"], ["bbs-01"]]
+    assert len({job.id for job in jobs}) == 2
     for job in jobs:
         assert job.func_name == EVALUATE_JOB and job.kwargs == {}
-        assert job.description == f"evaluate {job.args[0]}"
+        assert job.description == f"evaluate {' '.join(job.args)}"
         assert (job.result_ttl, job.ttl, job.failure_ttl) == (0, JOB_TTL_S, FAILURE_TTL_S)
         assert job.origin == keys.evaluate_queue() and job.get_status() == JobStatus.QUEUED
         assert job.timeout == Queue.DEFAULT_TIMEOUT
@@ -44,11 +44,14 @@ def test_jobs_read_back_through_rq(redis_client: redis.Redis, keys: KeySpace,
     assert redis_client.sismember("rq:queues", queue.key)
 
 
-def test_the_same_host_twice_in_a_batch_is_one_job(redis_client: redis.Redis, keys: KeySpace,
-                                                    evaluations: Evaluations) -> None:
-    assert evaluations.enqueue(["bbs-01", "bbs-01", "bbs-02"]) == 2
+def test_a_job_carries_a_bounded_number_of_hosts_each_once(
+        redis_client: redis.Redis, keys: KeySpace, evaluations: Evaluations) -> None:
+    hosts = [f"bbs-{index:03d}" for index in range(JOB_HOSTS * 2 + 1)]
+    assert evaluations.enqueue(["bbs-000", *hosts]) == len(hosts)
     assert evaluations.enqueue([]) == 0
-    assert redis_client.llen(f"rq:queue:{keys.evaluate_queue()}") == 2
+    queue = Queue(keys.evaluate_queue(), connection=redis_client, serializer=RQ_SERIALIZER)
+    assert [len(job.args) for job in queue.get_jobs()] == [JOB_HOSTS, JOB_HOSTS, 1]
+    assert [host for job in queue.get_jobs() for host in job.args] == hosts
 
 
 def test_request_takes_the_marks_and_coalesces(redis_client: redis.Redis, keys: KeySpace,
@@ -58,7 +61,7 @@ def test_request_takes_the_marks_and_coalesces(redis_client: redis.Redis, keys: 
     assert 0 < redis_client.ttl(keys.evaluation_pending("bbs-01")) <= 60
     redis_client.delete(keys.evaluation_pending("bbs-01"))  # as the job does
     assert evaluations.request(["bbs-01", "bbs-02"]) == 1
-    assert redis_client.llen(f"rq:queue:{keys.evaluate_queue()}") == 3
+    assert redis_client.llen(f"rq:queue:{keys.evaluate_queue()}") == 2
 
 
 def test_a_failed_enqueue_frees_the_marks_and_raises(
@@ -95,12 +98,10 @@ def test_a_sweep_that_turns_ten_thousand_hosts_stale_evaluates_every_one(
     made = collector.sweep()
     assert len(made) == hosts > 2 * CHUNK_HOSTS
     queue = Queue(keys.evaluate_queue(), connection=redis_client, serializer=RQ_SERIALIZER)
-    assert queue.count == hosts
     assert collector.counters.evaluations == hosts
     job_hashes = set(redis_client.scan_iter("rq:job:*", count=1000))
-    assert len(job_hashes) == hosts
     assert {f"rq:job:{job_id}".encode() for job_id in queue.get_job_ids()} == job_hashes
-    assert sorted(job.args[0] for job in queue.get_jobs()) == [
+    assert sorted(host for job in queue.get_jobs() for host in job.args) == [
         f"bbs-{index:05d}" for index in range(hosts)]
 
 
@@ -126,7 +127,7 @@ def test_an_alerter_worker_runs_the_jobs_and_they_free_the_marks(
     redis_client.delete(keys.evaluation_pending("bbs-01"))
     assert evaluations.request(["bbs-01", "bbs-03"]) == 2
     queue = Queue(keys.evaluate_queue(), connection=redis_client, serializer=RQ_SERIALIZER)
-    assert queue.count == 4
+    assert queue.count == 2
     done = subprocess.run(
         [command("mtbbs-alerter"), "worker", "--burst", "--redis-url", redis_url],
         # A burst takes seconds; rq's teardown once held it a minute longer.

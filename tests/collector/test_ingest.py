@@ -371,20 +371,19 @@ def test_evaluations_are_coalesced(redis_client: redis.Redis, keys: Any, publish
     collector.drain()
     queue = Queue(keys.evaluate_queue(), connection=redis_client, serializer=RQ_SERIALIZER)
     jobs = queue.get_jobs()
-    assert sorted(list(job.args) for job in jobs) == [["bbs-01"], ["bbs-02"]]
+    assert [list(job.args) for job in jobs] == [["bbs-01", "bbs-02"]]
     assert {job.func_name for job in jobs} == {EVALUATE_JOB}
     assert redis_client.ttl(keys.evaluation_pending("bbs-01")) > 0
     # The job deletes the mark first thing; the next change enqueues again.
     redis_client.delete(keys.evaluation_pending("bbs-01"))
     publish(report("bbs-01", 3))
     collector.drain()
-    assert sorted(list(job.args) for job in queue.get_jobs()) == [
-        ["bbs-01"], ["bbs-01"], ["bbs-02"]]
+    assert [list(job.args) for job in queue.get_jobs()] == [["bbs-01", "bbs-02"], ["bbs-01"]]
     # An older report changes nothing, so it enqueues nothing.
     redis_client.delete(keys.evaluation_pending("bbs-02"))
     publish(report("bbs-02", 1))
     collector.drain()
-    assert len(queue.get_jobs()) == 3
+    assert len(queue.get_jobs()) == 2
     assert collector.counters.evaluations == 3
 
 
@@ -650,8 +649,8 @@ def test_the_garbage_collector_is_tuned_for_the_ingest_loop() -> None:
     import subprocess
     import sys
 
-    code = ("import gc; from collector.ingest import GC_YOUNG_THRESHOLD, tune_interpreter; "
-            "before = gc.get_threshold(); tune_interpreter(); "
+    code = ("import gc; from collector.ingest import GC_YOUNG_THRESHOLD, tune_garbage_collector; "
+            "before = gc.get_threshold(); tune_garbage_collector(); "
             "print(gc.get_threshold()[0] == GC_YOUNG_THRESHOLD > before[0], "
             "gc.get_threshold()[1:] == before[1:], gc.get_freeze_count() > 1000)")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
@@ -697,9 +696,36 @@ def test_the_run_command_tunes_the_garbage_collector(
     from collector import cli, ingest
 
     calls: list[bool] = []
-    monkeypatch.setattr(ingest, "tune_interpreter", lambda: calls.append(True))
+    monkeypatch.setattr(ingest, "tune_garbage_collector", lambda: calls.append(True))
     for name in [n for n in os.environ if n.startswith("MTBBS_")]:
         monkeypatch.delenv(name)
     assert cli.main(["run", "--once", "--name", "gc", "--redis-url", redis_url]) == 0
     assert calls == [True]
     assert "processed 0 entries" in capsys.readouterr().out
+
+
+def test_the_planner_and_the_apply_script_follow_one_table_of_names(
+        keys: Any, report: Any, event: Any) -> None:
+    # Every entry map carries exactly the names scripts.PROTOCOL lists for
+    # its kind, and the script reads each of them by that name.
+    from collector.plan import Planner
+    from collector.scripts import APPLY, PROTOCOL
+
+    planner = Planner(keys, CollectorSettings(), COLLECTOR_GROUP, "c")
+    now = time.time()
+    writes = [
+        planner.report_write("s", "1800000000000-0", report("bbs-01", 1)),
+        planner.report_write("s", "1800000000001-0", report("bbs-01", 2)),
+        planner.session_write("s", "1800000000002-0",
+                              event("connected", 1, client_id="192.0.2.1:1"), {}),
+        planner.session_write("s", "1800000000003-0", event("snapshot", 2, sessions=(
+            SessionInfo("192.0.2.1:1", None, "connected", now),)), {}),
+        planner.dead_letter("s", "1800000000004-0", {b"m": b"x"}, "why"),
+    ]
+    assert [write.kind for write in writes] == ["report", "report", "session", "snapshot",
+                                               "dead_letter"]
+    for write in writes:
+        names = PROTOCOL["common"] + PROTOCOL[write.kind]
+        assert sorted(write.entry) == sorted(names), write.kind
+        for name in PROTOCOL[write.kind]:
+            assert f"e.{name}" in APPLY, name

@@ -93,6 +93,8 @@ def test_stream_entry_round_trip_with_bytes_keys() -> None:
         (lambda d: d.update(v=2), "unsupported schema version"),
         (lambda d: d.update(checks={"disk": {"healthy": True, "a,b": 1}}),
          "a check or field name is not valid"),
+        (lambda d: d.update(checks={"disk": {"healthy": True, "a" * 33: 1}}),
+         "a check or field name is not valid"),
         (lambda d: d.update(v=True), "$.v"),
                 (lambda d: d.update(t="bogus"), "Invalid value 'bogus' - at `$.t`"),
         (lambda d: d.update(t=["x"]), "$.t"),
