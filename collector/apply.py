@@ -9,13 +9,16 @@ session changed meanwhile is planned again, and an entry Redis refused stays
 pending (it is redelivered and, after ``max_deliveries``, dead-lettered).
 
 :class:`Writer` runs an Applier on a thread of its own, so that Redis runs
-one batch's scripts while the collector reads and plans the next one: the
-two processes work at once instead of in turns. Batches are applied in the
-order they were handed over. When a batch fails for a reason of the whole
-connection (Redis away, a replica), the batches after it are dropped
-unapplied, so nothing is applied out of order; their entries stay pending
-for this consumer, and the caller, seeing the error on its next call, starts
-over from its pending entries.
+one batch's scripts while the collector plans the next one: the two
+processes work at once instead of in turns. The writer's thread also reads
+the next batch while the current one is planned (:meth:`Writer.read_ahead`),
+in turn with the writes, so that the planning thread does not wait for
+Redis to answer a read. Batches are applied in the order they were handed
+over. When a batch fails for a reason of the whole connection (Redis away,
+a replica), the batches after it are dropped unapplied, so nothing is
+applied out of order; their entries stay pending for this consumer, and the
+caller, seeing the error on its next call, starts over from its pending
+entries.
 """
 
 from __future__ import annotations
@@ -24,8 +27,9 @@ import logging
 import queue
 import threading
 from collections.abc import Callable, Sequence
+from concurrent.futures import Future
 from dataclasses import dataclass, fields
-from typing import Any
+from typing import Any, TypeVar
 
 import msgpack
 import msgspec
@@ -36,6 +40,8 @@ from collector.plan import Write
 from collector.scripts import ALL, APPLY_SCRIPT, REPLAN, SKIPPED
 
 logger = logging.getLogger(__name__)
+
+_Result = TypeVar("_Result")
 
 # Entries per call of the apply script: Redis runs one call without serving
 # other clients, so a call is kept to a few milliseconds.
@@ -193,11 +199,14 @@ class Applier:
 
 
 class Writer:
-    """An :class:`Applier` on a thread of its own, fed batches in order."""
+    """An :class:`Applier` on a thread of its own, fed batches (and reads) in order."""
 
-    def __init__(self, applier: Applier, depth: int = 2) -> None:
+    # Room for the batches of two reads (one per stream) and a read ahead, so
+    # that the planning thread seldom waits to hand one over.
+    def __init__(self, applier: Applier, depth: int = 5) -> None:
         self.applier = applier
-        self._batches: queue.Queue[Sequence[Write] | None] = queue.Queue(maxsize=depth)
+        self._batches: queue.Queue[Sequence[Write] | _Read | None] = queue.Queue(
+            maxsize=depth)
         self._failure: BaseException | None = None
         self._thread = threading.Thread(target=self._work, name="collector-writer", daemon=True)
         self._thread.start()
@@ -207,6 +216,14 @@ class Writer:
         self._raise_failure()
         if writes:
             self._batches.put(writes)
+
+    def read_ahead(self, read: Callable[[], _Result]) -> Future[_Result]:
+        """Run ``read`` on the writer's thread once the batches handed over so
+        far are sent; its result, or the error it or an earlier batch met."""
+        self._raise_failure()
+        job = _Read(read)
+        self._batches.put(job)
+        return job.future
 
     def wait(self) -> None:
         """Return once every batch handed over is applied; raise the error one met."""
@@ -233,13 +250,36 @@ class Writer:
             try:
                 if batch is None:
                     return
-                if self._failure is None:
+                if isinstance(batch, _Read):
+                    batch.run(self._failure)
+                elif self._failure is None:
                     self.applier.apply(batch)
                 # else: dropped unapplied, so that nothing is applied out of order.
             except BaseException as exc:  # noqa: BLE001 - raised in the caller's thread
                 self._failure = exc
             finally:
                 self._batches.task_done()
+
+
+class _Read:
+    """A read handed to the writer's thread, and its future result."""
+
+    def __init__(self, read: Callable[[], Any]) -> None:
+        self.read = read
+        self.future: Future[Any] = Future()
+
+    def run(self, failure: BaseException | None) -> None:
+        """Read, unless an earlier batch failed: then the caller gets that
+        error, and starts over from its pending entries. An error of the read
+        itself is raised here too, so that the batches after it are dropped."""
+        if failure is not None:
+            self.future.set_exception(failure)
+            return
+        try:
+            self.future.set_result(self.read())
+        except BaseException as exc:
+            self.future.set_exception(exc)
+            raise
 
 
 def load_scripts(client: Any) -> None:

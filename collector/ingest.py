@@ -9,8 +9,8 @@ This module reads and schedules; the other steps each have a module:
 * :mod:`collector.apply` sends the writes through the apply script, which
   writes the state only when the message is newer than what is stored and
   acknowledges the entry in the same atomic step, and enqueues evaluations;
-  it runs on a thread of its own, so Redis applies one batch while this
-  loop reads and plans the next;
+  it runs on a thread of its own, which also reads the next batch, so
+  Redis applies one batch and reads the next while this loop plans;
 * :mod:`collector.reclaim` re-processes entries left pending;
 * :mod:`collector.keepalive` judges silent hosts stale.
 
@@ -28,6 +28,8 @@ import socket
 import threading
 import time
 from collections.abc import Callable, Mapping, Sequence
+from concurrent.futures import Future
+from functools import partial
 from typing import Any
 
 import redis
@@ -104,7 +106,7 @@ class Collector:
         self.ready = False
         self.caught_up = False
         self.started_ms = 0
-        self._read_ahead: list[tuple[str, Sequence[Any]]] | None = None
+        self._read_ahead: Future[list[tuple[str, Sequence[Any]]]] | None = None
         now = clock()
         self._next_claim = now
         self._next_sweep = now + settings.sweep_interval_s
@@ -214,18 +216,21 @@ class Collector:
     def read(self, block_ms: int | None) -> int:
         """Read one batch of new entries of both streams and hand it to the writer;
         the number read. Caught up, it waits until the batch is applied."""
-        batches, self._read_ahead = self._read_ahead, None
-        if batches is None:
+        ahead, self._read_ahead = self._read_ahead, None
+        if ahead is None:
             # Working off a backlog, the read takes what is there at once;
             # caught up (everything handed over is applied), it may wait.
             batches = self._read_new(block_ms if self.caught_up else None)
-        planned = [(stream, self.plan(stream, entries)) for stream, entries in batches]
+        else:
+            batches = ahead.result()
         full = any(len(entries) >= self.settings.batch_size for _, entries in batches)
         if full:
-            # The next batch is read now, while Redis has nothing else to do:
-            # read later, it would wait behind this batch's writes, and
-            # Redis and this process would take turns rather than work at once.
-            self._read_ahead = self._read_new(None)
+            # The next batch is read by the writer's thread, after the writes
+            # handed over before and while this one is planned: this thread
+            # plans without waiting for Redis, and Redis reads while it has
+            # nothing else to do.
+            self._read_ahead = self.writer.read_ahead(partial(self._read_new, None))
+        planned = [(stream, self.plan(stream, entries)) for stream, entries in batches]
         for _, writes in planned:
             self.writer.submit(writes)
         self.caught_up = not full
