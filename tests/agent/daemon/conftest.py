@@ -5,6 +5,8 @@ from __future__ import annotations
 
 import socket
 import sqlite3
+import subprocess
+import sys
 import threading
 import time
 from collections.abc import Callable, Iterator
@@ -102,6 +104,15 @@ def banner_server() -> Iterator[Callable[..., BannerServer]]:
     yield make
     for server in servers:
         server.close()
+
+
+@pytest.fixture
+def bbs_process() -> Iterator[subprocess.Popen[bytes]]:
+    """A process standing in for the BBS, so that the memory check finds one."""
+    process = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(300)"])
+    yield process
+    process.kill()
+    process.wait(10)
 
 
 @pytest.fixture

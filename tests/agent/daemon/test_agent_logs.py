@@ -12,7 +12,6 @@ import signal
 import socket
 import sqlite3
 import subprocess
-import sys
 import threading
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -27,14 +26,6 @@ pytestmark = pytest.mark.e2e
 
 LINE = re.compile(r"^\S+ \S+ \[(?P<level>[A-Z]+)\] (?P<logger>[\w.]+): (?P<message>.*)$")
 
-
-@pytest.fixture
-def bbs_process() -> Iterator[subprocess.Popen[bytes]]:
-    """A process standing in for the BBS, so that the memory check finds one."""
-    process = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(300)"])
-    yield process
-    process.kill()
-    process.wait(10)
 
 
 class AgentRun:

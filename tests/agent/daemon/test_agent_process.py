@@ -8,7 +8,6 @@ import signal
 import socket
 import sqlite3
 import subprocess
-import sys
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
@@ -20,14 +19,6 @@ from wire.messages import Report
 
 pytestmark = pytest.mark.e2e
 
-
-@pytest.fixture
-def bbs_process() -> Iterator[subprocess.Popen[bytes]]:
-    """A process standing in for the BBS, so that the memory check finds one."""
-    process = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(120)"])
-    yield process
-    process.kill()
-    process.wait(10)
 
 
 @pytest.fixture

@@ -8,7 +8,7 @@ import math
 import sqlite3
 import subprocess
 import sys
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -33,14 +33,6 @@ class FakeClock:
     def __call__(self) -> float:
         return self.now
 
-
-@pytest.fixture
-def bbs_process() -> Iterator[subprocess.Popen[bytes]]:
-    """A process standing in for the BBS (the memory check's target)."""
-    process = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)"])
-    yield process
-    process.kill()
-    process.wait(10)
 
 
 def test_integrity_runs_when_due_and_its_result_is_repeated_between(
