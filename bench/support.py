@@ -17,7 +17,7 @@ from pathlib import Path
 
 import redis
 
-from stack.embedded import HASH_TUNING
+from stack.embedded import HASH_TUNING, find_script
 
 REDIS_START_TIMEOUT_S = 15.0
 
@@ -44,10 +44,7 @@ def free_port() -> int:
 
 def command(name: str) -> str:
     """The installed console script ``name``, preferably beside this interpreter."""
-    candidate = Path(sys.executable).parent / name
-    if candidate.exists():
-        return str(candidate)
-    found = shutil.which(name)
+    found = find_script(name)
     if found is None:
         sys.exit(f"{name} is not installed (pip install -e .)")
     return found

@@ -16,7 +16,6 @@ import shutil
 import signal
 import socket
 import subprocess
-import sys
 import time
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
@@ -24,6 +23,8 @@ from pathlib import Path
 from typing import Any
 
 import redis
+
+from stack.embedded import find_script
 
 
 def find_binary(name: str = "redis-server") -> str:
@@ -48,10 +49,7 @@ def free_port() -> int:
 
 def command(name: str) -> str:
     """The installed console script ``name`` beside the running interpreter."""
-    candidate = Path(sys.executable).parent / name
-    if candidate.exists():
-        return str(candidate)
-    found = shutil.which(name)
+    found = find_script(name)
     if found is None:
         raise RuntimeError(f"console script {name} is not installed")
     return found

@@ -50,6 +50,18 @@ def find_cli() -> str | None:
     return None
 
 
+def find_script(name: str) -> str | None:
+    """Our console script ``name``: the one beside this interpreter, else PATH's.
+
+    Beside the interpreter comes first so that an environment nobody
+    activated still runs its own copy, not another installation's.
+    """
+    candidate = Path(sys.executable).parent / name
+    if candidate.exists():
+        return str(candidate)
+    return shutil.which(name)
+
+
 def port_free(port: int, host: str = "127.0.0.1") -> bool:
     """True when a server of ours could listen on ``host:port`` now.
 

@@ -74,10 +74,7 @@ class UpError(Exception):
 
 def script(name: str) -> str:
     """The console script ``name`` installed beside this interpreter."""
-    candidate = Path(sys.executable).parent / name
-    if candidate.exists():
-        return str(candidate)
-    found = shutil.which(name)
+    found = embedded.find_script(name)
     if found is None:
         raise UpError(f"the command {name} is not installed beside {sys.executable}; "
                       "install the package (./scripts/up.sh does)")

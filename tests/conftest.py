@@ -14,7 +14,6 @@ import shutil
 import signal
 import socket
 import subprocess
-import sys
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -22,6 +21,8 @@ from typing import Any
 
 import pytest
 import redis
+
+from stack.embedded import find_script
 
 
 def find_redis_binary(name: str = "redis-server") -> str:
@@ -140,10 +141,7 @@ def redis_server_factory(tmp_path: Path) -> Iterator[Any]:
 
 def command_path(name: str) -> str:
     """The installed console script ``name`` of the interpreter running the tests."""
-    candidate = Path(sys.executable).parent / name
-    if candidate.exists():
-        return str(candidate)
-    found = shutil.which(name)
+    found = find_script(name)
     if found is None:
         pytest.fail(f"console script {name} is not installed; run the README's test command")
     return found
