@@ -44,9 +44,10 @@ from collections.abc import Callable
 from pathlib import Path
 
 import redis
-from support import command, free_port, start_redis
+from support import command, start_redis
 
 from collector.plan import history_line
+from stack.embedded import any_free_port
 from wire.keys import KeySpace
 from wire.messages import Report, SessionInfo
 from wire.state import iso_from_ms, report_fields, session_text, severity_status
@@ -140,7 +141,7 @@ def run_command(argv: list[str], env: dict[str, str], codes: tuple[int, ...],
 
 def start_exporter(env: dict[str, str], *extra: str) -> tuple[subprocess.Popen[bytes], str]:
     """A running ``mtbbs-collector exporter`` and its /metrics URL, once it answers."""
-    port = free_port()
+    port = any_free_port()
     process = subprocess.Popen([command("mtbbs-collector"), "exporter", "--port", str(port),
                                 "--bind", "127.0.0.1", *extra], env=env,
                                stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)

@@ -36,9 +36,10 @@ from collections.abc import Callable
 from pathlib import Path
 
 import redis
-from support import free_port, start_redis
+from support import start_redis
 
 from agent.reporter import SessionReporter
+from stack.embedded import any_free_port
 from wire.keys import KeySpace
 from wire.messages import SessionEvent, encode
 
@@ -259,7 +260,7 @@ def main() -> int:
                 up = reporter_costs(reporter, ids, flush=True)
             finally:
                 reporter.close()
-            dead = SessionReporter(f"redis://127.0.0.1:{free_port()}/0", "bench",
+            dead = SessionReporter(f"redis://127.0.0.1:{any_free_port()}/0", "bench",
                                    max_queue=1000, max_sessions=CALLS,
                                    backoff_initial=1.0).start()
             try:

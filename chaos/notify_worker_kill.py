@@ -23,23 +23,20 @@ alerter can make exactly-once.)
 
 from __future__ import annotations
 
-import argparse
-import json
 import os
 import signal
 import sys
-import tempfile
 import threading
 import time
 from pathlib import Path
 from typing import Any
 
+import harness
 from harness import (
     HttpSink,
     SmtpSink,
     clean_env,
     command,
-    figures,
     processes,
     terminate,
     wait_until,
@@ -130,24 +127,15 @@ def scenario(workdir: Path, *, settle: float, hold: str) -> dict[str, Any]:
 
 
 def main() -> int:
-    parser = argparse.ArgumentParser(description=__doc__,
-                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = harness.scenario_parser(__doc__)
     parser.add_argument("--settle", type=float, default=5.0,
                         help="seconds to watch for duplicates after delivery (default 5)")
     parser.add_argument("--hold", choices=("mail", "slack"), default="mail",
                         help="the endpoint held when the worker is killed (default mail)")
-    parser.add_argument("--json", metavar="FILE", help="also write the figures to FILE")
-    parser.add_argument("--workdir", metavar="DIR", help="keep logs here (default: temporary)")
     args = parser.parse_args()
-    started = time.monotonic()
-    with tempfile.TemporaryDirectory(prefix="chaos-notify-kill-") as tmp:
-        workdir = Path(args.workdir or tmp)
-        workdir.mkdir(parents=True, exist_ok=True)
-        result = scenario(workdir, settle=args.settle, hold=args.hold)
-    result["seconds"] = round(time.monotonic() - started, 1)
-    figures("alerter worker SIGKILLed during a notification", result)
-    if args.json:
-        Path(args.json).write_text(json.dumps(result))
+    result = harness.run_and_report(
+        args, "alerter worker SIGKILLed during a notification", "chaos-notify-kill-",
+        lambda workdir: scenario(workdir, settle=args.settle, hold=args.hold))
     ok = result["mail_accepted"] == 1 and result["slack_accepted"] == 1
     return 0 if ok else 1
 

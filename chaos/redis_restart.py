@@ -21,19 +21,16 @@ everything made is on the stream once, stored once, nothing left over.
 
 from __future__ import annotations
 
-import argparse
-import json
 import sys
-import tempfile
 import time
 from pathlib import Path
 from typing import Any
 
+import harness
 from harness import (
     agent_argv,
     clean_env,
     command,
-    figures,
     processes,
     stream_messages,
     terminate,
@@ -138,8 +135,7 @@ def scenario(workdir: Path, *, agents: int, interval: float, before: float, down
 
 
 def main() -> int:
-    parser = argparse.ArgumentParser(description=__doc__,
-                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = harness.scenario_parser(__doc__)
     parser.add_argument("--agents", type=int, default=3)
     parser.add_argument("--interval", type=float, default=0.2, help="agent interval, s")
     parser.add_argument("--before", type=float, default=10.0, help="seconds before the kill")
@@ -147,19 +143,12 @@ def main() -> int:
     parser.add_argument("--after", type=float, default=10.0, help="seconds after the restart")
     parser.add_argument("--agent-backoff", type=float, default=2.0,
                         help="the agents' retry delay, s (default 2)")
-    parser.add_argument("--json", metavar="FILE", help="also write the figures to FILE")
-    parser.add_argument("--workdir", metavar="DIR", help="keep logs here (default: temporary)")
     args = parser.parse_args()
-    started = time.monotonic()
-    with tempfile.TemporaryDirectory(prefix="chaos-redis-") as tmp:
-        result = scenario(Path(args.workdir or tmp), agents=args.agents,
-                          interval=args.interval, before=args.before, down=args.down,
-                          after=args.after, agent_backoff=args.agent_backoff)
-    result["seconds"] = round(time.monotonic() - started, 1)
-    shown = {k: v for k, v in result.items() if k != "per_host"}
-    figures("redis killed and restarted (AOF)", shown)
-    if args.json:
-        Path(args.json).write_text(json.dumps(result))
+    result = harness.run_and_report(
+        args, "redis killed and restarted (AOF)", "chaos-redis-",
+        lambda workdir: scenario(workdir, agents=args.agents, interval=args.interval,
+                                 before=args.before, down=args.down, after=args.after,
+                                 agent_backoff=args.agent_backoff), not_printed=("per_host",))
     ok = (result["missing"] == 0 and result["duplicates"] == 0 and result["state_behind"] == 0
           and result["reports_stored_in_history"] == result["reports_made"])
     return 0 if ok else 1

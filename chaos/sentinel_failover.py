@@ -20,18 +20,15 @@ asynchronous); the figures show whether that happened.
 
 from __future__ import annotations
 
-import argparse
-import json
 import sys
-import tempfile
 import time
 from pathlib import Path
 from typing import Any
 
+import harness
 from harness import (
     agent_argv,
     clean_env,
-    figures,
     processes,
     stream_messages,
     terminate,
@@ -109,22 +106,15 @@ def scenario(workdir: Path, *, before: int, after: int, interval: float) -> dict
 
 
 def main() -> int:
-    parser = argparse.ArgumentParser(description=__doc__,
-                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = harness.scenario_parser(__doc__)
     parser.add_argument("--before", type=int, default=50, help="reports before the kill")
     parser.add_argument("--after", type=int, default=50, help="reports after the failover")
     parser.add_argument("--interval", type=float, default=0.1, help="agent interval, s")
-    parser.add_argument("--json", metavar="FILE", help="also write the figures to FILE")
-    parser.add_argument("--workdir", metavar="DIR", help="keep logs here (default: temporary)")
     args = parser.parse_args()
-    started = time.monotonic()
-    with tempfile.TemporaryDirectory(prefix="chaos-sentinel-") as tmp:
-        result = scenario(Path(args.workdir or tmp), before=args.before, after=args.after,
-                          interval=args.interval)
-    result["seconds"] = round(time.monotonic() - started, 1)
-    figures("sentinel failover", result)
-    if args.json:
-        Path(args.json).write_text(json.dumps(result))
+    result = harness.run_and_report(
+        args, "sentinel failover", "chaos-sentinel-",
+        lambda workdir: scenario(workdir, before=args.before, after=args.after,
+                                 interval=args.interval))
     return 0 if result["missing"] == 0 and result["duplicates"] == 0 else 1
 
 

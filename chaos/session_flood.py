@@ -23,18 +23,16 @@ are either sent or counted as dropped.
 
 from __future__ import annotations
 
-import argparse
 import gc
-import json
 import sys
-import tempfile
 import time
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+import harness
 import psutil
-from harness import RedisProcess, figures, wait_until
+from harness import RedisProcess, wait_until
 
 from agent.reporter import SessionReporter
 from wire.keys import KeySpace
@@ -219,23 +217,19 @@ def scenario(workdir: Path, *, rate: float, duration: float, max_queue: int,
 
 
 def main() -> int:
-    parser = argparse.ArgumentParser(description=__doc__,
-                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = harness.scenario_parser(__doc__)
     parser.add_argument("--rate", type=float, default=10_000, help="calls per second")
     parser.add_argument("--duration", type=float, default=10.0, help="seconds per phase")
     parser.add_argument("--max-queue", type=int, default=10_000,
                         help="the reporter's queue bound (default 10000, its default)")
     parser.add_argument("--stream-maxlen", type=int, default=20_000,
                         help="MAXLEN of the sessions stream (default 20000)")
-    parser.add_argument("--json", metavar="FILE", help="also write the figures to FILE")
-    parser.add_argument("--workdir", metavar="DIR", help="keep logs here (default: temporary)")
     args = parser.parse_args()
-    with tempfile.TemporaryDirectory(prefix="chaos-flood-") as tmp:
-        result = scenario(Path(args.workdir or tmp), rate=args.rate, duration=args.duration,
-                          max_queue=args.max_queue, stream_maxlen=args.stream_maxlen)
-    figures("session event flood through the reporter", result)
-    if args.json:
-        Path(args.json).write_text(json.dumps(result))
+    result = harness.run_and_report(
+        args, "session event flood through the reporter", "chaos-flood-",
+        lambda workdir: scenario(workdir, rate=args.rate, duration=args.duration,
+                                 max_queue=args.max_queue,
+                                 stream_maxlen=args.stream_maxlen))
     return 0 if result["unaccounted"] == 0 else 1
 
 

@@ -13,19 +13,15 @@ delivered ones are the newest, in order.
 
 from __future__ import annotations
 
-import argparse
-import json
 import sys
-import tempfile
 import time
 from pathlib import Path
 from typing import Any
 
+import harness
 from harness import (
     agent_argv,
     clean_env,
-    figures,
-    free_port,
     processes,
     stream_messages,
     terminate,
@@ -33,6 +29,7 @@ from harness import (
 )
 
 from agent.spool import SpoolError, SpoolStatus, inspect
+from stack.embedded import any_free_port
 from wire.keys import KeySpace
 
 
@@ -47,7 +44,7 @@ def status(spool: Path, capacity: int) -> SpoolStatus | None:
 def scenario(workdir: Path, *, reports: int, capacity: int, interval: float) -> dict[str, Any]:
     """Run the scenario in ``workdir``; its figures."""
     keys = KeySpace()
-    port = free_port()
+    port = any_free_port()
     url = f"redis://127.0.0.1:{port}/0"
     spool = workdir / "agent" / "spool.db"
     env = clean_env({"MTBBS_AGENT_SPOOL_MAX_REPORTS": str(capacity),
@@ -91,23 +88,17 @@ def scenario(workdir: Path, *, reports: int, capacity: int, interval: float) -> 
 
 
 def main() -> int:
-    parser = argparse.ArgumentParser(description=__doc__,
-                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = harness.scenario_parser(__doc__)
     parser.add_argument("--reports", type=int, default=400, help="reports made while Redis "
                         "is away (default 400)")
     parser.add_argument("--capacity", type=int, default=100, help="spool size (default 100)")
     parser.add_argument("--interval", type=float, default=0.1, help="agent interval, s "
                         "(default 0.1, the least the agent accepts)")
-    parser.add_argument("--json", metavar="FILE", help="also write the figures to FILE")
-    parser.add_argument("--workdir", metavar="DIR", help="keep logs here (default: temporary)")
     args = parser.parse_args()
-    with tempfile.TemporaryDirectory(prefix="chaos-spool-") as tmp:
-        workdir = Path(args.workdir or tmp)
-        result = scenario(workdir, reports=args.reports, capacity=args.capacity,
-                          interval=args.interval)
-    figures("agent spool full", result)
-    if args.json:
-        Path(args.json).write_text(json.dumps(result))
+    result = harness.run_and_report(
+        args, "agent spool full", "chaos-spool-",
+        lambda workdir: scenario(workdir, reports=args.reports, capacity=args.capacity,
+                                 interval=args.interval))
     ok = result["lost_uncounted"] == 0 and result["duplicates"] == 0 and result["in_order"]
     return 0 if ok else 1
 
