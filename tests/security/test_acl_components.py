@@ -137,15 +137,22 @@ def test_exporter_as_the_readonly_user(locked: redis.Redis, acl_redis: Any, as_u
     assert password not in stderr
 
 
-@pytest.mark.e2e
-def test_agent_once_as_its_host_user(locked: redis.Redis, acl_redis: Any, as_user: Any,
-                                     tmp_path: Path) -> None:
+def bbs_a_with_one_session(locked: redis.Redis, tmp_path: Path) -> Path:
+    """A BBS database for host bbs-a, and one logged-in session in its hash;
+    the database's path."""
     db = tmp_path / "mtbbs.db"
     with sqlite3.connect(db) as conn:
         conn.execute("CREATE TABLE t (x)")
     locked.hset(KEYS.host_sessions("bbs-a"), "10.0.0.9:1", json.dumps(
         {"client_id": "10.0.0.9:1", "user_id": "guest", "state": "logged_in",
          "connected_at": "2026-01-01T00:00:00.000Z"}))
+    return db
+
+
+@pytest.mark.e2e
+def test_agent_once_as_its_host_user(locked: redis.Redis, acl_redis: Any, as_user: Any,
+                                     tmp_path: Path) -> None:
+    db = bbs_a_with_one_session(locked, tmp_path)
     result = as_user("mtbbs-agent-bbs-a", "mtbbs-agent", "run", "--once", "--no-probe",
                      "--host", "bbs-a", "--db", str(db), "--data-dir", str(tmp_path),
                      "--spool", str(tmp_path / "spool.db"))
@@ -204,12 +211,7 @@ def test_alerter_worker_and_admin_commands_as_their_users(locked: redis.Redis, a
 @pytest.mark.e2e
 def test_health_check_reads_sessions_as_the_agent_user(locked: redis.Redis, acl_redis: Any,
                                                        as_user: Any, tmp_path: Path) -> None:
-    db = tmp_path / "mtbbs.db"
-    with sqlite3.connect(db) as conn:
-        conn.execute("CREATE TABLE t (x)")
-    locked.hset(KEYS.host_sessions("bbs-a"), "10.0.0.9:1", json.dumps(
-        {"client_id": "10.0.0.9:1", "user_id": "guest", "state": "logged_in",
-         "connected_at": "2026-01-01T00:00:00.000Z"}))
+    db = bbs_a_with_one_session(locked, tmp_path)
     result = as_user("mtbbs-agent-bbs-a", "mtbbs-health-check", "--json", "--host", "bbs-a",
                      "--db", str(db), "--data-dir", str(tmp_path))
     assert result.returncode in (0, 1), result.stderr

@@ -21,17 +21,11 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
+from stack.reference import is_settings_class
 from wire.config import env_name, load_document, load_section
 from wire.errors import ConfigError
 
 PACKAGES = ("wire", "agent", "collector", "alerter", "stack", "demobbs")
-
-
-def is_settings_class(obj: Any) -> bool:
-    if not (isinstance(obj, type) and dataclasses.is_dataclass(obj)):
-        return False
-    fields = dataclasses.fields(obj)
-    return bool(fields) and all("doc" in f.metadata for f in fields)
 
 
 def discover() -> list[type]:
