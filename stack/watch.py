@@ -32,7 +32,7 @@ from rich.table import Table
 from rich.text import Text
 
 from wire.keys import KeySpace
-from wire.state import STALE_CRITICAL, STALE_NO, parse_value
+from wire.state import STALE_CRITICAL, STALE_NO, age_text, parse_value
 from wire.status import Status
 
 logger = logging.getLogger(__name__)
@@ -99,18 +99,6 @@ def sparkline(values: Sequence[float | None], low: float | None = None,
         else:
             bars.append(BARS[min(int((value - bottom) * scale), last)])
     return "".join(bars)
-
-
-def age_text(seconds: float) -> str:
-    """``4s``, ``2m05s``, ``3h07m`` or ``2d04h``."""
-    seconds = max(0, int(seconds))
-    if seconds < 60:
-        return f"{seconds}s"
-    if seconds < 3600:
-        return f"{seconds // 60}m{seconds % 60:02d}s"
-    if seconds < 86400:
-        return f"{seconds // 3600}h{seconds % 3600 // 60:02d}m"
-    return f"{seconds // 86400}d{seconds % 86400 // 3600:02d}h"
 
 
 def _number(value: Any) -> float | None:

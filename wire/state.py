@@ -113,6 +113,24 @@ def iso_from_seconds(seconds: float) -> str:
     return f"{time.strftime('%Y-%m-%dT%H:%M:%S', time.gmtime(whole))}.{micros // 1000:03d}Z"
 
 
+def age_text(seconds: float | None) -> str:
+    """A short age for tables: ``4s``, ``2m05s``, ``3h07m`` or ``2d04h``; '-' for none.
+
+    The web page and ``mtbbs-monitor watch`` both write ages this way, so a
+    host's age reads the same in either.
+    """
+    if seconds is None:
+        return "-"
+    whole = max(0, int(seconds))
+    if whole < 60:
+        return f"{whole}s"
+    if whole < 3600:
+        return f"{whole // 60}m{whole % 60:02d}s"
+    if whole < 86400:
+        return f"{whole // 3600}h{whole % 3600 // 60:02d}m"
+    return f"{whole // 86400}d{whole % 86400 // 3600:02d}h"
+
+
 def entry_id_ms(entry_id: bytes | str) -> int:
     """The Redis server time (ms) embedded in a stream entry id."""
     text = entry_id.decode() if isinstance(entry_id, bytes) else entry_id

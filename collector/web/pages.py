@@ -17,6 +17,7 @@ from urllib.parse import quote
 
 from collector.web.charts import spark_points, sparkline, time_chart
 from collector.web.i18n import labels
+from wire.state import age_text
 
 # Sparkline scales (low, high; None: the data's own) per history series.
 SPARK_SCALES: dict[str, tuple[float | None, float | None]] = {
@@ -38,20 +39,6 @@ def esc(value: Any) -> str:
 def host_url(host: str) -> str:
     """The host page's path."""
     return "/host/" + quote(host, safe="")
-
-
-def age_text(seconds: float | None) -> str:
-    """``4s``, ``2m05s``, ``3h07m`` or ``2d04h`` (as ``watch`` writes ages); '-' for none."""
-    if seconds is None:
-        return "-"
-    whole = max(0, int(seconds))
-    if whole < 60:
-        return f"{whole}s"
-    if whole < 3600:
-        return f"{whole // 60}m{whole % 60:02d}s"
-    if whole < 86400:
-        return f"{whole // 3600}h{whole % 3600 // 60:02d}m"
-    return f"{whole // 86400}d{whole % 86400 // 3600:02d}h"
 
 
 def figure(value: float | int | None) -> str:
