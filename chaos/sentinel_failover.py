@@ -26,14 +26,7 @@ from pathlib import Path
 from typing import Any
 
 import harness
-from harness import (
-    agent_argv,
-    clean_env,
-    processes,
-    stream_messages,
-    terminate,
-    wait_until,
-)
+from harness import agent_argv, clean_env, processes, stream_messages, terminate, wait_until
 
 from agent.spool import SpoolError, inspect
 from wire.keys import KeySpace

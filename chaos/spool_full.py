@@ -19,14 +19,7 @@ from pathlib import Path
 from typing import Any
 
 import harness
-from harness import (
-    agent_argv,
-    clean_env,
-    processes,
-    stream_messages,
-    terminate,
-    wait_until,
-)
+from harness import agent_argv, clean_env, processes, stream_messages, terminate, wait_until
 
 from agent.spool import SpoolError, SpoolStatus, inspect
 from stack.embedded import any_free_port
