@@ -7,6 +7,7 @@ import json
 import os
 import pwd
 import shutil
+import sqlite3
 import subprocess
 import sys
 import tempfile
@@ -175,16 +176,21 @@ def _check_as(uid: int | None, path: Path) -> dict[str, object]:
     return json.loads(data)
 
 
-def test_permission_denied(tmp_path: Path) -> None:
-    directory = tmp_path / "private"
-    directory.mkdir()
-    path = directory / "mtbbs.db"
-    from sqlite3 import connect
-
-    connection = connect(path)
+def users_db(path: Path, *, wal: bool = False) -> Path:
+    """A small database with an empty users table, closed again."""
+    connection = sqlite3.connect(path)
+    if wal:
+        connection.execute("PRAGMA journal_mode=wal")
     connection.execute("CREATE TABLE users (id INTEGER)")
     connection.commit()
     connection.close()
+    return path
+
+
+def test_permission_denied(tmp_path: Path) -> None:
+    directory = tmp_path / "private"
+    directory.mkdir()
+    path = users_db(directory / "mtbbs.db")
     path.chmod(0o000)
     uid = None
     if os.geteuid() == 0:
@@ -206,16 +212,9 @@ def test_permission_denied(tmp_path: Path) -> None:
 def test_root_checker_leaves_wal_files_to_the_database_owner(tmp_path: Path) -> None:
     # A WAL database whose BBS is stopped has no -wal/-shm; a read-only reader
     # creates them. Run as root (cron), they must still belong to the BBS's user.
-    from sqlite3 import connect
-
     directory = tmp_path / "bbs"
     directory.mkdir()
-    path = directory / "mtbbs.db"
-    connection = connect(path)
-    connection.execute("PRAGMA journal_mode=wal")
-    connection.execute("CREATE TABLE users (id INTEGER)")
-    connection.commit()
-    connection.close()
+    path = users_db(directory / "mtbbs.db", wal=True)
     os.chown(path, 65534, 65534)
     assert check_database(path).healthy
     for sidecar in directory.iterdir():
@@ -235,13 +234,7 @@ def sidecars(path: Path) -> list[str]:
 
 def closed_wal_db(path: Path) -> Path:
     """A small WAL database, closed: no -wal, no -shm."""
-    from sqlite3 import connect
-
-    build = connect(path)
-    build.execute("PRAGMA journal_mode=wal")
-    build.execute("CREATE TABLE users (id INTEGER)")
-    build.commit()
-    build.close()
+    users_db(path, wal=True)
     assert sidecars(path) == []
     return path
 
