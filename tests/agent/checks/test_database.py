@@ -90,13 +90,18 @@ def test_a_directory_in_place_of_the_file(tmp_path: Path) -> None:
     assert result.error == f"Not a regular file: {tmp_path}"
 
 
+def overwrite_middle_pages(path: Path, pages: int) -> None:
+    """Garbage over eight pages in the middle of a database of ``pages`` pages."""
+    with open(path, "r+b") as handle:
+        handle.seek((pages // 2) * PAGE)
+        handle.write(bytes((i * 37 + 11) % 256 for i in range(8 * PAGE)))
+
+
 def test_corrupted_pages_in_the_middle(make_db) -> None:
     path = make_db("corrupt.db", messages=4000)
     pages = path.stat().st_size // PAGE
     assert pages > 40
-    with open(path, "r+b") as handle:
-        handle.seek((pages // 2) * PAGE)
-        handle.write(bytes((i * 37 + 11) % 256 for i in range(8 * PAGE)))
+    overwrite_middle_pages(path, pages)
     result = check_database(path)
     assert not result.healthy
     error = result.error or ""
@@ -390,9 +395,7 @@ def test_a_real_corruption_is_still_reported_without_locks(make_db,
                                                            as_a_stranger: list[bool]) -> None:
     path = make_db("corrupt-wal.db", journal_mode="wal", messages=4000)
     pages = path.stat().st_size // PAGE
-    with open(path, "r+b") as handle:
-        handle.seek((pages // 2) * PAGE)
-        handle.write(bytes((i * 37 + 11) % 256 for i in range(8 * PAGE)))
+    overwrite_middle_pages(path, pages)
     result = check_database(path)
     assert not result.healthy
     error = result.error or ""
