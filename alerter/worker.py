@@ -43,6 +43,19 @@ timeout or an unhandled error) starts a fresh worker, after a pause in which
 a signal also ends the process at once. The signal handlers found at the start
 are back in place when :func:`run_worker` returns.
 
+rq stops an idle worker by raising StopRequested out of its signal handler,
+in whatever code the main thread is running at that moment, and its dequeue
+loop never looks at a stop flag. Raised inside a finalizer (redis-py's
+``Pipeline.__del__``, run whenever one of rq's maintenance pipelines goes
+away) or any other code that catches Exception, the exception is lost: the
+worker went on waiting for jobs, stop requested and never acted on, until it
+was killed. Here the handler only records the stop; the worker raises
+StopRequested itself at points of its own loop where nothing can swallow it
+(before each wait for a job, around each maintenance round, between the
+pauses of ``rq suspend``, at each retry while Redis is unreachable), and it
+waits for jobs at most :data:`STOP_CHECK_INTERVAL_S` at a time, so an idle
+worker ends within about that long.
+
 **Teardown in bounded time.** rq listens for its commands on a pubsub
 channel in a thread that redis-py runs; at teardown rq unsubscribes and then
 stops that thread. If the thread has already read the reply to the
@@ -79,6 +92,7 @@ from rq.job import Job
 from rq.scheduler import RQScheduler
 from rq.scripts import release_lock
 from rq.serializers import resolve_serializer
+from rq.suspension import is_suspended
 from rq.worker import WorkerStatus
 
 from alerter import dispatch
@@ -97,6 +111,10 @@ PUBSUB_STOP_WAIT_S = 2.0
 # How long a teardown waits for the scheduler thread's current round (a
 # Redis round trip or two) before the worker deregisters anyway.
 SCHEDULER_STOP_WAIT_S = 5.0
+
+# The longest single wait for a job (seconds, a whole number for BLPOP): a
+# stop is acted on between two waits (see the module doc).
+STOP_CHECK_INTERVAL_S = 1
 
 # rq's heartbeat TTL for jobs without a timeout.
 _NO_TIMEOUT_TTL = 420
@@ -147,15 +165,13 @@ class AlerterJob(Job):
 
 
 def maintenance(ctx: AlerterContext, worker_name: str) -> None:
-    """Our part of a maintenance round (raises only rq's StopRequested).
+    """Our part of a maintenance round; it never raises.
 
-    StopRequested is what rq's SIGTERM handler raises in an idle worker; it
-    must reach rq's loop rather than be logged as a failure here.
+    A stop signal does not raise in here (see the module doc): the worker
+    acts on it after the round.
     """
     try:
         dispatch.rescue(ctx, ctx.channels)
-    except StopRequested:
-        raise
     except Exception:
         logger.exception("rescuing digest buffers failed")
     try:
@@ -164,8 +180,6 @@ def maintenance(ctx: AlerterContext, worker_name: str) -> None:
             hosts = tick(ctx)
             if hosts:
                 logger.debug("re-evaluated %d host(s) with active alerts", hosts)
-    except StopRequested:
-        raise
     except Exception:
         logger.exception("periodic re-evaluation failed")
 
@@ -457,7 +471,6 @@ class _AlerterWorkerMixin(BoundedPubsubTeardown):
     connection: Any
     serializer: Any
     queues: list[Queue]
-    _stop_requested: bool
     # The signal that asked this worker to stop, once one did.
     stop_signal: int | None = None
     # True while a batch of evaluations runs after a job (see execute_job).
@@ -515,29 +528,102 @@ class _AlerterWorkerMixin(BoundedPubsubTeardown):
             self.scheduler_thread = None
 
     def request_stop(self, signum: int, frame: FrameType | None) -> None:
-        """rq's warm shutdown (its SIGTERM/SIGINT handler), remembered.
+        """rq's warm shutdown (its SIGTERM/SIGINT handler), recorded and acted on later.
 
-        An idle rq worker ends its loop by raising StopRequested without
-        recording why, which is indistinguishable from rq quitting on an
-        error; ``stop_signal`` tells :func:`run_worker` not to start again.
-        Setting rq's own flag as well makes the loop end at its next turn even
-        if the StopRequested is swallowed by code that catches Exception.
+        rq records the request (in Redis too while a job runs, which then
+        finishes), makes a second signal its cold shutdown and, for an idle
+        worker, raises StopRequested into whatever code the main thread is
+        running. That exception stops here: the worker raises its own at its
+        next stop point (see the module doc). ``stop_signal`` also tells
+        :func:`run_worker` not to start again.
         """
         if self._finished:
             # rq leaves this handler installed after work() returned; the
             # worker is deregistered, so there is nothing to shut down.
             raise _Stopped(signum)
         self.note_stop(signum)
-        super().request_stop(signum, frame)  # type: ignore[misc]
+        try:
+            super().request_stop(signum, frame)  # type: ignore[misc]
+        except StopRequested:
+            pass  # idle: stop_if_requested raises it where nothing swallows it
 
     def note_stop(self, signum: int) -> None:
-        """Record a stop request; rq's loop ends at its next turn.
+        """Record a stop request; the worker stops at its next stop point.
 
-        The handler while rq's work() starts up (registration, scheduler),
-        before it installs its own: raising there would skip rq's teardown.
+        Also the handler while rq's work() starts up (registration, scheduler),
+        before rq installs request_stop: raising there would skip rq's teardown.
         """
         self.stop_signal = signum
-        self._stop_requested = True
+
+    def stop_if_requested(self) -> None:
+        """A stop point: raise StopRequested once a stop was asked for, unless busy.
+
+        Called only where rq's loop has no job in hand and where the
+        exception reaches rq's loop, which then tears the worker down.
+        """
+        if self.stop_signal is not None and self.get_state() != WorkerStatus.BUSY:
+            raise StopRequested()
+
+    def check_for_suspension(self, burst: bool) -> None:
+        """rq's pause while ``rq suspend`` is in force, with stop points.
+
+        rq's own pause ends only on its private stop flag; this one also ends
+        on a stop signal. A suspended burst run ends as in rq.
+        """
+        self.stop_if_requested()
+        if burst:
+            super().check_for_suspension(burst)  # type: ignore[misc]
+            return
+        if not is_suspended(self.connection, self):  # type: ignore[arg-type]
+            return
+        before = self.get_state()
+        self.set_state(WorkerStatus.SUSPENDED)  # type: ignore[attr-defined]
+        logger.info("worker %s is suspended; `rq resume` resumes it", self.name)
+        while is_suspended(self.connection, self):  # type: ignore[arg-type]
+            self.stop_if_requested()
+            time.sleep(1)
+        self.set_state(before)  # type: ignore[attr-defined]
+
+    def dequeue_job_and_maintain_ttl(self, timeout: int | None,
+                                     max_idle_time: int | None = None) -> tuple[Job, Queue] | None:
+        """rq's wait for a job, in waits of at most STOP_CHECK_INTERVAL_S with a
+        stop point before each (see the module doc)."""
+        if timeout is None:  # a burst run: one look at the queues, without waiting
+            self.stop_if_requested()
+            return self._dequeue_with_rq(None, max_idle_time)
+        idle_since = time.monotonic()
+        while True:
+            self.stop_if_requested()
+            wait = min(timeout, STOP_CHECK_INTERVAL_S)
+            if max_idle_time is not None:
+                left = max_idle_time - (time.monotonic() - idle_since)
+                if left <= 0:
+                    return None
+                wait = max(1, min(wait, math.ceil(left)))
+            # Given max_idle_time, rq returns None once its wait has run out.
+            result = self._dequeue_with_rq(wait, wait)
+            if result is not None:
+                return result
+
+    def _dequeue_with_rq(self, timeout: int | None,
+                         max_idle_time: int | None) -> tuple[Job, Queue] | None:
+        """rq's own dequeue_job_and_maintain_ttl."""
+        result: tuple[Job, Queue] | None = \
+            super().dequeue_job_and_maintain_ttl(timeout, max_idle_time)  # type: ignore[misc]
+        return result
+
+    def heartbeat(self, timeout: int | None = None, pipeline: Any = None) -> None:
+        """rq's heartbeat; when it fails it is also a stop point.
+
+        While Redis is unreachable rq's wait for a job retries the heartbeat
+        after a pause, for as long as it takes; a stop asked for meanwhile
+        ends the wait there instead.
+        """
+        try:
+            super().heartbeat(timeout, pipeline)  # type: ignore[misc]
+        except (redis.ConnectionError, redis.TimeoutError):
+            self.stop_if_requested()
+            raise
 
     def teardown(self) -> None:
         """The scheduler, then rq's teardown (deregistration); later signals stop
@@ -570,7 +656,8 @@ class _AlerterWorkerMixin(BoundedPubsubTeardown):
         return max(1, math.ceil(self.alerter_context.settings.abandoned_grace))
 
     def run_maintenance_tasks(self) -> None:
-        """rq's registry cleaning (abandoned jobs), then ours."""
+        """rq's registry cleaning (abandoned jobs), then ours; stop points around each."""
+        self.stop_if_requested()
         try:
             super().run_maintenance_tasks()  # type: ignore[misc]
         except (redis.ConnectionError, redis.TimeoutError) as exc:
@@ -578,14 +665,16 @@ class _AlerterWorkerMixin(BoundedPubsubTeardown):
             # for Redis to come back, so skip this round instead.
             logger.warning("maintenance skipped, Redis unreachable: %s", exc)
             return
+        self.stop_if_requested()
         maintenance(self.alerter_context, self.name)
+        self.stop_if_requested()
 
     def execute_job(self, job: Job, queue: Queue) -> None:
         """Run the job; after an evaluation job, take a batch of the queued ones."""
         super().execute_job(job, queue)  # type: ignore[misc]
         ctx = self.alerter_context
         if (queue.name == ctx.keys.evaluate_queue() and ctx.settings.evaluate_batch > 0
-                and not self._stop_requested):
+                and self.stop_signal is None):
             self._batching = True
             try:
                 others = [q.key for q in self.queues if q.name != queue.name]

@@ -125,25 +125,124 @@ def test_run_worker_puts_back_the_signal_handlers_it_found(make_context: Any,
 
 
 def test_rqs_stop_handler_is_remembered(make_context: Any, guarded_signals: list[int]) -> None:
-    """The handler rq installs: idle, StopRequested (as rq) and the signal noted;
-    during a batch of evaluations the worker counts as busy, so the batch finishes;
-    after teardown, nothing of rq runs any more."""
+    """The handler rq installs records the signal and never raises into the code it
+    interrupts; an idle worker stops at its next stop point (before any wait for a
+    job); during a batch of evaluations the worker counts as busy, so the batch
+    finishes; after teardown, nothing of rq runs any more."""
     ctx = make_context()
     idle = build_worker(ctx)
+    idle.request_stop(signal.SIGTERM, None)  # no exception: it would land anywhere
+    assert idle.stop_signal == signal.SIGTERM
     with pytest.raises(StopRequested):
-        idle.request_stop(signal.SIGTERM, None)
-    assert idle.stop_signal == signal.SIGTERM and idle._stop_requested
+        idle.dequeue_job_and_maintain_ttl(60)  # raised before BLPOP, not after a minute
 
     batching = build_worker(ctx)
     batching._batching = True
     assert batching.get_state() == WorkerStatus.BUSY
-    batching.request_stop(signal.SIGINT, None)  # no exception: the batch goes on
-    assert batching.stop_signal == signal.SIGINT and batching._stop_requested
+    batching.request_stop(signal.SIGINT, None)
+    assert batching.stop_signal == signal.SIGINT
+    assert batching.shutdown_requested_date is not None  # rq's warm shutdown, noted in Redis
+    batching.stop_if_requested()  # busy: the batch goes on
 
     finished = build_worker(ctx)
     finished.teardown()
     with pytest.raises(worker_module._Stopped):
         finished.request_stop(signal.SIGTERM, None)
+
+
+class SwallowsEverything:
+    """Stands for redis-py's ``Pipeline.__del__``, which runs whenever one of rq's
+    maintenance pipelines goes away and ignores any Exception raised in it (a
+    signal handler's included)."""
+
+    def __init__(self, signum: int | None) -> None:
+        self.signum = signum
+
+    def __del__(self) -> None:
+        try:
+            if self.signum is not None:
+                signal.raise_signal(self.signum)  # the handler runs in here
+        except Exception:  # as the finalizer does
+            pass
+
+
+@pytest.mark.parametrize("signum", [signal.SIGTERM, signal.SIGINT], ids=["TERM", "INT"])
+def test_a_stop_signal_inside_code_that_swallows_exceptions_still_stops_the_worker(
+        make_context: Any, monkeypatch: pytest.MonkeyPatch, guarded_signals: list[int],
+        signum: int) -> None:
+    """rq's handler raised StopRequested into whatever code was running; inside a
+    finalizer it was lost, and rq's wait for jobs never looks at a stop flag, so
+    the idle worker went on forever. The signal arrives here during a maintenance
+    round of that wait; the worker must stop before the next round."""
+    ctx = make_context({"alerter": {"maintenance_interval": 1.0}})
+    worker = build_worker(ctx, name="swallowed-stop")
+    rounds: list[str] = []
+    rescue = worker_module.dispatch.rescue
+
+    def round_with_a_signal(*args: Any) -> None:
+        rounds.append("round")
+        if len(rounds) == 2:  # the first round inside rq's wait for a job
+            SwallowsEverything(signum)  # dropped at once: __del__ runs now
+        elif len(rounds) > 4:
+            # Ends rq's loop if the stop was lost (rq catches everything, a
+            # BaseException included, and quits), so that the test fails rather than hangs.
+            raise KeyboardInterrupt("still running after the stop signal")
+        rescue(*args)
+
+    monkeypatch.setattr(worker_module.dispatch, "rescue", round_with_a_signal)
+    started = time.monotonic()
+    worker.work(with_scheduler=True)
+    assert worker.stop_signal == signum
+    assert len(rounds) == 2, "maintenance rounds went on after the stop signal"
+    assert time.monotonic() - started < 10
+    assert guarded_signals == []
+
+
+def test_a_suspended_worker_stops_on_a_signal(make_context: Any,
+                                              monkeypatch: pytest.MonkeyPatch,
+                                              guarded_signals: list[int]) -> None:
+    """While ``rq suspend`` is in force the worker pauses a second at a time; a stop
+    signal during a pause ends it after that pause."""
+    from rq.suspension import resume, suspend
+
+    ctx = make_context({"alerter": {"maintenance_interval": 1.0}})
+    worker = build_worker(ctx, name="suspended-stop")
+    suspend(worker.connection)
+    pauses: list[float] = []
+
+    def pause(seconds: float) -> None:
+        pauses.append(seconds)
+        if len(pauses) == 1:
+            signal.raise_signal(signal.SIGTERM)
+        elif len(pauses) > 3:
+            resume(worker.connection)  # the stop was lost: let the test fail, not hang
+
+    monkeypatch.setattr(worker_module.time, "sleep", pause)
+    try:
+        worker.work()
+    finally:
+        resume(worker.connection)
+    assert worker.stop_signal == signal.SIGTERM
+    assert pauses == [1]
+
+
+def test_a_failed_heartbeat_is_a_stop_point(make_context: Any,
+                                            monkeypatch: pytest.MonkeyPatch) -> None:
+    """While Redis is unreachable rq's wait for a job retries the heartbeat after
+    pauses of up to a minute; a stop asked for meanwhile ends the wait there."""
+    import redis
+
+    worker = build_worker(make_context())
+
+    def unreachable(*args: Any, **kwargs: Any) -> None:
+        raise redis.ConnectionError("Redis is down")
+
+    monkeypatch.setattr(worker.connection, "hset", unreachable)
+    with pytest.raises(redis.ConnectionError):
+        worker.heartbeat()
+    worker.note_stop(signal.SIGTERM)
+    with pytest.raises(StopRequested):
+        worker.heartbeat()
 
 
 class WaitForSubscriptionSeen(threading.Event):
