@@ -44,7 +44,7 @@ from wire.cli import (
 from wire.config import RedisSettings, connect, load_section
 from wire.errors import ConfigError
 from wire.keys import EVALUATE_JOB, RQ_SERIALIZER, KeySpace, valid_host_id
-from wire.state import iso_from_ms
+from wire.state import age_text, iso_from_ms
 from wire.status import Status
 
 logger = logging.getLogger(__name__)
@@ -338,17 +338,6 @@ def cmd_status(args: argparse.Namespace) -> int:
 # -- tables --------------------------------------------------------------------
 
 
-def _age(seconds: float) -> str:
-    seconds = int(round(seconds))
-    if seconds < 120:
-        return f"{seconds}s"
-    if seconds < 7200:
-        return f"{seconds // 60}m"
-    if seconds < 172_800:
-        return f"{seconds // 3600}h"
-    return f"{seconds // 86_400}d"
-
-
 def _fleet(args: argparse.Namespace) -> tuple[FleetView, RedisSettings, CollectorSettings]:
     _, redis_settings, settings = _settings(args)
     client = _query_client(redis_settings)
@@ -369,7 +358,7 @@ def cmd_hosts(args: argparse.Namespace) -> int:
         return 0
     rows = [[v.host, v.status.name,
              iso_from_ms(v.state.last_seen_ms) if v.state.last_seen_ms else "-",
-             _age(v.age_s) if v.state.last_seen_ms else "-", v.stale,
+             age_text(v.age_s) if v.state.last_seen_ms else "-", v.stale,
              "-" if v.sessions is None else str(v.sessions)] for v in fleet.hosts]
     print(text_table(["HOST", "STATUS", "LAST SEEN", "AGE", "STALE", "SESSIONS"], rows))
     return 0

@@ -116,8 +116,8 @@ def iso_from_seconds(seconds: float) -> str:
 def age_text(seconds: float | None) -> str:
     """A short age for tables: ``4s``, ``2m05s``, ``3h07m`` or ``2d04h``; '-' for none.
 
-    The web page and ``mtbbs-monitor watch`` both write ages this way, so a
-    host's age reads the same in either.
+    The web page, ``mtbbs-monitor watch`` and ``mtbbs-collector hosts`` all
+    write ages this way, so a host's age reads the same in each.
     """
     if seconds is None:
         return "-"

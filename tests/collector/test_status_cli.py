@@ -306,6 +306,8 @@ def test_hosts_sessions_history(command: Any, env: dict[str, str], fleet: Any, r
     lines = done.stdout.splitlines()
     assert lines[0].split() == ["HOST", "STATUS", "LAST", "SEEN", "AGE", "STALE", "SESSIONS"]
     assert lines[1].split()[:2] == ["bbs-01", "OK"] and lines[1].split()[-2:] == ["no", "3"]
+    # The AGE column reads as watch and the web page write ages.
+    assert re.fullmatch(r"\d+s|\d+m\d\ds", lines[1].split()[-3])
     assert lines[2].split()[:2] == ["bbs-02", "WARNING"]
     hosts = json.loads(run(command, env, "hosts", "--json").stdout)
     assert [h["host"] for h in hosts] == ["bbs-01", "bbs-02"]
