@@ -23,13 +23,13 @@ from alerter.dispatch import enqueue_delivery, now_ms
 from alerter.notify import DeliveryError, Notification
 from alerter.rules import Policy, load_policy, load_rules, rules_table
 from alerter.settings import CHANNELS, WORKER_CLASSES, AlerterSettings
-from alerter.text import line_text, parse_duration, plural
+from alerter.text import line_text, parse_duration
 from wire.cli import ArgumentParser, add_common_options, guarded, load_config, setup_logging
 from wire.config import RedisSettings, connect, load_section
 from wire.errors import ConfigError
 from wire.keys import valid_host_id
 from wire.replies import text as _text
-from wire.state import iso_from_ms
+from wire.state import iso_from_ms, plural
 
 EXIT_OK = 0
 EXIT_FAILED = 1

@@ -44,10 +44,9 @@ from redis.exceptions import WatchError
 from rq import Queue, Retry
 
 from alerter.notify import DeliveryError, Notification
-from alerter.text import plural
 from wire.keys import RQ_SERIALIZER
 from wire.replies import server_time_ms as now_ms
-from wire.state import iso_from_ms
+from wire.state import iso_from_ms, plural
 
 if TYPE_CHECKING:
     from alerter.context import AlerterContext

@@ -69,11 +69,6 @@ def format_duration(seconds: float) -> str:
     return "".join(parts[:2])
 
 
-def plural(count: int, word: str, words: str | None = None) -> str:
-    """``1 rule``, ``2 rules`` (``words`` for an irregular plural)."""
-    return f"{count} {word if count == 1 else (words or word + 's')}"
-
-
 def _is_control(char: str) -> bool:
     return unicodedata.category(char) in ("Cc", "Cf") or char in _LINE_BREAKS
 

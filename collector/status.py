@@ -25,7 +25,7 @@ from collector.fleet import FleetView, HostView
 from collector.nagios import NagiosRange, format_number, perfdata, range_status
 from collector.selfmon import CollectorView, total
 from collector.settings import CollectorSettings
-from wire.state import STALE_NO, iso_from_ms, stale_status
+from wire.state import STALE_NO, iso_from_ms, plural, stale_status
 from wire.status import Status
 
 MAX_NAMED_PROBLEMS = 5
@@ -85,11 +85,6 @@ class HostVerdict:
     checks: dict[str, Status]
     stale: Status
     problems: list[str] = field(default_factory=list)
-
-
-def plural(count: int, word: str, words: str | None = None) -> str:
-    """``1 host``, ``2 hosts`` (``words`` for an irregular plural)."""
-    return f"{count} {word if count == 1 else (words or word + 's')}"
 
 
 def ago(seconds: float) -> str:

@@ -113,6 +113,11 @@ def iso_from_seconds(seconds: float) -> str:
     return f"{time.strftime('%Y-%m-%dT%H:%M:%S', time.gmtime(whole))}.{micros // 1000:03d}Z"
 
 
+def plural(count: int, word: str, words: str | None = None) -> str:
+    """``1 host``, ``2 hosts`` (``words`` for an irregular plural)."""
+    return f"{count} {word if count == 1 else (words or word + 's')}"
+
+
 def age_text(seconds: float | None) -> str:
     """A short age for tables: ``4s``, ``2m05s``, ``3h07m`` or ``2d04h``; '-' for none.
 

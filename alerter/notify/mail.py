@@ -20,7 +20,8 @@ from email.message import EmailMessage
 from alerter.notify import DeliveryError, Notification
 from alerter.notify.render import subject, text_body
 from alerter.settings import MailSettings
-from alerter.text import header_text, line_text, plural
+from alerter.text import header_text, line_text
+from wire.state import plural
 
 TITLE = "MTBBS Health Alert"
 

@@ -147,3 +147,11 @@ def test_float_text_is_the_rounded_repr(value: float) -> None:
         assert float_text(value) == ""
     else:
         assert float(float_text(value)) == round(value, 3) or float_text(value) == "0.0"
+
+
+def test_plural_counts_in_words() -> None:
+    from wire.state import plural
+
+    assert plural(1, "host") == "1 host"
+    assert plural(0, "host") == "0 hosts"
+    assert plural(2, "entry", "entries") == "2 entries"
