@@ -54,8 +54,8 @@ from wire.config import (
     load_section,
     non_negative,
     positive,
+    read_secret_file,
     setting,
-    warn_if_exposed,
 )
 from wire.errors import ConfigError
 from wire.keys import DEFAULT_PREFIX, KeySpace, valid_host_id
@@ -119,12 +119,10 @@ class ReporterSettings:
 
 def read_host_key(path: Path) -> bytes:
     """The signing key in the first line of ``path`` (``ValueError`` if unusable)."""
-    warn_if_exposed(path, "the host key file")
     try:
-        lines = path.read_text(encoding="utf-8").splitlines()
+        key = read_secret_file(path, "the host key file")
     except (OSError, UnicodeDecodeError) as exc:
         raise ValueError(f"cannot read the host key file {path} ({type(exc).__name__})") from None
-    key = lines[0].strip() if lines else ""
     # A keys file line ``host-id secret`` is accepted too: the secret is its last word.
     key = key.split()[-1] if key else ""
     if len(key) < 16:

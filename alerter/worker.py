@@ -100,6 +100,7 @@ from alerter.context import AlerterContext, set_context
 from alerter.evaluate import evaluate_hosts, tick
 from wire.config import connect
 from wire.keys import EVALUATE_JOB, RQ_SERIALIZER
+from wire.replies import text
 
 logger = logging.getLogger(__name__)
 
@@ -298,7 +299,7 @@ def release_dead_scheduler_locks(connection: Any, queue_names: Sequence[str],
         raw = connection.get(lock_key)
         if raw is None:
             continue
-        holder = raw.decode("utf-8", "replace") if isinstance(raw, bytes) else str(raw)
+        holder = text(raw)
         if holder == own_name:
             continue
         previous = dead.get(holder)

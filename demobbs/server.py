@@ -217,11 +217,10 @@ class Session:
             pass
         finally:
             reporter.unregister_session(self.client_id)
-            if self.user is not None:
-                logger.info("session %s (%r) disconnected", self.client_id, self.user.user_id)
-            else:
+            if self.user is None:
                 logger.debug("session %s disconnected without logging in", self.client_id)
-            if self.user is not None:
+            else:
+                logger.info("session %s (%r) disconnected", self.client_id, self.user.user_id)
                 with contextlib.suppress(Exception):
                     await asyncio.shield(self.bbs.call(self.bbs.db.record_access,
                                                        self.user.user_id, self.client_id,

@@ -151,12 +151,12 @@ def choose_port(what: str, port: int, flag: str, given: bool, notes: list[str]) 
     ``what`` names the server ("the embedded Redis"), ``flag`` the option
     that sets its port.
     """
-    if embedded.port_free(port):
+    chosen = embedded.choose_port(port)
+    if chosen == port:
         return port
     if given:
         raise UpError(f"port {port} of {what}, given with {flag}, is taken by another "
                       f"program: stop that program or pass another {flag}")
-    chosen = embedded.any_free_port()
     notes.append(f"the default port {port} of {what} is taken, so {what} listens on {chosen} "
                  f"(pass {flag} to choose the port)")
     return chosen
