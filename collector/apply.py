@@ -38,6 +38,7 @@ import redis
 from collector.evaluate import Evaluations
 from collector.plan import Write
 from collector.scripts import ALL, APPLY_SCRIPT, REPLAN, SKIPPED
+from wire.replies import text
 
 logger = logging.getLogger(__name__)
 
@@ -292,8 +293,7 @@ def _entry_result(answer: Any) -> Any:
     """One entry's answer as an int, or the error it met as redis-py would raise it."""
     if isinstance(answer, int):
         return answer
-    message = answer.decode("utf-8", "replace") if isinstance(answer, bytes) else str(answer)
-    message = message.removeprefix("ERR ")
+    message = text(answer).removeprefix("ERR ")
     if "READONLY " in message:
         return redis.ReadOnlyError(message)
     if "LOADING " in message:

@@ -1,4 +1,4 @@
-"""Hand-off to the alerter: one rq evaluation job per changed host, coalesced.
+"""Hand-off to the alerter: rq evaluation jobs for the hosts that changed, coalesced.
 
 For every host whose state changed, the host's "evaluation pending" mark
 (``SET KeySpace.evaluation_pending(host) 1 NX EX ttl``) is taken, by the
@@ -67,7 +67,8 @@ class Evaluations:
         return enqueued
 
     def enqueue(self, hosts: Iterable[str]) -> int:
-        """Enqueue one job per host (their marks already taken); the count."""
+        """Enqueue the evaluation of ``hosts`` (their marks already taken), up to
+        :data:`JOB_HOSTS` of them per job; the count of hosts."""
         batch = sorted(set(hosts))
         for chunk in _chunks(batch):
             try:

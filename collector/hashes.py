@@ -61,11 +61,9 @@ class _Written:
 
 
 class WrittenHashes:
-    """The last planned write of each host hash, for at most ``max_hosts`` hosts."""
+    """The last planned write of each host hash, for at most :data:`MAX_HOSTS` hosts."""
 
-    def __init__(self, whole_every: int = WHOLE_EVERY, max_hosts: int = MAX_HOSTS) -> None:
-        self.whole_every = whole_every
-        self.max_hosts = max_hosts
+    def __init__(self) -> None:
         self._written: dict[str, _Written] = {}
 
     def plan(self, report: Report, order: str, entry_ms: int) -> HashWrite:
@@ -73,7 +71,7 @@ class WrittenHashes:
         ``entry_ms``), remembered as its host's latest."""
         key = summary_key(report)
         before = self._written.get(report.host)
-        if before is not None and before.writes >= self.whole_every:
+        if before is not None and before.writes >= WHOLE_EVERY:
             before = None
         if before is not None and before.summary_key == key:
             summary = before.summary
@@ -81,7 +79,7 @@ class WrittenHashes:
             summary = report_summary(report)
             # The status of the checks alone; ``status`` adds staleness later.
             summary["report_status"] = summary["status"]
-        if before is None and len(self._written) >= self.max_hosts:
+        if before is None and len(self._written) >= MAX_HOSTS:
             self._written.clear()
         self._written[report.host] = _Written(
             order, key, summary, report.checks, 1 if before is None else before.writes + 1)

@@ -276,11 +276,11 @@ class Collector:
     def plan(self, stream: str, entries: Sequence[Any],
              delivered: Mapping[str, int] | None = None) -> list[Write]:
         """The writes of one batch of entries of ``stream``, in order."""
+        counts = delivered or {}
         read: list[Decoded | Write] = []
         for raw_id, fields in entries:
             entry_id = text(raw_id)
-            read.append(self.planner.read(stream, entry_id, fields,
-                                          (delivered or {}).get(entry_id, 1)))
+            read.append(self.planner.read(stream, entry_id, fields, counts.get(entry_id, 1)))
         decoded = [item for item in read if isinstance(item, Decoded)]
         self.counters.spoofed += sum(1 for item in read
                                      if isinstance(item, Write) and item.unauthenticated)

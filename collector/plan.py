@@ -44,7 +44,7 @@ from wire.messages import (
     decode_entry,
 )
 from wire.replies import text
-from wire.state import float_text, session_fields_text, session_text
+from wire.state import entry_id_ms, float_text, session_fields_text, session_text
 
 logger = logging.getLogger(__name__)
 
@@ -140,9 +140,8 @@ class Planner:
         signature = _field(fields, "sig")
         if isinstance(payload, str):
             payload = payload.encode("utf-8", "surrogateescape")
-        if not isinstance(signature, bytes | str) or not _ascii(signature):
-            return f"missing or bad signature for host {host}"
-        if not auth.verify(key, payload, signature):
+        if (not isinstance(signature, bytes | str) or not signature.isascii()
+                or not auth.verify(key, payload, signature)):
             return f"missing or bad signature for host {host}"
         return None
 
@@ -179,7 +178,7 @@ class Planner:
         last write, or ``whole``), its history line and index score."""
         keys = self.keys
         host = report.host
-        entry_ms = int(entry_id.partition("-")[0])
+        entry_ms = entry_id_ms(entry_id)
         order = order_key(report.epoch, report.seq)
         if whole:
             self.hashes.forget(host)
@@ -361,7 +360,3 @@ def _field(fields: Mapping[Any, Any], name: str) -> Any:
     """An entry's field ``name``, whether the reply gave names as bytes or text."""
     value = fields.get(name.encode())
     return fields.get(name) if value is None else value
-
-
-def _ascii(value: bytes | str) -> bool:
-    return value.isascii()
