@@ -229,7 +229,7 @@ def _check_host(host: str) -> None:
 
 def cmd_run(args: argparse.Namespace) -> int:
     # Imported here: the query commands need neither rq nor the ingest code.
-    from collector.ingest import Collector, default_name, tune_garbage_collector
+    from collector.ingest import Collector, tune_garbage_collector
     from collector.selfmon import STOPPED
 
     _, redis_settings, settings = _settings(args)
@@ -239,8 +239,7 @@ def cmd_run(args: argparse.Namespace) -> int:
         logger.info("verifying signatures with the keys of %s host(s)", len(host_keys))
     client = connect(redis_settings)
     max_block = max(1, int(redis_settings.socket_timeout * 1000) - 500)
-    collector = Collector(client, redis_settings.keys, settings,
-                          name=settings.name or default_name(), host_keys=host_keys,
+    collector = Collector(client, redis_settings.keys, settings, host_keys=host_keys,
                           max_block_ms=max_block)
     tune_garbage_collector()
     if args.once:

@@ -48,8 +48,7 @@ from wire.state import iso_from_ms
 
 logger = logging.getLogger(__name__)
 
-__all__ = ["TRANSIENT_ERRORS", "Collector", "Counters", "default_name",
-           "tune_garbage_collector"]
+__all__ = ["Collector", "default_name", "tune_garbage_collector"]
 
 # Collections of the youngest generation happen after this many container
 # allocations (Python's default is 700). A batch allocates a few thousand
