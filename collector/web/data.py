@@ -40,8 +40,6 @@ THRESHOLDS = {
     "disk": ("disk_space", "warning_threshold"),
     "rss": ("memory", "warning_threshold_process_mb"),
 }
-# A collector silent this long is shown as stalled (the status CLI's default).
-COLLECTOR_STALL_S = 60.0
 
 
 def _texts(raw: Mapping[Any, Any] | None) -> dict[str, str]:
@@ -180,8 +178,10 @@ def read_alerts(client: Any, keys: KeySpace, *, host: str | None = None,
     return alerts
 
 
-def read_collector_rows(client: Any, keys: KeySpace, now_ms: int) -> list[dict[str, Any]]:
-    """Each collector's heartbeat age, state, lag and pending count."""
+def read_collector_rows(client: Any, keys: KeySpace, settings: CollectorSettings,
+                        now_ms: int) -> list[dict[str, Any]]:
+    """Each collector's heartbeat age, state, lag and pending count; stalled
+    when silent ``stall_after_s``, as the status CLI judges it."""
     rows = []
     for view in read_collectors(client, keys, now_ms):
         state = view.fields.get("state", "")
@@ -190,7 +190,7 @@ def read_collector_rows(client: Any, keys: KeySpace, now_ms: int) -> list[dict[s
             "heartbeat_ms": view.heartbeat_ms,
             "age_s": round(view.age_s, 3),
             "state": state,
-            "stalled": not view.stopped and view.age_s >= COLLECTOR_STALL_S,
+            "stalled": not view.stopped and view.age_s >= settings.stall_after_s,
             "lag": _int(view.fields.get("lag")),
             "pending": _int(view.fields.get("pending")),
             "processed": _int(view.fields.get("processed")),
@@ -228,7 +228,7 @@ def read_fleet_page(client: Any, keys: KeySpace, settings: CollectorSettings,
         "counts": counts,
         "hosts": hosts,
         "alerts": read_alerts(client, keys),
-        "collectors": read_collector_rows(client, keys, now_ms),
+        "collectors": read_collector_rows(client, keys, settings, now_ms),
     }
 
 
