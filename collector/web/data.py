@@ -210,7 +210,9 @@ def read_fleet_page(client: Any, keys: KeySpace, settings: CollectorSettings,
     """Everything the fleet page shows."""
     now_ms = server_time_ms(client)
     ids = host_ids(client, keys)
-    views, _ = read_hosts(client, keys, settings, now_ms, ids)
+    # The page shows only a summary of each host: healthy hosts' hashes are
+    # read in part, as for a scrape (the page refreshes every few seconds).
+    views, _ = read_hosts(client, keys, settings, now_ms, ids, whole=False)
     pipe = client.pipeline(transaction=False)
     for view in views:
         pipe.hgetall(keys.host_sessions(view.host))
