@@ -121,9 +121,9 @@ def _sessions(raw: Mapping[str, str]) -> list[dict[str, Any]]:
     return sessions
 
 
-def _host_summary(view: HostView, sessions_raw: Mapping[str, str],
+def _host_summary(view: HostView, sessions: list[dict[str, Any]],
                   history: dict[str, list[Any]]) -> dict[str, Any]:
-    guests = sum(1 for s in _sessions(sessions_raw) if s["user_id"] == "guest")
+    guests = sum(1 for s in sessions if s["user_id"] == "guest")
     return {
         "host": view.host,
         "status": view.status.name,
@@ -218,7 +218,7 @@ def read_fleet_page(client: Any, keys: KeySpace, settings: CollectorSettings,
         pipe.hgetall(keys.host_sessions(view.host))
         pipe.lrange(keys.host_history(view.host), 0, history_points - 1)
     replies = pipe.execute() if views else []
-    hosts = [_host_summary(view, _texts(replies[2 * i]),
+    hosts = [_host_summary(view, _sessions(_texts(replies[2 * i])),
                            parse_history(replies[2 * i + 1], with_times=False))
              for i, view in enumerate(views)]
     hosts = _order(hosts)
@@ -289,7 +289,8 @@ def read_host_page(client: Any, keys: KeySpace, settings: CollectorSettings, hos
     pipe.lrange(keys.host_history(host), 0, history_points - 1)
     pipe.hgetall(keys.silences())
     sessions_raw, history_raw, silences_raw = pipe.execute()
-    page = _host_summary(view, _texts(sessions_raw), parse_history(history_raw))
+    sessions = _sessions(_texts(sessions_raw))
+    page = _host_summary(view, sessions, parse_history(history_raw))
     thresholds = {}
     for series, (check, field) in THRESHOLDS.items():
         value = view.figure(check, field)
@@ -301,7 +302,7 @@ def read_host_page(client: Any, keys: KeySpace, settings: CollectorSettings, hos
         "agent_version": view.state.agent_version,
         "clock_skew_s": view.state.clock_skew_s,
         "checks": _checks(view),
-        "sessions_list": _sessions(_texts(sessions_raw)),
+        "sessions_list": sessions,
         "thresholds": thresholds,
         "alerts": read_alerts(client, keys, host=host, states=None),
         "silences": _silences(_texts(silences_raw), host, now_ms),
