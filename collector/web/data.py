@@ -86,8 +86,7 @@ def parse_history(lines: Iterable[Any], with_times: bool = True) -> dict[str, li
     disk: list[float | None] = []
     rss: list[float | None] = []
     for raw in reversed(list(lines)):
-        parts = (raw.decode("utf-8", "replace") if isinstance(raw, bytes) else str(raw)
-                 ).split(",")
+        parts = _text(raw).split(",")
         if len(parts) < 4:
             continue
         if with_times:
