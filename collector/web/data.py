@@ -12,6 +12,7 @@ from __future__ import annotations
 import json
 import math
 from collections.abc import Iterable, Mapping, Sequence
+from datetime import datetime
 from fnmatch import fnmatchcase
 from typing import Any
 
@@ -21,6 +22,7 @@ from collector.settings import CollectorSettings
 from wire.keys import KeySpace, valid_host_id
 from wire.replies import server_time_ms
 from wire.replies import text as _text
+from wire.status import Status
 
 # History points behind each sparkline of the fleet page.
 FLEET_HISTORY_POINTS = 30
@@ -65,8 +67,6 @@ def _int(text: str | None) -> int | None:
 
 def _iso_ms(text: str) -> int | None:
     """Unix milliseconds of a stored ISO UTC time, None when it is not one."""
-    from datetime import datetime
-
     try:
         return int(datetime.fromisoformat(text.replace("Z", "+00:00")).timestamp() * 1000)
     except ValueError:
@@ -199,8 +199,6 @@ def read_collector_rows(client: Any, keys: KeySpace, settings: CollectorSettings
 
 def _order(hosts: list[dict[str, Any]]) -> list[dict[str, Any]]:
     """Worst first, then by id, as ``mtbbs-monitor watch`` orders its rows."""
-    from wire.status import Status
-
     return sorted(hosts, key=lambda h: (-int(Status[h["status"]]), h["host"]))
 
 

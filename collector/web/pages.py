@@ -11,6 +11,7 @@ Content-Security-Policy can forbid inline script outright.
 from __future__ import annotations
 
 import json
+import time
 from html import escape
 from typing import Any
 from urllib.parse import quote
@@ -52,8 +53,6 @@ def figure(value: float | int | None) -> str:
 
 def iso_utc(ms: int | None) -> str:
     """``2026-11-28 10:30:45 UTC`` of unix milliseconds; '-' for none."""
-    import time
-
     if not ms:
         return "-"
     return time.strftime("%Y-%m-%d %H:%M:%S UTC", time.gmtime(ms / 1000))
