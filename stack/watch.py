@@ -32,6 +32,7 @@ from rich.table import Table
 from rich.text import Text
 
 from wire.keys import KeySpace
+from wire.replies import text as _text
 from wire.state import STALE_CRITICAL, STALE_NO, age_text, parse_value
 from wire.status import Status
 
@@ -66,7 +67,7 @@ COLLECTOR_STALL_S = 60.0
 
 def clean(text: Any) -> str:
     """Text from Redis made safe for a terminal: no control characters."""
-    value = text.decode("utf-8", "replace") if isinstance(text, bytes) else str(text)
+    value = _text(text)
     if value.isprintable():  # nearly always: one check for the whole text
         return value
     return "".join(c if c.isprintable() else "?" for c in value)
@@ -115,7 +116,7 @@ def parse_history(lines: Iterable[Any]) -> list[tuple[float | None, float | None
     points: list[tuple[float | None, float | None, float | None]] = []
     for raw in lines:
         # Only the figures are shown, and float() refuses any control character.
-        parts = (raw.decode("utf-8", "replace") if isinstance(raw, bytes) else str(raw)).split(",")
+        parts = _text(raw).split(",")
         figures: list[float | None] = []
         for text in parts[1:4] if len(parts) >= 4 else ["", "", ""]:
             try:
