@@ -119,11 +119,9 @@ def escaped_labels(text: dict[str, str]) -> dict[str, str]:
     return {key: esc(value) for key, value in text.items()}
 
 
-def host_row(text: dict[str, str], host: dict[str, Any],
-             lab: dict[str, str] | None = None) -> str:
+def host_row(text: dict[str, str], host: dict[str, Any], lab: dict[str, str]) -> str:
     """One row of the fleet's hosts table (``lab``: the labels already escaped,
     which a big fleet's page would otherwise escape once per row)."""
-    lab = lab or escaped_labels(text)
     history = host["history"]
     stale = host["stale"]
     cells = [
