@@ -32,6 +32,7 @@ from rich.table import Table
 from rich.text import Text
 
 from wire.keys import KeySpace
+from wire.replies import server_time_ms
 from wire.replies import text as _text
 from wire.state import STALE_CRITICAL, STALE_NO, age_text, parse_value
 from wire.status import Status
@@ -209,8 +210,7 @@ def read_snapshot(client: Any, keys: KeySpace, history_points: int = 30,
     With a console ``width``, each host's history is read only as far back
     as a sparkline there can show (none when they do not fit).
     """
-    seconds, micros = client.time()
-    now_ms = int(seconds) * 1000 + int(micros) // 1000
+    now_ms = server_time_ms(client)
     hosts = [clean(h) for h in client.zrange(keys.hosts_index(), 0, -1)]
     rows = []
     for chunk in _chunks(hosts):
