@@ -87,9 +87,9 @@ class HostVerdict:
     problems: list[str] = field(default_factory=list)
 
 
-def plural(count: int, word: str, words: str | None = None) -> str:
-    """``1 host``, ``2 hosts`` (``words`` for an irregular plural)."""
-    return f"{count} {word if count == 1 else (words or word + 's')}"
+def plural(count: int, word: str) -> str:
+    """``1 host``, ``2 hosts``."""
+    return f"{count} {word if count == 1 else word + 's'}"
 
 
 def ago(seconds: float) -> str:
