@@ -378,11 +378,6 @@ class StyledLines:
     def __init__(self, lines: list[list[tuple[str, str]]]) -> None:
         self.lines = lines
 
-    @property
-    def plain(self) -> str:
-        """The text without styles."""
-        return "\n".join("".join(text for text, _ in line) for line in self.lines)
-
     def __rich_console__(self, console: Console, options: ConsoleOptions) -> RenderResult:
         newline = Segment.line()
         if console.color_system is None:
