@@ -202,8 +202,7 @@ def _order(hosts: list[dict[str, Any]]) -> list[dict[str, Any]]:
     return sorted(hosts, key=lambda h: (-int(Status[h["status"]]), h["host"]))
 
 
-def read_fleet_page(client: Any, keys: KeySpace, settings: CollectorSettings,
-                    history_points: int = FLEET_HISTORY_POINTS) -> dict[str, Any]:
+def read_fleet_page(client: Any, keys: KeySpace, settings: CollectorSettings) -> dict[str, Any]:
     """Everything the fleet page shows."""
     now_ms = server_time_ms(client)
     ids = host_ids(client, keys)
@@ -213,7 +212,7 @@ def read_fleet_page(client: Any, keys: KeySpace, settings: CollectorSettings,
     pipe = client.pipeline(transaction=False)
     for view in views:
         pipe.hgetall(keys.host_sessions(view.host))
-        pipe.lrange(keys.host_history(view.host), 0, history_points - 1)
+        pipe.lrange(keys.host_history(view.host), 0, FLEET_HISTORY_POINTS - 1)
     replies = pipe.execute() if views else []
     hosts = [_host_summary(view, _sessions(_texts(replies[2 * i])),
                            parse_history(replies[2 * i + 1], with_times=False))
@@ -271,8 +270,8 @@ def _silences(raw: Mapping[str, str], host: str, now_ms: int) -> list[dict[str, 
     return found
 
 
-def read_host_page(client: Any, keys: KeySpace, settings: CollectorSettings, host: str,
-                   history_points: int = HOST_HISTORY_POINTS) -> dict[str, Any] | None:
+def read_host_page(client: Any, keys: KeySpace, settings: CollectorSettings,
+                   host: str) -> dict[str, Any] | None:
     """Everything the host page shows; None when the host has no state."""
     if not valid_host_id(host):
         return None
@@ -283,7 +282,7 @@ def read_host_page(client: Any, keys: KeySpace, settings: CollectorSettings, hos
     view = views[0]
     pipe = client.pipeline(transaction=False)
     pipe.hgetall(keys.host_sessions(host))
-    pipe.lrange(keys.host_history(host), 0, history_points - 1)
+    pipe.lrange(keys.host_history(host), 0, HOST_HISTORY_POINTS - 1)
     pipe.hgetall(keys.silences())
     sessions_raw, history_raw, silences_raw = pipe.execute()
     sessions = _sessions(_texts(sessions_raw))
