@@ -171,24 +171,27 @@ def read_hosts(client: Any, keys: KeySpace, settings: CollectorSettings, now_ms:
     """
     views: list[HostView] = []
     missing: list[str] = []
-    for host, (fields, live, tracked) in zip(hosts, _read_hashes(client, keys, hosts, whole),
-                                             strict=True):
-        if not fields:
-            missing.append(host)
-            continue
-        state = parse_host_state(host, fields)
-        interval = _interval(state.raw)
-        age = max(0.0, (now_ms - state.last_seen_ms) / 1000) if state.last_seen_ms else 0.0
-        # After an outage of Redis the sweep's grace says from when silence counts.
-        judged = (judged_age_s(now_ms, state.last_seen_ms, grace_until(state.raw))
-                  if state.last_seen_ms else 0.0)
-        computed = stale_level(judged, interval, settings)
-        reported = _number(state.check_fields("sessions").get("active_sessions"))
-        # The BBS's own session events are fresher than the agent's count.
-        sessions = int(live) if (live or tracked) else (
-            int(reported) if reported is not None else None)
-        views.append(HostView(state, round(age, 3), interval,
-                              worse_stale(state.stale, computed), sessions))
+    # Paused here rather than by each caller: the status CLI, the exporter
+    # and the web page all read a whole fleet through this loop.
+    with _garbage_collector_paused():
+        for host, (fields, live, tracked) in zip(hosts, _read_hashes(client, keys, hosts, whole),
+                                                 strict=True):
+            if not fields:
+                missing.append(host)
+                continue
+            state = parse_host_state(host, fields)
+            interval = _interval(state.raw)
+            age = max(0.0, (now_ms - state.last_seen_ms) / 1000) if state.last_seen_ms else 0.0
+            # After an outage of Redis the sweep's grace says from when silence counts.
+            judged = (judged_age_s(now_ms, state.last_seen_ms, grace_until(state.raw))
+                      if state.last_seen_ms else 0.0)
+            computed = stale_level(judged, interval, settings)
+            reported = _number(state.check_fields("sessions").get("active_sessions"))
+            # The BBS's own session events are fresher than the agent's count.
+            sessions = int(live) if (live or tracked) else (
+                int(reported) if reported is not None else None)
+            views.append(HostView(state, round(age, 3), interval,
+                                  worse_stale(state.stale, computed), sessions))
     return views, missing
 
 
@@ -217,8 +220,7 @@ def read_fleet(client: Any, keys: KeySpace, settings: CollectorSettings,
     ``whole`` False, healthy hosts with only their summary (see :func:`read_hosts`)."""
     now_ms = server_time_ms(client)
     hosts = list(only) if only is not None else host_ids(client, keys)
-    with _garbage_collector_paused():
-        views, missing = read_hosts(client, keys, settings, now_ms, hosts, whole)
+    views, missing = read_hosts(client, keys, settings, now_ms, hosts, whole)
     collectors = read_collectors(client, keys, now_ms)
     groups = [group_stats(client, s, COLLECTOR_GROUP, now_ms) for s in keys.streams()]
     dead = int(client.xlen(keys.dead_letter_stream()))

@@ -32,6 +32,8 @@ from rich.table import Table
 from rich.text import Text
 
 from wire.keys import KeySpace
+from wire.replies import server_time_ms
+from wire.replies import text as _text
 from wire.state import STALE_CRITICAL, STALE_NO, age_text, parse_value
 from wire.status import Status
 
@@ -66,7 +68,7 @@ COLLECTOR_STALL_S = 60.0
 
 def clean(text: Any) -> str:
     """Text from Redis made safe for a terminal: no control characters."""
-    value = text.decode("utf-8", "replace") if isinstance(text, bytes) else str(text)
+    value = _text(text)
     if value.isprintable():  # nearly always: one check for the whole text
         return value
     return "".join(c if c.isprintable() else "?" for c in value)
@@ -115,7 +117,7 @@ def parse_history(lines: Iterable[Any]) -> list[tuple[float | None, float | None
     points: list[tuple[float | None, float | None, float | None]] = []
     for raw in lines:
         # Only the figures are shown, and float() refuses any control character.
-        parts = (raw.decode("utf-8", "replace") if isinstance(raw, bytes) else str(raw)).split(",")
+        parts = _text(raw).split(",")
         figures: list[float | None] = []
         for text in parts[1:4] if len(parts) >= 4 else ["", "", ""]:
             try:
@@ -208,8 +210,7 @@ def read_snapshot(client: Any, keys: KeySpace, history_points: int = 30,
     With a console ``width``, each host's history is read only as far back
     as a sparkline there can show (none when they do not fit).
     """
-    seconds, micros = client.time()
-    now_ms = int(seconds) * 1000 + int(micros) // 1000
+    now_ms = server_time_ms(client)
     hosts = [clean(h) for h in client.zrange(keys.hosts_index(), 0, -1)]
     rows = []
     for chunk in _chunks(hosts):
@@ -376,11 +377,6 @@ class StyledLines:
 
     def __init__(self, lines: list[list[tuple[str, str]]]) -> None:
         self.lines = lines
-
-    @property
-    def plain(self) -> str:
-        """The text without styles."""
-        return "\n".join("".join(text for text, _ in line) for line in self.lines)
 
     def __rich_console__(self, console: Console, options: ConsoleOptions) -> RenderResult:
         newline = Segment.line()

@@ -113,9 +113,9 @@ def iso_from_seconds(seconds: float) -> str:
     return f"{time.strftime('%Y-%m-%dT%H:%M:%S', time.gmtime(whole))}.{micros // 1000:03d}Z"
 
 
-def plural(count: int, word: str, words: str | None = None) -> str:
-    """``1 host``, ``2 hosts`` (``words`` for an irregular plural)."""
-    return f"{count} {word if count == 1 else (words or word + 's')}"
+def plural(count: int, word: str) -> str:
+    """``1 host``, ``2 hosts``."""
+    return f"{count} {word if count == 1 else word + 's'}"
 
 
 def age_text(seconds: float | None) -> str:

@@ -77,15 +77,15 @@ def spark_points(values: Sequence[float | None], low: float | None = None,
 
 
 def sparkline(values: Sequence[float | None], low: float | None = None,
-              high: float | None = None, label: str = "", label_html: str | None = None) -> str:
+              high: float | None = None, label_html: str = "") -> str:
     """A small inline SVG of the recent history (no line without data); its
-    accessible name is ``label``, or ``label_html`` when already escaped."""
+    accessible name is ``label_html``, already escaped (a fleet page escapes
+    each label once, not once per row)."""
     # The points are numbers this module formats: nothing in them to escape.
     lines = "".join(f'<polyline points="{run}"/>' for run in spark_points(values, low, high))
-    name = escape(label) if label_html is None else label_html
     return (f'<svg class="spark" viewBox="0 0 {SPARK_WIDTH} {SPARK_HEIGHT}" '
             f'width="{SPARK_WIDTH}" height="{SPARK_HEIGHT}" role="img" '
-            f'aria-label="{name}">{lines}</svg>')
+            f'aria-label="{label_html}">{lines}</svg>')
 
 
 def utc_label(ms: int, span_ms: int) -> str:

@@ -12,6 +12,7 @@ from __future__ import annotations
 import json
 import math
 from collections.abc import Iterable, Mapping, Sequence
+from datetime import datetime
 from fnmatch import fnmatchcase
 from typing import Any
 
@@ -21,6 +22,7 @@ from collector.settings import CollectorSettings
 from wire.keys import KeySpace, valid_host_id
 from wire.replies import server_time_ms
 from wire.replies import text as _text
+from wire.status import Status
 
 # History points behind each sparkline of the fleet page.
 FLEET_HISTORY_POINTS = 30
@@ -40,8 +42,6 @@ THRESHOLDS = {
     "disk": ("disk_space", "warning_threshold"),
     "rss": ("memory", "warning_threshold_process_mb"),
 }
-# A collector silent this long is shown as stalled (the status CLI's default).
-COLLECTOR_STALL_S = 60.0
 
 
 def _texts(raw: Mapping[Any, Any] | None) -> dict[str, str]:
@@ -67,8 +67,6 @@ def _int(text: str | None) -> int | None:
 
 def _iso_ms(text: str) -> int | None:
     """Unix milliseconds of a stored ISO UTC time, None when it is not one."""
-    from datetime import datetime
-
     try:
         return int(datetime.fromisoformat(text.replace("Z", "+00:00")).timestamp() * 1000)
     except ValueError:
@@ -88,8 +86,7 @@ def parse_history(lines: Iterable[Any], with_times: bool = True) -> dict[str, li
     disk: list[float | None] = []
     rss: list[float | None] = []
     for raw in reversed(list(lines)):
-        parts = (raw.decode("utf-8", "replace") if isinstance(raw, bytes) else str(raw)
-                 ).split(",")
+        parts = _text(raw).split(",")
         if len(parts) < 4:
             continue
         if with_times:
@@ -123,9 +120,9 @@ def _sessions(raw: Mapping[str, str]) -> list[dict[str, Any]]:
     return sessions
 
 
-def _host_summary(view: HostView, sessions_raw: Mapping[str, str],
+def _host_summary(view: HostView, sessions: list[dict[str, Any]],
                   history: dict[str, list[Any]]) -> dict[str, Any]:
-    guests = sum(1 for s in _sessions(sessions_raw) if s["user_id"] == "guest")
+    guests = sum(1 for s in sessions if s["user_id"] == "guest")
     return {
         "host": view.host,
         "status": view.status.name,
@@ -180,8 +177,10 @@ def read_alerts(client: Any, keys: KeySpace, *, host: str | None = None,
     return alerts
 
 
-def read_collector_rows(client: Any, keys: KeySpace, now_ms: int) -> list[dict[str, Any]]:
-    """Each collector's heartbeat age, state, lag and pending count."""
+def read_collector_rows(client: Any, keys: KeySpace, settings: CollectorSettings,
+                        now_ms: int) -> list[dict[str, Any]]:
+    """Each collector's heartbeat age, state, lag and pending count; stalled
+    when silent ``stall_after_s``, as the status CLI judges it."""
     rows = []
     for view in read_collectors(client, keys, now_ms):
         state = view.fields.get("state", "")
@@ -190,7 +189,7 @@ def read_collector_rows(client: Any, keys: KeySpace, now_ms: int) -> list[dict[s
             "heartbeat_ms": view.heartbeat_ms,
             "age_s": round(view.age_s, 3),
             "state": state,
-            "stalled": not view.stopped and view.age_s >= COLLECTOR_STALL_S,
+            "stalled": not view.stopped and view.age_s > settings.stall_after_s,
             "lag": _int(view.fields.get("lag")),
             "pending": _int(view.fields.get("pending")),
             "processed": _int(view.fields.get("processed")),
@@ -200,23 +199,22 @@ def read_collector_rows(client: Any, keys: KeySpace, now_ms: int) -> list[dict[s
 
 def _order(hosts: list[dict[str, Any]]) -> list[dict[str, Any]]:
     """Worst first, then by id, as ``mtbbs-monitor watch`` orders its rows."""
-    from wire.status import Status
-
     return sorted(hosts, key=lambda h: (-int(Status[h["status"]]), h["host"]))
 
 
-def read_fleet_page(client: Any, keys: KeySpace, settings: CollectorSettings,
-                    history_points: int = FLEET_HISTORY_POINTS) -> dict[str, Any]:
+def read_fleet_page(client: Any, keys: KeySpace, settings: CollectorSettings) -> dict[str, Any]:
     """Everything the fleet page shows."""
     now_ms = server_time_ms(client)
     ids = host_ids(client, keys)
-    views, _ = read_hosts(client, keys, settings, now_ms, ids)
+    # The page shows only a summary of each host: healthy hosts' hashes are
+    # read in part, as for a scrape (the page refreshes every few seconds).
+    views, _ = read_hosts(client, keys, settings, now_ms, ids, whole=False)
     pipe = client.pipeline(transaction=False)
     for view in views:
         pipe.hgetall(keys.host_sessions(view.host))
-        pipe.lrange(keys.host_history(view.host), 0, history_points - 1)
+        pipe.lrange(keys.host_history(view.host), 0, FLEET_HISTORY_POINTS - 1)
     replies = pipe.execute() if views else []
-    hosts = [_host_summary(view, _texts(replies[2 * i]),
+    hosts = [_host_summary(view, _sessions(_texts(replies[2 * i])),
                            parse_history(replies[2 * i + 1], with_times=False))
              for i, view in enumerate(views)]
     hosts = _order(hosts)
@@ -228,7 +226,7 @@ def read_fleet_page(client: Any, keys: KeySpace, settings: CollectorSettings,
         "counts": counts,
         "hosts": hosts,
         "alerts": read_alerts(client, keys),
-        "collectors": read_collector_rows(client, keys, now_ms),
+        "collectors": read_collector_rows(client, keys, settings, now_ms),
     }
 
 
@@ -272,8 +270,8 @@ def _silences(raw: Mapping[str, str], host: str, now_ms: int) -> list[dict[str, 
     return found
 
 
-def read_host_page(client: Any, keys: KeySpace, settings: CollectorSettings, host: str,
-                   history_points: int = HOST_HISTORY_POINTS) -> dict[str, Any] | None:
+def read_host_page(client: Any, keys: KeySpace, settings: CollectorSettings,
+                   host: str) -> dict[str, Any] | None:
     """Everything the host page shows; None when the host has no state."""
     if not valid_host_id(host):
         return None
@@ -284,10 +282,11 @@ def read_host_page(client: Any, keys: KeySpace, settings: CollectorSettings, hos
     view = views[0]
     pipe = client.pipeline(transaction=False)
     pipe.hgetall(keys.host_sessions(host))
-    pipe.lrange(keys.host_history(host), 0, history_points - 1)
+    pipe.lrange(keys.host_history(host), 0, HOST_HISTORY_POINTS - 1)
     pipe.hgetall(keys.silences())
     sessions_raw, history_raw, silences_raw = pipe.execute()
-    page = _host_summary(view, _texts(sessions_raw), parse_history(history_raw))
+    sessions = _sessions(_texts(sessions_raw))
+    page = _host_summary(view, sessions, parse_history(history_raw))
     thresholds = {}
     for series, (check, field) in THRESHOLDS.items():
         value = view.figure(check, field)
@@ -299,7 +298,7 @@ def read_host_page(client: Any, keys: KeySpace, settings: CollectorSettings, hos
         "agent_version": view.state.agent_version,
         "clock_skew_s": view.state.clock_skew_s,
         "checks": _checks(view),
-        "sessions_list": _sessions(_texts(sessions_raw)),
+        "sessions_list": sessions,
         "thresholds": thresholds,
         "alerts": read_alerts(client, keys, host=host, states=None),
         "silences": _silences(_texts(silences_raw), host, now_ms),

@@ -11,6 +11,7 @@ Content-Security-Policy can forbid inline script outright.
 from __future__ import annotations
 
 import json
+import time
 from html import escape
 from typing import Any
 from urllib.parse import quote
@@ -52,8 +53,6 @@ def figure(value: float | int | None) -> str:
 
 def iso_utc(ms: int | None) -> str:
     """``2026-11-28 10:30:45 UTC`` of unix milliseconds; '-' for none."""
-    import time
-
     if not ms:
         return "-"
     return time.strftime("%Y-%m-%d %H:%M:%S UTC", time.gmtime(ms / 1000))
@@ -120,11 +119,9 @@ def escaped_labels(text: dict[str, str]) -> dict[str, str]:
     return {key: esc(value) for key, value in text.items()}
 
 
-def host_row(text: dict[str, str], host: dict[str, Any],
-             lab: dict[str, str] | None = None) -> str:
+def host_row(text: dict[str, str], host: dict[str, Any], lab: dict[str, str]) -> str:
     """One row of the fleet's hosts table (``lab``: the labels already escaped,
     which a big fleet's page would otherwise escape once per row)."""
-    lab = lab or escaped_labels(text)
     history = host["history"]
     stale = host["stale"]
     cells = [

@@ -154,4 +154,4 @@ def test_plural_counts_in_words() -> None:
 
     assert plural(1, "host") == "1 host"
     assert plural(0, "host") == "0 hosts"
-    assert plural(2, "entry", "entries") == "2 entries"
+    assert plural(2, "alert") == "2 alerts"
