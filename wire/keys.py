@@ -19,6 +19,10 @@ CHECK_NAME_PATTERN = re.compile(r"^[a-z][a-z0-9_]{0,31}$")
 
 COLLECTOR_GROUP = "collectors"
 
+# The kinds of a host's streams, the last part of their names.
+REPORTS = "reports"
+SESSIONS = "sessions"
+
 # The rq job the collector enqueues per changed host, by import path, so that
 # the collector never imports the alerter: ``evaluate_host(*hosts: str)``.
 EVALUATE_JOB = "alerter.jobs.evaluate_host"
@@ -40,22 +44,42 @@ class KeySpace:
 
     prefix: str = DEFAULT_PREFIX
 
-    # -- streams -----------------------------------------------------------
-    def reports_stream(self) -> str:
-        """Stream of agent reports (msgpack in field ``m``)."""
-        return f"{self.prefix}stream:reports"
+    # -- streams: one pair per host, under the host's hash tag ---------------
+    def reports_stream(self, host: str) -> str:
+        """Stream of the host's agent reports (msgpack in field ``m``).
 
-    def sessions_stream(self) -> str:
-        """Stream of session events pushed by the BBS (msgpack in field ``m``)."""
-        return f"{self.prefix}stream:sessions"
+        Each host appends to streams of its own, so that a Redis ACL key
+        pattern (``~<prefix>{<host>}:*``) confines its credentials to them,
+        and so that the stream position orders the host's messages. The
+        braces are a Redis Cluster hash tag: a host's streams share a slot.
+        """
+        return f"{self.prefix}{{{host}}}:{REPORTS}"
+
+    def sessions_stream(self, host: str) -> str:
+        """Stream of the host's session events, pushed by its BBS (msgpack in ``m``)."""
+        return f"{self.prefix}{{{host}}}:{SESSIONS}"
+
+    def host_streams(self, host: str) -> tuple[str, str]:
+        """The host's two streams."""
+        return (self.reports_stream(host), self.sessions_stream(host))
+
+    def host_streams_pattern(self) -> str:
+        """Glob of every host's streams, for ``SCAN MATCH ... TYPE stream``."""
+        return f"{self.prefix}{{*}}:*"
+
+    def stream_host(self, stream: str) -> tuple[str, str] | None:
+        """``(host, kind)`` of a host stream's name (kind ``reports`` or
+        ``sessions``); None for any other key."""
+        if not stream.startswith(self.prefix + "{"):
+            return None
+        host, _, kind = stream[len(self.prefix) + 1:].partition("}:")
+        if kind not in (REPORTS, SESSIONS) or not valid_host_id(host):
+            return None
+        return host, kind
 
     def dead_letter_stream(self) -> str:
         """Stream of entries the collector could not use, with the reason."""
         return f"{self.prefix}stream:dead"
-
-    def streams(self) -> tuple[str, str]:
-        """The streams the collector consumes."""
-        return (self.reports_stream(), self.sessions_stream())
 
     # -- per-host state (plain text, readable with redis-cli) ---------------
     def hosts_index(self) -> str:
@@ -79,19 +103,15 @@ class KeySpace:
         """List: newest first, CSV lines of the host's key figures."""
         return f"{self.prefix}host:{host}:history"
 
-    # -- the agent's delivery bookkeeping -----------------------------------
-    def agent_last_sent(self, host: str) -> str:
-        """String ``epoch:seq`` of the host's last report on the stream.
-
-        The agent's send script checks and sets it atomically with the XADD,
-        so a report re-sent after a lost reply is not added twice.
-        """
-        return f"{self.prefix}agent:{host}:last_sent"
-
     # -- the collector's own health ------------------------------------------
     def collectors_index(self) -> str:
         """Sorted set: collector consumer names scored by heartbeat (ms)."""
         return f"{self.prefix}collectors"
+
+    def collector_ring(self) -> str:
+        """Sorted set: running collectors scored by heartbeat (ms); a collector
+        leaves it when it stops. Hosts are shared among its live members."""
+        return f"{self.prefix}collectors:ring"
 
     def collector(self, name: str) -> str:
         """Hash: one collector's heartbeat, lag and pending count."""
