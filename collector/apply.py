@@ -5,8 +5,10 @@
 calls of a batch in one redis-py pipeline, and reads each entry's result:
 applied and skipped entries are counted, hosts whose evaluation mark the
 script took get their job, a session merge refused because the stored
-session changed meanwhile is planned again, and an entry Redis refused stays
-pending (it is redelivered and, after ``max_deliveries``, dead-lettered).
+session changed meanwhile is planned again, an entry that must wait for an
+older one of its stream is handed back to be held and sent again, and an
+entry Redis refused stays pending (it is redelivered and, after
+``max_deliveries``, dead-lettered).
 
 :class:`Writer` runs an Applier on a thread of its own, so that Redis runs
 one batch's scripts while the collector plans the next one: the two
@@ -37,7 +39,7 @@ import redis
 
 from collector.evaluate import Evaluations
 from collector.plan import Write
-from collector.scripts import ALL, APPLY_SCRIPT, REPLAN, SKIPPED
+from collector.scripts import ALL, APPLY_SCRIPT, REPLAN, SKIPPED, WAIT
 from wire.replies import text
 
 logger = logging.getLogger(__name__)
@@ -67,6 +69,7 @@ class Counters:
     spoofed: int = 0
     reclaimed: int = 0
     conflicts: int = 0
+    waits: int = 0
     evaluations: int = 0
     stale_transitions: int = 0
     errors: int = 0
@@ -101,15 +104,17 @@ class Applier:
     """Sends writes, counts what happened, enqueues the evaluations they allow.
 
     ``replan`` plans a write again from what is stored now, when the script
-    refused it as planned on a view that is no longer true (REPLAN).
+    refused it as planned on a view that is no longer true (REPLAN); ``hold``
+    takes a write that waits for an older entry of its stream (WAIT).
     """
 
     def __init__(self, client: Any, counters: Counters, evaluations: Evaluations | None,
-                 replan: Callable[[Write], Write]) -> None:
+                 replan: Callable[[Write], Write], hold: Callable[[Write], None]) -> None:
         self.client = client
         self.counters = counters
         self.evaluations = evaluations
         self.replan = replan
+        self.hold = hold
         self.mark_ttl = evaluations.mark_ttl_s if evaluations is not None else 0
 
     def apply(self, writes: Sequence[Write]) -> None:
@@ -134,6 +139,9 @@ class Applier:
                                  write.entry_id, write.stream, result)
             elif result == REPLAN:
                 refused.append(write)
+            elif result == WAIT:
+                self.counters.waits += 1
+                self.hold(write)
             else:
                 self._count(write, result)
         if marked and self.evaluations is not None:
@@ -192,6 +200,10 @@ class Applier:
                 raise result
             if took_mark and self.evaluations is not None:
                 self.counters.evaluations += self.evaluations.enqueue([fresh.host])
+            if result == WAIT:
+                self.counters.waits += 1
+                self.hold(fresh)
+                return
             if result != REPLAN:
                 self._count(fresh, result)
                 return

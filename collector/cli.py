@@ -253,8 +253,8 @@ def cmd_run(args: argparse.Namespace) -> int:
               f"({collector.counters.dead_lettered} dead-lettered)")
         return 0
     stop = _stop_on_signals()
-    logger.info("collector %s consuming %s from %s", collector.name,
-                ", ".join(redis_settings.keys.streams()), redis_settings.redacted_url())
+    logger.info("collector %s consuming the host streams %s from %s", collector.name,
+                redis_settings.keys.host_streams_pattern(), redis_settings.redacted_url())
     collector.run(stop)
     logger.info("collector %s stopped after %s entries", collector.name,
                 collector.counters.processed)
@@ -507,7 +507,7 @@ def cmd_forget(args: argparse.Namespace) -> int:
     pipe = client.pipeline(transaction=True)
     pipe.delete(keys.host(args.host), keys.host_sessions(args.host),
                 keys.host_sessions_order(args.host), keys.host_history(args.host),
-                keys.evaluation_pending(args.host))
+                keys.evaluation_pending(args.host), *keys.host_streams(args.host))
     pipe.zrem(keys.hosts_index(), args.host)
     deleted, _ = pipe.execute()
     alerts = _drop_alert_states(client, keys, args.host, args.wait)

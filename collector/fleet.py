@@ -25,11 +25,11 @@ from collector.keepalive import (
 from collector.selfmon import (
     CollectorView,
     GroupStats,
-    group_stats,
+    heartbeat_stats,
     read_collectors,
 )
 from collector.settings import CollectorSettings
-from wire.keys import COLLECTOR_GROUP, KeySpace
+from wire.keys import KeySpace
 from wire.replies import server_time_ms
 from wire.replies import text as _text
 from wire.state import HostState, check_severity, parse_host_state, stale_status
@@ -222,6 +222,9 @@ def read_fleet(client: Any, keys: KeySpace, settings: CollectorSettings,
     hosts = list(only) if only is not None else host_ids(client, keys)
     views, missing = read_hosts(client, keys, settings, now_ms, hosts, whole)
     collectors = read_collectors(client, keys, now_ms)
-    groups = [group_stats(client, s, COLLECTOR_GROUP, now_ms) for s in keys.streams()]
+    # A running collector's own figures; one silent past the ring's timeout
+    # has left the ring and its last figures say nothing any more.
+    groups = [heartbeat_stats(view) for view in collectors
+              if not view.stopped and view.age_s <= settings.ring_timeout_s]
     dead = int(client.xlen(keys.dead_letter_stream()))
     return FleetView(now_ms, views, collectors, groups, dead, missing)

@@ -1,22 +1,32 @@
 """Ingestion: the consumer-group loop that turns stream entries into host state.
 
 One :class:`Collector` is one consumer of group :data:`wire.keys.COLLECTOR_GROUP`
-on the report and session streams; several may run and share the load.
+on the host streams it owns; several may run and share the hosts
+(:mod:`collector.ownership`: streams found by SCAN, hosts shared by
+rendezvous hashing over the collectors' heartbeats). It reads its streams
+in chunks of :data:`READ_CHUNK`, so no command grows with the fleet: with
+at most that many it blocks on them all in one XREADGROUP, with more it
+reads them in turn and, caught up, again after ``poll_interval_ms``.
 This module reads and schedules; the other steps each have a module:
 
 * :mod:`collector.plan` decodes and checks each entry and plans its write
   (a bad entry becomes a dead letter, alone);
 * :mod:`collector.apply` sends the writes through the apply script, which
-  writes the state only when the message is newer than what is stored and
+  writes the state only when every older entry of the stream is applied,
   acknowledges the entry in the same atomic step, and enqueues evaluations;
   it runs on a thread of its own, which also reads the next batch, so
   Redis applies one batch and reads the next while this loop plans;
 * :mod:`collector.reclaim` re-processes entries left pending;
 * :mod:`collector.keepalive` judges silent hosts stale.
 
-Between batches the loop reclaims, sweeps for stale hosts and writes its
-heartbeat. Nothing here ends the loop on bad input, and Redis outages are
-retried with a capped, logged backoff.
+An entry that must wait for an older one of its stream (pending for
+another collector, or refused and planned again) is *held*: its stream is
+not read further, and the held writes are sent again shortly, after the
+entries of a collector that left the ring are claimed. Between batches the
+loop finds new streams, inspects its streams' consumers (claiming, and
+forgetting idle ones), sweeps for stale hosts and writes its heartbeat.
+Nothing here ends the loop on bad input, and Redis outages are retried
+with a capped, logged backoff.
 """
 
 from __future__ import annotations
@@ -37,14 +47,15 @@ import redis
 from collector import keepalive
 from collector.apply import TRANSIENT_ERRORS, Applier, Counters, Writer, load_scripts
 from collector.evaluate import Evaluations
+from collector.ownership import Discovery, HostStreams, Ring
 from collector.plan import Decoded, Planner, StoredSessions, Write, sessions_to_read
-from collector.reclaim import Reclaimer
-from collector.selfmon import STOPPED, group_stats, total, write_heartbeat
+from collector.reclaim import Reclaimer, is_missing_group
+from collector.selfmon import STOPPED, write_heartbeat
 from collector.settings import CollectorSettings
 from wire.keys import COLLECTOR_GROUP, KeySpace
 from wire.messages import SessionEvent
 from wire.replies import server_time_ms, text
-from wire.state import iso_from_ms
+from wire.state import entry_id_ms, iso_from_ms
 
 logger = logging.getLogger(__name__)
 
@@ -56,6 +67,21 @@ __all__ = ["Collector", "default_name", "tune_garbage_collector"]
 # with the default threshold they were collected and promoted again and
 # again, and every full collection walked all the process holds.
 GC_YOUNG_THRESHOLD = 100_000
+
+# Streams named in one XREADGROUP: a bound on any one command of the loop.
+READ_CHUNK = 256
+# Entries asked of each stream in one read, at least: a host with a backlog
+# is worked off in a few rounds, however many streams share the batch.
+MIN_PER_STREAM = 16
+# Streams whose consumers one step inspects (claims, idle consumers).
+INSPECT_PAGE = 200
+# SCAN pages one step reads while a discovery pass is under way.
+DISCOVERY_PAGES = 8
+# How soon held writes are sent again.
+HELD_RETRY_S = 0.05
+
+#: Entries read, by stream: (stream, entries).
+Batches = list[tuple[str, Sequence[Any]]]
 
 
 def tune_garbage_collector() -> None:
@@ -73,7 +99,7 @@ def default_name() -> str:
 
 
 class Collector:
-    """One consumer of the report and session streams."""
+    """One consumer of the host streams it owns."""
 
     def __init__(
         self,
@@ -91,63 +117,89 @@ class Collector:
         self.settings = settings
         self.name = name or settings.name or default_name()
         self.group = COLLECTOR_GROUP
-        self.streams = keys.streams()
         self.counters = Counters()
         self.clock = clock
         self.max_block_ms = max_block_ms
         self.planner = Planner(keys, settings, self.group, self.name, host_keys)
         self.evaluations = (Evaluations(client, keys, settings.evaluation_ttl_s)
                             if settings.evaluate else None)
-        self.applier = Applier(client, self.counters, self.evaluations, self._replan)
+        self.applier = Applier(client, self.counters, self.evaluations, self._replan,
+                               self._hold)
         self.writer = Writer(self.applier)
-        self.reclaimer = Reclaimer(client, settings, self.planner, self.streams, self.process,
+        self.reclaimer = Reclaimer(client, settings, self.planner, self.process,
                                    self._apply_now)
+        self.streams = HostStreams(keys, self.name)
+        self.discovery = Discovery(keys)
+        self.ring = Ring(client, keys, self.name, int(settings.ring_timeout_s * 1000))
         self.ready = False
         self.caught_up = False
         self.started_ms = 0
-        self._read_ahead: Future[list[tuple[str, Sequence[Any]]]] | None = None
+        self.stop_event = threading.Event()
+        self._read_ahead: Future[tuple[Batches, bool]] | None = None
+        self._grouped: set[str] = set()
+        self._held: dict[str, list[Write]] = {}
+        self._held_lock = threading.Lock()
+        self._rotation = 0
+        self._inspect_at = 0
+        self._pending_seen = 0
+        self._lag = (0, 0.0)
         now = clock()
-        self._next_claim = now
+        self._next_discovery = now + settings.discovery_interval_s
+        self._next_inspect = now
+        self._next_held = now
         self._next_sweep = now + settings.sweep_interval_s
         self._next_heartbeat = now
 
     # -- setup -------------------------------------------------------------
 
     def setup(self) -> None:
-        """Load the scripts, create the group, resume this consumer's own pending entries."""
+        """Load the scripts, join the ring, find the host streams, resume own pending entries."""
         # Batches handed over before an error were applied or dropped; what
-        # was dropped, and what was read ahead, is still pending and is
-        # re-read below, in order.
+        # was dropped, and what was read ahead or held, is still pending and
+        # is re-read below, in order.
         self.writer.reset()
         self._read_ahead = None
+        with self._held_lock:
+            self._held.clear()
+        self._grouped.clear()
         load_scripts(self.client)
-        self.ensure_groups()
+        now_ms = server_time_ms(self.client)
         if not self.started_ms:
-            self.started_ms = server_time_ms(self.client)
+            self.started_ms = now_ms
+        self.heartbeat()
+        self.streams.add(self.discovery.whole_pass(self.client))
+        self.ensure_groups(self.streams.owned)
         self.ready = True
         self.drain_own_pending()
 
-    def ensure_groups(self) -> None:
-        """Create the consumer group on both streams (and the streams) if missing.
+    def ensure_groups(self, streams: Sequence[str]) -> None:
+        """Create the consumer group on ``streams`` where it is missing.
 
-        A new group starts at ``start_id``: '0' by default, so that what agents
-        published before the first collector ever ran is ingested (the streams
-        are trimmed, so that backlog is bounded).
+        A new group starts at ``start_id``: '0' by default, so that what a
+        host published before a collector first read its stream is ingested
+        (the streams are trimmed, so that backlog is bounded). A name that
+        is no longer a stream is forgotten.
         """
-        for stream in self.streams:
-            try:
-                self.client.xgroup_create(stream, self.group, id=self.settings.start_id,
-                                          mkstream=True)
-                logger.info("created consumer group %s on %s at %s", self.group, stream,
-                            self.settings.start_id)
-            except redis.ResponseError as exc:
-                if "BUSYGROUP" not in str(exc):
-                    raise
+        wanted = [stream for stream in streams if stream not in self._grouped]
+        for start in range(0, len(wanted), 1000):
+            chunk = wanted[start:start + 1000]
+            pipe = self.client.pipeline(transaction=False)
+            for stream in chunk:
+                pipe.xgroup_create(stream, self.group, id=self.settings.start_id)
+            for stream, reply in zip(chunk, pipe.execute(raise_on_error=False), strict=True):
+                if not isinstance(reply, Exception) or "BUSYGROUP" in str(reply):
+                    self._grouped.add(stream)
+                elif isinstance(reply, TRANSIENT_ERRORS):
+                    raise reply
+                else:
+                    logger.info("%s is not a stream any more (%s); forgetting it", stream, reply)
+                    self.streams.remove(stream)
 
     # -- the loop ------------------------------------------------------------
 
     def run(self, stop: threading.Event) -> None:
         """Consume until ``stop`` is set; Redis outages are retried, never raised."""
+        self.stop_event = stop
         delay = 0.0
         failing = False
         while not stop.is_set():
@@ -168,11 +220,6 @@ class Collector:
                 stop.wait(delay)
             except redis.ResponseError as exc:
                 self.ready = False
-                if "NOGROUP" in str(exc):
-                    # Someone deleted a stream or the group: recreate and go on.
-                    logger.warning("consumer group missing (%s); recreating it", exc)
-                    stop.wait(0.1)
-                    continue
                 delay = min(max(delay * 2, 0.5), self.settings.max_backoff_s)
                 logger.error("Redis refused a command (%s); retrying in %.1f s", exc, delay)
                 stop.wait(delay)
@@ -187,10 +234,17 @@ class Collector:
         self._final_heartbeat()
 
     def step(self) -> int:
-        """One round: reclaim, read and apply one batch, sweep and heartbeat when due."""
-        if self.clock() >= self._next_claim:
-            self.reclaim()
-            self._next_claim = self.clock() + self.settings.claim_interval_s
+        """One round: the chores that are due, then read and apply one batch."""
+        now = self.clock()
+        if now >= self._next_discovery or self.discovery.in_pass:
+            self.discover(DISCOVERY_PAGES)
+            if not self.discovery.in_pass:
+                self._next_discovery = self.clock() + self.settings.discovery_interval_s
+        if now >= self._next_inspect:
+            self.inspect(INSPECT_PAGE)
+        if self._held and now >= self._next_held:
+            self.retry_held()
+            self._next_held = self.clock() + HELD_RETRY_S
         count = self.read(self._block_ms(self.clock()))
         now = self.clock()
         if now >= self._next_sweep:
@@ -205,53 +259,147 @@ class Collector:
         return count
 
     def _block_ms(self, now: float) -> int | None:
-        due = min(self._next_claim, self._next_sweep, self._next_heartbeat)
+        due = min(self._next_discovery, self._next_inspect, self._next_sweep,
+                  self._next_heartbeat)
+        if self._held:
+            due = min(due, self._next_held)
+        if self.discovery.in_pass:
+            due = now
         block = min(self.settings.block_ms, int((due - now) * 1000))
         if self.max_block_ms is not None:
             block = min(block, self.max_block_ms)
         # BLOCK 0 would wait forever: below 1 ms, do not block at all.
         return block if block >= 1 else None
 
+    # -- finding streams and sharing hosts --------------------------------------
+
+    def discover(self, pages: int) -> int:
+        """Read up to ``pages`` SCAN pages for host streams; the streams newly owned."""
+        gained: list[str] = []
+        for _ in range(pages):
+            gained += self.streams.add(self.discovery.page(self.client))
+            if not self.discovery.in_pass:
+                break
+        if gained:
+            self.ensure_groups(gained)
+            logger.debug("found %d new host streams", len(gained))
+        return len(gained)
+
+    def share(self, now_ms: int) -> None:
+        """Share the hosts anew among the live members of the ring."""
+        members = self.ring.members(now_ms)
+        before = self.streams.members
+        gained = self.streams.set_members(members)
+        if members != before:
+            logger.info("collectors sharing the hosts: %s; this one reads %d streams",
+                        ", ".join(members), len(self.streams.owned))
+        if gained:
+            self.ensure_groups(gained)
+
+    # -- reading -------------------------------------------------------------
+
     def read(self, block_ms: int | None) -> int:
-        """Read one batch of new entries of both streams and hand it to the writer;
-        the number read. Caught up, it waits until the batch is applied."""
+        """Read one batch of new entries of the owned streams and hand it to the
+        writer; the number read. Caught up, it waits until the batch is applied."""
         ahead, self._read_ahead = self._read_ahead, None
         if ahead is None:
             # Working off a backlog, the read takes what is there at once;
             # caught up (everything handed over is applied), it may wait.
-            batches = self._read_new(block_ms if self.caught_up else None)
+            batches, more = self._read_new(block_ms if self.caught_up else None)
         else:
-            batches = ahead.result()
-        full = any(len(entries) >= self.settings.batch_size for _, entries in batches)
-        if full:
+            batches, more = ahead.result()
+        if more:
             # The next batch is read by the writer's thread, after the writes
             # handed over before and while this one is planned: this thread
             # plans without waiting for Redis, and Redis reads while it has
             # nothing else to do.
             self._read_ahead = self.writer.read_ahead(partial(self._read_new, None))
-        planned = [(stream, self.plan(stream, entries)) for stream, entries in batches]
-        for _, writes in planned:
-            self.writer.submit(writes)
-        self.caught_up = not full
-        if not full:
+        if batches:
+            self.writer.submit(self.plan(batches))
+        self.caught_up = not more
+        if not more:
             self.flush()
-        return sum(len(entries) for _, entries in batches)
+        count = sum(len(entries) for _, entries in batches)
+        self._note_lag(batches, more, count)
+        return count
 
-    def _read_new(self, block_ms: int | None) -> list[tuple[str, Sequence[Any]]]:
-        """New entries of both streams (XREADGROUP ... >), by stream."""
-        reply = self.client.xreadgroup(self.group, self.name, dict.fromkeys(self.streams, ">"),
-                                       count=self.settings.batch_size, block=block_ms)
-        return [(text(stream), entries) for stream, entries in reply or []]
+    def _readable(self) -> list[str]:
+        """The owned streams not held, starting at a point that moves each round,
+        so that no stream is always read last."""
+        with self._held_lock:
+            held = set(self._held)
+        streams = [stream for stream in self.streams.owned if stream not in held]
+        if len(streams) > READ_CHUNK:
+            self._rotation = (self._rotation + READ_CHUNK) % len(streams)
+            streams = streams[self._rotation:] + streams[:self._rotation]
+        return streams
+
+    def _read_new(self, block_ms: int | None) -> tuple[Batches, bool]:
+        """New entries of the owned streams (XREADGROUP ... >), by stream, and
+        whether more are waiting."""
+        streams = self._readable()
+        if not streams:
+            if block_ms:
+                self.stop_event.wait(block_ms / 1000)
+            return [], False
+        per_stream = max(MIN_PER_STREAM, self.settings.batch_size // len(streams))
+        if len(streams) <= READ_CHUNK:
+            return self._read_chunk(streams, per_stream, block_ms)
+        batches: Batches = []
+        more = False
+        read = 0
+        for start in range(0, len(streams), READ_CHUNK):
+            if read >= self.settings.batch_size:
+                return batches, True
+            chunk_batches, chunk_more = self._read_chunk(streams[start:start + READ_CHUNK],
+                                                         per_stream, None)
+            batches += chunk_batches
+            more = more or chunk_more
+            read += sum(len(entries) for _, entries in chunk_batches)
+        if not read and block_ms:
+            # Too many streams to block on: look again a little later.
+            self.stop_event.wait(min(block_ms, self.settings.poll_interval_ms) / 1000)
+        return batches, more
+
+    def _read_chunk(self, streams: Sequence[str], per_stream: int,
+                    block_ms: int | None) -> tuple[Batches, bool]:
+        try:
+            reply = self.client.xreadgroup(self.group, self.name, dict.fromkeys(streams, ">"),
+                                           count=per_stream, block=block_ms)
+        except redis.ResponseError as exc:
+            if not is_missing_group(exc):
+                raise
+            # A stream of the chunk was deleted (its group with it) or
+            # replaced: make sure of every group of the chunk, read next round.
+            logger.warning("a host stream lost its consumer group (%s); recreating it", exc)
+            self._grouped.difference_update(streams)
+            self.ensure_groups(streams)
+            return [], True
+        batches = [(text(stream), entries) for stream, entries in reply or [] if entries]
+        return batches, any(len(entries) >= per_stream for _, entries in batches)
+
+    def _note_lag(self, batches: Batches, more: bool, count: int) -> None:
+        if not more or not batches:
+            self._lag = (0, 0.0)
+            return
+        oldest = min(entry_id_ms(entries[0][0]) for _, entries in batches)
+        self._lag = (count, oldest / 1000)
 
     def drain(self, timeout_s: float = 60.0) -> int:
-        """Read until the streams are empty for this group (tests and benchmarks)."""
+        """Read until the owned streams are empty for this group (tests and benchmarks)."""
         if not self.ready:
             self.setup()
+        else:
+            self.discover(10_000)
         deadline = self.clock() + timeout_s
         total_read = 0
         while self.clock() < deadline:
             count = self.read(None)
             total_read += count
+            self.flush()
+            if self._held:
+                self.retry_held()
+                continue
             if count == 0:
                 break
         self.flush()
@@ -270,16 +418,17 @@ class Collector:
     def process(self, stream: str, entries: Sequence[Any],
                 delivered: Mapping[str, int] | None = None) -> None:
         """Plan one batch of entries of ``stream`` and hand it to the writer."""
-        self.writer.submit(self.plan(stream, entries, delivered))
+        self.writer.submit(self.plan([(stream, entries)], delivered))
 
-    def plan(self, stream: str, entries: Sequence[Any],
-             delivered: Mapping[str, int] | None = None) -> list[Write]:
-        """The writes of one batch of entries of ``stream``, in order."""
+    def plan(self, batches: Batches, delivered: Mapping[str, int] | None = None) -> list[Write]:
+        """The writes of the entries of ``batches``, in order."""
         counts = delivered or {}
         read: list[Decoded | Write] = []
-        for raw_id, fields in entries:
-            entry_id = text(raw_id)
-            read.append(self.planner.read(stream, entry_id, fields, counts.get(entry_id, 1)))
+        for stream, entries in batches:
+            for raw_id, fields in entries:
+                entry_id = text(raw_id)
+                read.append(self.planner.read(stream, entry_id, fields,
+                                              counts.get(entry_id, 1)))
         decoded = [item for item in read if isinstance(item, Decoded)]
         self.counters.spoofed += sum(1 for item in read
                                      if isinstance(item, Write) and item.unauthenticated)
@@ -316,23 +465,77 @@ class Collector:
         self.flush()
         self.applier.apply(writes)
 
+    # -- held writes -------------------------------------------------------
+
+    def _hold(self, write: Write) -> None:
+        """Keep a write that waits for an older entry of its stream (called
+        from the writer's thread)."""
+        with self._held_lock:
+            self._held.setdefault(write.stream, []).append(write)
+
+    def retry_held(self) -> int:
+        """Send the held writes again, after claiming what blocks them from
+        collectors that left the ring; the number sent."""
+        self.flush()
+        with self._held_lock:
+            held, self._held = self._held, {}
+        if not held:
+            return 0
+        members = set(self.streams.members)
+        for stream, consumers in self.reclaimer.inspect(list(held)).items():
+            for consumer, pending in consumers.pending.items():
+                if pending and consumer != self.name and consumer not in members:
+                    self.counters.reclaimed += self.reclaimer.from_consumer(stream, consumer)
+        writes = [write for stream in held for write in held[stream]]
+        self.writer.submit(writes)
+        self.flush()
+        return len(writes)
+
     # -- reclaiming --------------------------------------------------------
 
     def drain_own_pending(self) -> int:
         """Re-process entries delivered to this consumer name but never acknowledged."""
-        handled = self.reclaimer.own()
+        handled = self.reclaimer.own(self.streams.owned)
         self.flush()
         if handled:
             logger.info("re-processed %s pending entries of consumer %s", handled, self.name)
         return handled
 
-    def reclaim(self) -> int:
-        """Claim entries idle past ``claim_min_idle_s`` from other (dead) consumers."""
+    def inspect(self, count: int) -> int:
+        """Look at the consumers of the next ``count`` owned streams: claim the
+        entries of collectors that left the ring and entries idle past
+        ``claim_min_idle_s``, forget idle consumers. A pass over every owned
+        stream starts every ``claim_interval_s``; the number of entries claimed."""
+        owned = self.streams.owned
+        page = owned[self._inspect_at:self._inspect_at + count]
+        self._inspect_at += count
+        if self._inspect_at >= len(owned):
+            self._inspect_at = 0
+            self._next_inspect = self.clock() + self.settings.claim_interval_s
+        if not page:
+            return 0
         self.flush()
-        claimed = self.reclaimer.others()
+        members = set(self.streams.members)
+        claimed = 0
+        pending = 0
+        for stream, consumers in self.reclaimer.inspect(page).items():
+            pending += sum(consumers.pending.values())
+            for consumer, waiting in consumers.pending.items():
+                if waiting and consumer != self.name and consumer not in members:
+                    claimed += self.reclaimer.from_consumer(stream, consumer)
+            if any(consumers.pending.values()):
+                claimed += self.reclaimer.idle(stream)
+            self.reclaimer.forget_idle(stream, consumers)
         self.flush()
+        self._pending_seen = pending if self._inspect_at == count else (
+            self._pending_seen + pending)
         self.counters.reclaimed += claimed
-        self.reclaimer.forget_idle_consumers()
+        return claimed
+
+    def reclaim(self) -> int:
+        """A whole inspection pass over the owned streams (tests and ``--once``)."""
+        self._inspect_at = 0
+        claimed = self.inspect(max(1, len(self.streams.owned)))
         return claimed
 
     # -- keepalive and heartbeat ------------------------------------------------
@@ -348,10 +551,13 @@ class Collector:
         return made
 
     def heartbeat(self, state: str = "running") -> None:
-        """Write this collector's heartbeat hash and index entry."""
+        """Write this collector's heartbeat (and ring membership), then share
+        the hosts anew among the ring's live members."""
         self.flush()
         now_ms = server_time_ms(self.client)
-        stats = [group_stats(self.client, s, self.group, now_ms) for s in self.streams]
+        with self._held_lock:
+            held = [write for writes in self._held.values() for write in writes]
+        lag, oldest_s = self._lag
         fields: dict[str, object] = {
             "name": self.name,
             "state": state,
@@ -359,13 +565,22 @@ class Collector:
             "pid": os.getpid(),
             "started": iso_from_ms(self.started_ms or now_ms),
             "caught_up": "yes" if self.caught_up else "no",
+            "streams": len(self.streams.owned),
+            "streams_known": len(self.streams),
+            "collectors": len(self.streams.members),
+            "pending": max(self._pending_seen, len(held)),
+            "lag": lag,
+            "lag_s": round(max(0.0, now_ms / 1000 - oldest_s), 3) if lag else 0.0,
+            "oldest_pending_s": round(max(0.0, max(
+                (now_ms - entry_id_ms(write.entry_id) for write in held), default=0) / 1000), 3),
         }
-        fields.update(total(stats))
         fields.update(self.counters.as_fields())
         write_heartbeat(self.client, self.keys, self.name, now_ms, fields)
         # Entries of collectors whose hashes expired long ago.
         self.client.zremrangebyscore(self.keys.collectors_index(), "-inf",
                                      now_ms - 2 * 86_400_000)
+        if state != STOPPED:
+            self.share(now_ms)
 
     def _final_heartbeat(self) -> None:
         try:

@@ -27,11 +27,11 @@ from datetime import UTC, datetime
 from typing import Any
 
 from collector.hashes import WrittenHashes
-from collector.scripts import MAX_ORDER_MARKS, order_key
+from collector.scripts import MAX_ORDER_MARKS, padded, position
 from collector.settings import CollectorSettings
 from wire import auth
 from wire.errors import DecodeError
-from wire.keys import KeySpace
+from wire.keys import REPORTS, SESSIONS, KeySpace
 from wire.messages import (
     CONNECTED,
     DISCONNECTED,
@@ -121,12 +121,32 @@ class Planner:
             message = decode_entry(fields)
         except DecodeError as exc:
             return self.dead_letter(stream, entry_id, fields, f"undecodable: {exc.reason}")
+        misplaced = self.placement_problem(stream, message)
+        if misplaced:
+            logger.warning("entry %s of %s: %s", entry_id, stream, misplaced)
+            refused = self.dead_letter(stream, entry_id, fields, misplaced)
+            return replace(refused, unauthenticated=True)
         problem = self.authentication_problem(message.host, fields)
         if problem:
             logger.warning("entry %s of %s: %s", entry_id, stream, problem)
             refused = self.dead_letter(stream, entry_id, fields, problem)
             return replace(refused, unauthenticated=True)
         return Decoded(stream, entry_id, fields, message)
+
+    def placement_problem(self, stream: str, message: Message) -> str | None:
+        """Why ``message`` does not belong on ``stream`` (None when it does).
+
+        A host's credentials reach only its own streams, so the stream, not
+        the message, says which host an entry comes from: a message naming
+        another host is refused, as is a report among session events.
+        """
+        named = self.keys.stream_host(stream)
+        kind = REPORTS if isinstance(message, Report) else SESSIONS
+        if named is None or named[1] != kind:
+            return f"a {kind} message does not belong on {stream}"
+        if named[0] != message.host:
+            return f"message of host {message.host} on the stream of host {named[0]}"
+        return None
 
     def authentication_problem(self, host: str, fields: Mapping[Any, Any]) -> str | None:
         """Why the entry's signature does not hold (None when it does, or when
@@ -179,15 +199,16 @@ class Planner:
         keys = self.keys
         host = report.host
         entry_ms = entry_id_ms(entry_id)
-        order = order_key(report.epoch, report.seq)
         if whole:
             self.hashes.forget(host)
-        write = self.hashes.plan(report, order, entry_ms)
+        write = self.hashes.plan(report, position(entry_id), entry_ms)
         fields = write.fields
+        fields["stream_id"] = entry_id
         entry = self._common("report", stream, entry_id, host)
         entry.update(
             host_key=keys.host(host), hosts_index=keys.hosts_index(),
-            history_key=keys.host_history(host), host=host, order=order,
+            history_key=keys.host_history(host), host=host, epoch=str(report.epoch),
+            seq=padded(report.seq),
             entry_ms=str(entry_ms), history_line=history_line(report, fields["last_seen"]),
             history_length=self.settings.history_length, dropped=report.dropped,
             status=write.status, base=write.base,
@@ -204,8 +225,8 @@ class Planner:
         host = event.host
         entry = self._common("session", stream, entry_id, host)
         entry.update(sessions_key=keys.host_sessions(host),
-                     order_key=keys.host_sessions_order(host),
-                     order=order_key(event.epoch, event.seq))
+                     order_key=keys.host_sessions_order(host), epoch=str(event.epoch),
+                     seq=padded(event.seq))
         if event.kind == SNAPSHOT:
             # Later events of the batch find what the snapshot leaves.
             known[host] = {}

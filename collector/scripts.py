@@ -14,17 +14,34 @@ Lua below reads ``entry.<name>``). The keys an entry touches are also passed
 as the call's KEYS, so that Redis knows them; the script reads their names
 from the entry map.
 
-Ordering keys are ``epoch:seq`` with both numbers zero-padded to 20 digits,
-so that comparing them as strings orders them exactly (Lua's numbers are
+**Order is the stream's.** Each host appends to streams of its own, and
+Redis gives every entry an id that grows with each append, so a host's
+messages are applied in the order of their entry ids, whatever the clocks
+or spools of the host say. The script applies an entry only when no older
+entry of its stream is still pending in the group (another collector, or
+this one, has yet to apply it), so however many collectors share the
+streams, and whichever of them stalls, a host's entries are applied one
+after the other; the host hash keeps the id last applied (``stream_id``),
+so an entry applied once and delivered again is skipped. A report the
+agent sent twice (Redis executed the XADD but the reply was lost) has the
+same ``epoch`` and ``seq`` as the one applied before it and is skipped too.
+Positions are entry ids with both numbers zero-padded to 20 digits, so
+that comparing them as strings orders them exactly (Lua's numbers are
 doubles and would lose precision above 2**53).
+
+An entry is acknowledged in the same call as its write, and the entries
+before it are then all acknowledged, so the script also trims them from
+the host's stream (``XTRIM MINID ~``): a stream holds what waits for a
+collector and at most about one node of applied entries.
 
 An entry's result: 0 = older or replayed (acknowledged, nothing written),
 1 = applied, -1 = planned on a view of the state that is no longer true (a
 session merged with a stored session that changed since, a report's
 difference to a hash that changed since; not acknowledged: plan it again
-from what is stored now), or an error text ``ERR ...`` when Redis refused
-its write (not acknowledged; redelivered, dead-lettered after
-``max_deliveries``).
+from what is stored now), -2 = an older entry of its stream is still
+pending (not acknowledged: read it again once that one is applied), or an
+error text ``ERR ...`` when Redis refused its write (not acknowledged;
+redelivered, dead-lettered after ``max_deliveries``).
 """
 
 from __future__ import annotations
@@ -37,6 +54,7 @@ from typing import Any
 SKIPPED = 0
 APPLIED = 1
 REPLAN = -1
+WAIT = -2
 
 # Marks a host's sessions-order hash keeps before the oldest tombstones of
 # disconnected clients are folded into one floor mark (a reporter that never
@@ -52,24 +70,27 @@ PROTOCOL: dict[str, tuple[str, ...]] = {
     # evaluation-pending key ('' for none).
     "common": ("kind", "stream", "group", "id", "mark"),
     # host_key, hosts_index, history_key: the host's hash, the index of hosts
-    # and the host's history list; order: the report's ordering key;
-    # entry_ms: the entry's Redis time (the index score); history_line and
+    # and the host's history list; epoch and seq: the report's own (text, and
+    # seq zero-padded), which tell a report sent twice; entry_ms: the entry's
+    # Redis time (the index score); history_line and
     # history_length: the line pushed and the list's bound; dropped: reports
     # the agent lost since its last one; status: the report's status;
-    # base: '' when fields is the whole hash, else the ordering key of the
+    # base: '' when fields is the whole hash, else the position of the
     # write that fields and deleted are the difference to (see
     # collector.hashes); fields: field -> value; deleted: field names.
-    "report": ("host_key", "hosts_index", "history_key", "host", "order", "entry_ms",
+    "report": ("host_key", "hosts_index", "history_key", "host", "epoch", "seq", "entry_ms",
                "history_line", "history_length", "dropped", "status", "base", "fields",
                "deleted"),
     # sessions_key, order_key: the host's sessions hash and its ordering
     # marks; action: 'set' or 'del' of the client's session text; expect:
     # 'any', 'absent' or 'equal' (to expected) for what is stored now, so that
     # a merge planned on a stale read is refused; max_marks: see MAX_ORDER_MARKS.
-    "session": ("sessions_key", "order_key", "order", "action", "client", "text", "expect",
+    # epoch and seq (zero-padded) of the reporter: an event whose seq is not
+    # above the last applied of the same epoch was sent twice (see repeated).
+    "session": ("sessions_key", "order_key", "epoch", "seq", "action", "client", "text", "expect",
                 "expected", "max_marks"),
     # sessions: the snapshot as a flat list (client, text, ...).
-    "snapshot": ("sessions_key", "order_key", "order", "sessions"),
+    "snapshot": ("sessions_key", "order_key", "epoch", "seq", "sessions"),
     # dead_letter_stream, maxlen: where the entry goes and that stream's
     # bound; fields: the dead letter's fields as a flat list.
     "dead_letter": ("dead_letter_stream", "maxlen", "fields"),
@@ -84,14 +105,20 @@ local function bulk(command, key, items)
   end
 end
 local function pad(number) return string.rep('0', 20 - #number) .. number end
+-- An entry id as a string that orders as the id does.
+local function position(id)
+  local sep = string.find(id, '-', 1, true)
+  return pad(string.sub(id, 1, sep - 1)) .. ':' .. pad(string.sub(id, sep + 1))
+end
 """
 
 APPLY = _HELPERS + """
 local function report(e)
-  local stored = redis.call('HMGET', e.host_key, 'epoch', 'seq', 'dropped_total', 'stale',
-                            'grace_until_ms', 'grace_until')
-  local current = stored[1] and stored[2] and pad(stored[1]) .. ':' .. pad(stored[2])
-  if current and current >= e.order then return 0 end
+  local stored = redis.call('HMGET', e.host_key, 'stream_id', 'epoch', 'seq', 'dropped_total',
+                            'stale', 'grace_until_ms', 'grace_until')
+  local current = stored[1] and position(stored[1])
+  if current and current >= e.position then return 0 end
+  if stored[2] == e.epoch and stored[3] and pad(stored[3]) >= e.seq then return 0 end
   if e.base == '' then
     -- The whole hash is replaced: whatever the sweep or the keepalive's
     -- grace added since the last report goes with it.
@@ -102,14 +129,14 @@ local function report(e)
     -- A difference: undo what the sweep and the keepalive's grace added,
     -- as the whole write would.
     bulk('HDEL', e.host_key, e.deleted)
-    if stored[5] or stored[6] then
+    if stored[6] or stored[7] then
       redis.call('HDEL', e.host_key, 'grace_until_ms', 'grace_until')
     end
-    if stored[4] ~= 'no' then
+    if stored[5] ~= 'no' then
       redis.call('HSET', e.host_key, 'stale', 'no', 'status', e.status)
     end
   end
-  local written = {'dropped_total', (tonumber(stored[3]) or 0) + e.dropped}
+  local written = {'dropped_total', (tonumber(stored[4]) or 0) + e.dropped}
   for name, value in pairs(e.fields) do
     written[#written + 1] = name
     written[#written + 1] = value
@@ -122,11 +149,26 @@ local function report(e)
   return 1
 end
 
+-- True when the reporter sent this event before (it re-sends a batch whose
+-- reply it lost): its seq is not above the last applied of its epoch.
+-- Otherwise the event is recorded as the last applied.
+local function repeated(e)
+  local sent = redis.call('HGET', e.order_key, 'sent')
+  if sent then
+    local sep = string.find(sent, ':', 1, true)
+    if string.sub(sent, 1, sep - 1) == e.epoch and string.sub(sent, sep + 1) >= e.seq then
+      return true
+    end
+  end
+  redis.call('HSET', e.order_key, 'sent', e.epoch .. ':' .. e.seq)
+  return false
+end
+
 local function session(e)
   local mark = 'c:' .. e.client
   local marks = redis.call('HMGET', e.order_key, 'snapshot', mark, 'floor')
   local last = marks[2] or marks[3]
-  if (marks[1] and marks[1] >= e.order) or (last and last >= e.order) then
+  if (marks[1] and marks[1] >= e.position) or (last and last >= e.position) then
     return 0
   end
   if e.expect ~= 'any' then
@@ -137,12 +179,13 @@ local function session(e)
       return -1
     end
   end
+  if repeated(e) then return 0 end
   if e.action == 'set' then
     redis.call('HSET', e.sessions_key, e.client, e.text)
   else
     redis.call('HDEL', e.sessions_key, e.client)
   end
-  redis.call('HSET', e.order_key, mark, e.order)
+  redis.call('HSET', e.order_key, mark, e.position)
   if e.action == 'del' and redis.call('HLEN', e.order_key) > e.max_marks then
     -- Fold the older half of the tombstones (marks of clients that are gone)
     -- into one floor: a late event of any absent client at or below it is old.
@@ -174,14 +217,14 @@ end
 -- a parallel collector already applied a later event for it.
 local function snapshot(e)
   local snap = redis.call('HGET', e.order_key, 'snapshot')
-  if snap and snap >= e.order then return 0 end
+  if (snap and snap >= e.position) or repeated(e) then return 0 end
   local all = redis.call('HGETALL', e.order_key)
   local newer, drop = {}, {}
   for i = 1, #all, 2 do
     local name, value = all[i], all[i + 1]
     if string.sub(name, 1, 2) == 'c:' then
-      if value > e.order then newer[string.sub(name, 3)] = true else drop[#drop + 1] = name end
-    elseif name == 'floor' and value <= e.order then
+      if value > e.position then newer[string.sub(name, 3)] = true else drop[#drop + 1] = name end
+    elseif name == 'floor' and value <= e.position then
       drop[#drop + 1] = name
     end
   end
@@ -199,7 +242,7 @@ local function snapshot(e)
   end
   bulk('HSET', e.sessions_key, kept)
   bulk('HDEL', e.order_key, drop)
-  redis.call('HSET', e.order_key, 'snapshot', e.order)
+  redis.call('HSET', e.order_key, 'snapshot', e.position)
   return 1
 end
 
@@ -210,20 +253,25 @@ end
 
 local apply = {report = report, session = session, snapshot = snapshot,
                dead_letter = dead_letter}
+
+-- True while an entry of the stream older than e is pending: it must be
+-- applied first.
+local function behind(e)
+  local first = redis.call('XPENDING', e.stream, e.group, '-', e.id, 1)[1]
+  return first ~= nil and first[1] ~= e.id
+end
+
+local function run(e)
+  if e.kind == 'dead_letter' then return dead_letter(e) end
+  if behind(e) then return -2 end
+  e.position = position(e.id)
+  return apply[e.kind](e)
+end
+
 local call = cmsgpack.unpack(ARGV[1])
 local results, marked, marks_seen = {}, {}, {}
--- Entries to acknowledge, one XACK per stream and group after the writes.
-local acks, ack_order = {}, {}
-local function ack(e)
-  local name = e.stream .. '\0' .. e.group
-  if not acks[name] then
-    acks[name] = {}
-    ack_order[#ack_order + 1] = {name, e.stream, e.group}
-  end
-  table.insert(acks[name], e.id)
-end
 for n, e in ipairs(call.entries) do
-  local ok, result = pcall(apply[e.kind], e)
+  local ok, result = pcall(run, e)
   if not ok then
     if type(result) == 'table' and result.err then result = result.err end
     results[n] = 'ERR ' .. tostring(result)
@@ -235,19 +283,18 @@ for n, e in ipairs(call.entries) do
     end
   else
     results[n] = result
-    if result ~= -1 then ack(e) end
+    if result >= 0 then
+      redis.call('XACK', e.stream, e.group, e.id)
+      if e.kind ~= 'dead_letter' then
+        redis.call('XTRIM', e.stream, 'MINID', '~', e.id)
+      end
+    end
     if result == 1 and e.mark ~= '' and call.mark_ttl > 0 and not marks_seen[e.mark] then
       marks_seen[e.mark] = true
       if redis.call('SET', e.mark, '1', 'NX', 'EX', call.mark_ttl) then
         marked[#marked + 1] = n
       end
     end
-  end
-end
-for _, item in ipairs(ack_order) do
-  local ids = acks[item[1]]
-  for i = 1, #ids, 1000 do
-    redis.call('XACK', item[2], item[3], unpack(ids, i, math.min(i + 999, #ids)))
   end
 end
 return {results, marked}
@@ -289,6 +336,13 @@ APPLY_SCRIPT = LuaScript("apply", APPLY)
 ALL = (APPLY_SCRIPT,)
 
 
-def order_key(epoch: int, seq: int) -> str:
-    """The string ordering key of ``(epoch, seq)``."""
-    return f"{epoch:020d}:{seq:020d}"
+def position(entry_id: str) -> str:
+    """A stream entry id as a string that orders as the id does (the
+    script's ``position``)."""
+    ms, _, seq = entry_id.partition("-")
+    return f"{int(ms):020d}:{int(seq):020d}"
+
+
+def padded(number: int) -> str:
+    """``number`` zero-padded to 20 digits, as the script compares it."""
+    return f"{number:020d}"

@@ -1,8 +1,9 @@
 """The collector's own health: consumer-group figures and heartbeats.
 
 Every collector writes a heartbeat hash (``KeySpace.collector(name)``) with
-its counters and the group's lag and pending count, and scores its name by
-the heartbeat time in ``KeySpace.collectors_index()``. The status CLI and the
+its counters, lag and pending count, and scores its name by the heartbeat
+time in ``KeySpace.collectors_index()`` and, while it runs, in the ring
+(``KeySpace.collector_ring()``) that shares the hosts among collectors. The status CLI and the
 exporter read them back to tell a stalled collector from a busy one. Times
 are Redis server time, like everything else that judges liveness.
 """
@@ -14,11 +15,9 @@ from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from typing import Any
 
-import redis
-
 from wire.keys import KeySpace
 from wire.replies import text as _text
-from wire.state import entry_id_ms, iso_from_ms
+from wire.state import iso_from_ms
 
 logger = logging.getLogger(__name__)
 
@@ -30,66 +29,34 @@ HEARTBEAT_TTL_S = 86_400
 # or a Ctrl-C, then goes, so restarts do not pile up entries for a day.
 STOPPED_HEARTBEAT_TTL_S = 900
 STOPPED = "stopped"
-# Redis 6.2 has no 'lag' in XINFO GROUPS; there we count undelivered entries
-# with XRANGE, up to this many, rather than transfer a large backlog.
-LAG_COUNT_CAP = 1000
 
 
 @dataclass(frozen=True)
 class GroupStats:
-    """The consumer group's position on one stream.
+    """How far one collector is behind on the streams it reads, from its heartbeat.
 
-    ``lag`` counts entries not yet delivered to the group (saturating at
-    :data:`LAG_COUNT_CAP` on Redis < 7), ``lag_s`` is the age of the oldest of
-    them, ``pending`` counts entries delivered but not acknowledged and
-    ``oldest_pending_s`` is the age of the oldest of those.
+    ``lag`` counts entries it read in its last round while more were
+    waiting (0 when it is caught up), ``lag_s`` is the age of the oldest of
+    them, ``pending`` counts entries delivered but not acknowledged on its
+    streams and ``oldest_pending_s`` is the age of the oldest entry it holds
+    back until an older one of its stream is applied.
     """
 
-    stream: str
-    exists: bool
+    collector: str
     pending: int = 0
     lag: int = 0
     lag_s: float = 0.0
     oldest_pending_s: float = 0.0
-    consumers: int = 0
 
 
-def group_stats(client: Any, stream: str, group: str, now_ms: int) -> GroupStats:
-    """Figures of ``group`` on ``stream``; ``exists`` is False without the group."""
-    try:
-        groups = client.xinfo_groups(stream)
-    except redis.ResponseError:
-        return GroupStats(stream, exists=False)
-    info: Mapping[str, Any] | None = None
-    for item in groups:
-        if _text(item.get("name", "")) == group:
-            info = item
-    if info is None:
-        return GroupStats(stream, exists=False)
-    pending = int(info.get("pending") or 0)
-    last = _text(info.get("last-delivered-id") or "0-0")
-    start = "-" if last == "0-0" else f"({last}"
-    first_undelivered = client.xrange(stream, min=start, max="+", count=1)
-    lag_s = 0.0
-    lag = 0
-    if first_undelivered:
-        lag_s = max(0.0, (now_ms - entry_id_ms(first_undelivered[0][0])) / 1000)
-        reported = info.get("lag")
-        if reported is not None:
-            lag = int(reported)
-        else:
-            lag = len(client.xrange(stream, min=start, max="+", count=LAG_COUNT_CAP))
-    oldest_pending_s = 0.0
-    if pending:
-        summary = client.xpending(stream, group)
-        if summary.get("min"):
-            oldest_pending_s = max(0.0, (now_ms - entry_id_ms(summary["min"])) / 1000)
-    return GroupStats(stream, True, pending, lag, round(lag_s, 3), round(oldest_pending_s, 3),
-                      int(info.get("consumers") or 0))
+def heartbeat_stats(view: CollectorView) -> GroupStats:
+    """The figures of one collector's heartbeat."""
+    return GroupStats(view.name, int(view.number("pending")), int(view.number("lag")),
+                      view.number("lag_s"), view.number("oldest_pending_s"))
 
 
 def total(stats: Iterable[GroupStats]) -> dict[str, float]:
-    """Sums (pending, lag) and maxima (ages) over the streams."""
+    """Sums (pending, lag) and maxima (ages) over the collectors."""
     items = list(stats)
     return {
         "pending": sum(s.pending for s in items),
@@ -113,6 +80,12 @@ def write_heartbeat(client: Any, keys: KeySpace, name: str, now_ms: int,
     pipe.hset(keys.collector(name), mapping=record)
     pipe.expire(keys.collector(name), ttl)
     pipe.zadd(keys.collectors_index(), {name: now_ms})
+    # The ring is who shares the hosts: a clean stop leaves it at once, so
+    # the others take this collector's hosts without waiting for a timeout.
+    if record.get("state") == STOPPED:
+        pipe.zrem(keys.collector_ring(), name)
+    else:
+        pipe.zadd(keys.collector_ring(), {name: now_ms})
     pipe.execute()
 
 

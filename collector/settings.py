@@ -34,10 +34,20 @@ class CollectorSettings:
     name: str | None = setting(None, "consumer name in the group (default: <hostname>-<pid>); "
                                "give a fixed name to resume its own pending entries after a "
                                "restart")
-    batch_size: int = setting(500, "entries read per stream at a time",
+    batch_size: int = setting(500, "entries read per round, over all the streams read",
                               check=_at_least_one)
     block_ms: int = setting(1000, "longest wait of one XREADGROUP for new entries (ms)",
                             check=_at_least_one)
+    poll_interval_ms: int = setting(100, "a collector reading more host streams than one "
+                                    "XREADGROUP takes (256) cannot block on them all: caught "
+                                    "up, it reads them again after this long (ms)",
+                                    check=_at_least_one)
+    discovery_interval_s: float = setting(5.0, "seconds between passes over the keyspace "
+                                          "(SCAN) that find the streams of new hosts",
+                                          check=positive)
+    ring_timeout_s: float = setting(15.0, "a collector whose heartbeat is older than this "
+                                    "leaves the ring: the others share its hosts and claim "
+                                    "its pending entries", check=positive)
     start_id: str = setting("0", "where a newly created consumer group starts: '0' ingests what "
                             "agents published before the first collector ran, '$' skips it",
                             check=_start_id)
@@ -80,11 +90,14 @@ class CollectorSettings:
 
     def __post_init__(self) -> None:
         # Checked here rather than per field: it is the pair that must agree.
-        if self.stale_critical_intervals < self.stale_warning_intervals:
-            from wire.errors import ConfigError
+        from wire.errors import ConfigError
 
+        if self.stale_critical_intervals < self.stale_warning_intervals:
             raise ConfigError("collector.stale_critical_intervals",
                               "must not be less than stale_warning_intervals")
+        if self.ring_timeout_s <= self.heartbeat_interval_s:
+            raise ConfigError("collector.ring_timeout_s",
+                              "must be more than heartbeat_interval_s")
 
 
 @dataclass(frozen=True)

@@ -96,7 +96,8 @@ class KeySpace:
 
     def host_sessions_order(self, host: str) -> str:
         """Hash: ordering marks of the sessions hash (``snapshot`` and ``c:<client id>``
-        to the ``epoch:seq`` last applied), so late events never regress it."""
+        to the stream position last applied, ``sent`` to the reporter's
+        ``epoch:seq`` last applied), so replayed events never regress it."""
         return f"{self.prefix}host:{host}:sessions:order"
 
     def host_history(self, host: str) -> str:

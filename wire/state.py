@@ -37,8 +37,8 @@ _SEVERITIES = {SEVERITY_WARNING: Status.WARNING, SEVERITY_CRITICAL: Status.CRITI
 
 # Fields of the host hash that are not check results.
 META_FIELDS = (
-    "status", "last_seen", "last_seen_ms", "observed_at", "epoch", "seq", "agent_version",
-    "clock_skew_s", "stale", "dropped_total", "checks", "unhealthy", "interval_s",
+    "status", "last_seen", "last_seen_ms", "stream_id", "observed_at", "epoch", "seq",
+    "agent_version", "clock_skew_s", "stale", "dropped_total", "checks", "unhealthy", "interval_s",
 )
 
 STALE_NO = "no"

@@ -59,6 +59,7 @@ FAST = {
     "claim_interval_s": 0.1,
     "sweep_interval_s": 0.05,
     "heartbeat_interval_s": 0.1,
+    "discovery_interval_s": 0.05,
     "max_backoff_s": 0.2,
 }
 
@@ -74,7 +75,8 @@ def publish(redis_client: redis.Redis, keys: KeySpace) -> Callable[..., bytes]:
     """``publish(message)`` adds a message to its stream the way producers do."""
 
     def add(message: Report | SessionEvent, **extra: Any) -> bytes:
-        stream = keys.reports_stream() if isinstance(message, Report) else keys.sessions_stream()
+        stream = (keys.reports_stream(message.host) if isinstance(message, Report)
+                  else keys.sessions_stream(message.host))
         fields: dict[str, Any] = dict(stream_fields(message))
         fields.update(extra)
         return redis_client.xadd(stream, fields)  # type: ignore[no-any-return]

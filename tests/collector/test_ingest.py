@@ -50,7 +50,7 @@ def test_aggregates_several_hosts(redis_client: redis.Redis, keys: Any, publish:
     history = redis_client.lrange(keys.host_history("bbs-02"), 0, -1)
     assert [line.decode().split(",")[1:] for line in history] == [
         ["3", "72.0", "45.2"], ["2", "71.0", "45.2"]]
-    assert pending(redis_client, keys.reports_stream()) == 0
+    assert pending(redis_client, keys.reports_stream("bbs-01")) == 0
     assert collector.counters.applied == 6
 
 
@@ -82,19 +82,24 @@ def test_replay_and_older_reports_never_overwrite(redis_client: redis.Redis, key
     collector = make_collector()
     collector.drain()
     before = redis_client.hgetall(keys.host("bbs-01"))
-    # An older report, then an exact replay of the stored one (at least once).
+    # An older report of the same run, then the agent sending the stored one
+    # again (its reply was lost): both skipped.
     publish(report("bbs-01", 4, disk=99.0))
     publish(report("bbs-01", 5, disk=99.0))
-    publish(report("bbs-01", 3, epoch=0, disk=99.0))
     collector.drain()
     assert redis_client.hgetall(keys.host("bbs-01")) == before
     assert redis_client.llen(keys.host_history("bbs-01")) == 1
-    assert collector.counters.skipped == 3
-    # A newer epoch wins even with a lower seq (the agent lost its spool).
-    publish(report("bbs-01", 1, epoch=2, disk=70.0))
+    assert collector.counters.skipped == 2
+    # Another run (a new spool, a manual --once, a clock far off) is ordered
+    # by the stream, whatever its epoch: each report later on the stream is newer.
+    publish(report("bbs-01", 1, epoch=0, disk=70.0))
     collector.drain()
     assert redis_client.hget(keys.host("bbs-01"), "disk_space.percent_used") == b"70.0"
-    assert pending(redis_client, keys.reports_stream()) == 0
+    publish(report("bbs-01", 1, epoch=2, disk=71.0))
+    collector.drain()
+    assert redis_client.hget(keys.host("bbs-01"), "disk_space.percent_used") == b"71.0"
+    assert redis_client.llen(keys.host_history("bbs-01")) == 3
+    assert pending(redis_client, keys.reports_stream("bbs-01")) == 0
 
 
 def test_huge_sequence_numbers_order_exactly(redis_client: redis.Redis, keys: Any,
@@ -190,16 +195,25 @@ def test_snapshot_replaces_and_heals(redis_client: redis.Redis, keys: Any, publi
     assert sorted(sessions_of(redis_client, keys)) == ["192.0.2.1:5000", "192.0.2.3:5002"]
 
 
-def test_snapshot_keeps_clients_with_newer_events(redis_client: redis.Redis, keys: Any,
-                                                  publish: Any, event: Any,
-                                                  make_collector: Any) -> None:
-    # Two collectors in parallel: event 12 applied before snapshot 10 arrives.
-    publish(event("connected", 12, client_id="192.0.2.7:7000"))
-    make_collector().drain()
-    publish(event("snapshot", 10, sessions=(
-        SessionInfo("192.0.2.1:5000", "guest", "logged_in", time.time()),)))
-    make_collector().drain()
-    assert sorted(sessions_of(redis_client, keys)) == ["192.0.2.1:5000", "192.0.2.7:7000"]
+def test_events_the_reporter_sends_again_are_skipped(redis_client: redis.Redis, keys: Any,
+                                                     publish: Any, event: Any,
+                                                     make_collector: Any) -> None:
+    # The reporter lost Redis's reply to a batch and sent it again: the copies
+    # come later on the stream, but their seqs tell them apart.
+    batch = [event("connected", 1, client_id="192.0.2.7:7000"),
+             event("snapshot", 2, sessions=(
+                 SessionInfo("192.0.2.1:5000", "guest", "logged_in", time.time()),)),
+             event("disconnected", 3, client_id="192.0.2.1:5000")]
+    for message in batch + batch:
+        publish(message)
+    collector = make_collector()
+    collector.drain()
+    assert sessions_of(redis_client, keys) == {}
+    assert collector.counters.skipped == 3
+    # A new run of the reporter (another epoch) starts its seqs again.
+    publish(event("connected", 1, epoch=2, client_id="192.0.2.9:9000"))
+    collector.drain()
+    assert list(sessions_of(redis_client, keys)) == ["192.0.2.9:9000"]
 
 
 def test_merge_conflict_is_retried(redis_client: redis.Redis, keys: Any, publish: Any,
@@ -226,7 +240,7 @@ def test_merge_conflict_is_retried(redis_client: redis.Redis, keys: Any, publish
     assert collector.counters.conflicts == 1
     session = sessions_of(redis_client, keys)["192.0.2.1:5000"]
     assert (session["user_id"], session["state"]) == ("carol", "logged_in")
-    assert pending(redis_client, keys.sessions_stream()) == 0
+    assert pending(redis_client, keys.sessions_stream("bbs-01")) == 0
 
 
 GARBAGE: list[tuple[str, dict[str, Any], str]] = [
@@ -249,9 +263,9 @@ def test_garbage_is_dead_lettered_while_good_messages_flow(
         make_collector: Any) -> None:
     expected: dict[bytes, str] = {}
     for seq, (_, fields, reason) in enumerate(GARBAGE, start=1):
-        expected[redis_client.xadd(keys.reports_stream(), fields)] = reason
+        expected[redis_client.xadd(keys.reports_stream("bbs-01"), fields)] = reason
         publish(report("bbs-01", seq))
-    redis_client.xadd(keys.sessions_stream(), {"m": encode(report("bbs-02", 1))[:10]})
+    redis_client.xadd(keys.sessions_stream("bbs-01"), {"m": encode(report("bbs-02", 1))[:10]})
     collector = make_collector()
     collector.drain()
     assert redis_client.hget(keys.host("bbs-01"), "seq") == str(len(GARBAGE)).encode()
@@ -260,7 +274,7 @@ def test_garbage_is_dead_lettered_while_good_messages_flow(
     # Entry ids are unique per stream only: the sessions stream's entry may
     # share its id with a reports entry.
     by_id = {(fields[b"stream"], fields[b"id"]): fields for _, fields in letters}
-    reports = keys.reports_stream().encode()
+    reports = keys.reports_stream("bbs-01").encode()
     for entry_id, reason in expected.items():
         letter = by_id[(reports, entry_id)]
         assert reason in letter[b"reason"].decode(), letter[b"reason"]
@@ -268,8 +282,8 @@ def test_garbage_is_dead_lettered_while_good_messages_flow(
     assert int(by_id[(reports, next(i for i, r in expected.items() if "exceeds" in r))]
                [b"payload_bytes"]) == MAX_ENTRY_BYTES + 1
     assert collector.counters.dead_lettered == len(GARBAGE) + 1
-    assert pending(redis_client, keys.reports_stream()) == 0
-    assert pending(redis_client, keys.sessions_stream()) == 0
+    assert pending(redis_client, keys.reports_stream("bbs-01")) == 0
+    assert pending(redis_client, keys.sessions_stream("bbs-01")) == 0
 
 
 def test_a_bad_signature_text_costs_only_its_own_entry(
@@ -291,7 +305,7 @@ def test_a_bad_signature_text_costs_only_its_own_entry(
     [(_, letter)] = redis_client.xrange(keys.dead_letter_stream())
     assert letter[b"reason"] == b"missing or bad signature for host bbs-02"
     assert (collector.counters.applied, collector.counters.dead_lettered) == (2, 1)
-    assert pending(redis_client, keys.reports_stream()) == 0
+    assert pending(redis_client, keys.reports_stream("bbs-01")) == 0
 
 
 def test_a_failure_while_planning_one_entry_dead_letters_it_alone(
@@ -315,13 +329,13 @@ def test_a_failure_while_planning_one_entry_dead_letters_it_alone(
     assert redis_client.zrange(keys.hosts_index(), 0, -1) == [b"bbs-01", b"bbs-03"]
     [(_, letter)] = redis_client.xrange(keys.dead_letter_stream())
     assert letter[b"reason"].startswith(b"collector error: KeyError")
-    assert pending(redis_client, keys.reports_stream()) == 0
+    assert pending(redis_client, keys.reports_stream("bbs-01")) == 0
 
 
 def test_an_oversized_entry_is_dead_lettered_with_a_prefix_of_its_payload(
         redis_client: redis.Redis, keys: Any, publish: Any, report: Any,
         make_collector: Any) -> None:
-    big = redis_client.xadd(keys.reports_stream(), {"m": b"\x81" + b"x" * 5000})
+    big = redis_client.xadd(keys.reports_stream("bbs-01"), {"m": b"\x81" + b"x" * 5000})
     publish(report("bbs-01", 1))
     collector = make_collector(max_entry_bytes=4096, dead_letter_payload_bytes=100)
     collector.drain()
@@ -336,7 +350,7 @@ def test_an_oversized_entry_is_dead_lettered_with_a_prefix_of_its_payload(
 def test_dead_letter_stream_is_trimmed(redis_client: redis.Redis, keys: Any,
                                        make_collector: Any) -> None:
     for _ in range(400):
-        redis_client.xadd(keys.reports_stream(), {"m": b"junk"})
+        redis_client.xadd(keys.reports_stream("bbs-01"), {"m": b"junk"})
     make_collector(dead_letter_maxlen=100).drain()
     assert 100 <= redis_client.xlen(keys.dead_letter_stream()) < 400
 
@@ -395,65 +409,76 @@ def test_no_evaluations_when_disabled(redis_client: redis.Redis, keys: Any, publ
     assert not redis_client.exists(keys.evaluation_pending("bbs-01"))
 
 
-def test_reclaims_entries_of_a_dead_consumer(redis_client: redis.Redis, keys: Any,
-                                            publish: Any, report: Any,
-                                            make_collector: Any) -> None:
-    for index in range(30):
+def history_sessions(client: redis.Redis, keys: Any, host: str) -> list[int]:
+    """The sessions figure of each history line, oldest first (reports here
+    carry their seq as that figure, so this is the order they were applied in)."""
+    lines = client.lrange(keys.host_history(host), 0, -1)
+    return [int(line.decode().split(",")[1]) for line in reversed(lines)]
+
+
+def test_entries_of_a_collector_that_left_the_ring_are_claimed_and_applied_first(
+        redis_client: redis.Redis, keys: Any, publish: Any, report: Any,
+        make_collector: Any) -> None:
+    stream = keys.reports_stream("bbs-01")
+    for seq in range(1, 31):
+        publish(report("bbs-01", seq, sessions=seq))
+    for index in range(2, 6):
         publish(report(f"bbs-{index:02d}", 1))
-    dead = make_collector(name="dead")
-    dead.setup()
-    # The dead consumer read a batch and died before applying it.
-    redis_client.xreadgroup(COLLECTOR_GROUP, "dead", {keys.reports_stream(): ">"}, count=20)
+    # A collector that is not in the ring (it died) read twenty and never applied them.
+    redis_client.xgroup_create(stream, COLLECTOR_GROUP, id="0")
+    redis_client.xreadgroup(COLLECTOR_GROUP, "dead", {stream: ">"}, count=20)
     heir = make_collector(name="heir", batch_size=7)
-    heir.setup()
     heir.drain()
-    assert redis_client.zcard(keys.hosts_index()) == 10
-    time.sleep(0.25)  # claim_min_idle_s = 0.2
-    assert heir.reclaim() == 20
-    assert redis_client.zcard(keys.hosts_index()) == 30
-    assert pending(redis_client, keys.reports_stream()) == 0
+    # The later ten waited for them: the host's order holds, nothing is lost.
+    assert history_sessions(redis_client, keys, "bbs-01") == list(range(1, 31))
+    assert redis_client.hget(keys.host("bbs-01"), "seq") == b"30"
+    assert redis_client.zcard(keys.hosts_index()) == 5
+    assert pending(redis_client, stream) == 0
     assert heir.counters.reclaimed == 20
+    assert heir.counters.waits >= 1
 
 
 def test_overdelivered_and_trimmed_entries_are_dead_lettered(
         redis_client: redis.Redis, keys: Any, publish: Any, report: Any,
         make_collector: Any) -> None:
+    stream = keys.reports_stream("bbs-01")
     poison = publish(report("bbs-01", 1))
-    gone = publish(report("bbs-02", 1))
+    gone = publish(report("bbs-01", 2))
+    kept = publish(report("bbs-01", 3))
     collector = make_collector(name="heir", max_deliveries=3)
     collector.setup()
     for round_ in range(3):
         redis_client.xreadgroup(COLLECTOR_GROUP, f"crashy-{round_}",
-                                {keys.reports_stream(): "0" if round_ else ">"})
+                                {stream: "0" if round_ else ">"}, count=2)
         if round_:
-            redis_client.xclaim(keys.reports_stream(), COLLECTOR_GROUP, f"crashy-{round_}", 0,
-                                [poison, gone])
-    redis_client.xdel(keys.reports_stream(), gone)
-    time.sleep(0.25)
-    collector.reclaim()
+            redis_client.xclaim(stream, COLLECTOR_GROUP, f"crashy-{round_}", 0, [poison, gone])
+    redis_client.xdel(stream, gone)
+    collector.drain()
     letters = {f[b"id"]: f[b"reason"].decode()
                for _, f in redis_client.xrange(keys.dead_letter_stream())}
     assert set(letters) == {poison, gone}
     assert "times without acknowledgement" in letters[poison]
     assert "no longer in the stream" in letters[gone]
-    assert not redis_client.exists(keys.host("bbs-01"))
-    assert pending(redis_client, keys.reports_stream()) == 0
+    assert redis_client.hget(keys.host("bbs-01"), "stream_id") == kept
+    assert pending(redis_client, stream) == 0
 
 
 def test_own_pending_entries_are_resumed(redis_client: redis.Redis, keys: Any, publish: Any,
                                          report: Any, make_collector: Any) -> None:
-    publish(report("bbs-01", 1))
+    stream = keys.reports_stream("bbs-01")
+    publish(report("bbs-01", 1, sessions=1))
+    publish(report("bbs-01", 2, sessions=2))
+    redis_client.xgroup_create(stream, COLLECTOR_GROUP, id="0")
+    redis_client.xreadgroup(COLLECTOR_GROUP, "fixed", {stream: ">"})
+    gone = publish(report("bbs-01", 3, sessions=3))
     publish(report("bbs-02", 1))
-    redis_client.xgroup_create(keys.reports_stream(), COLLECTOR_GROUP, id="0")
-    redis_client.xreadgroup(COLLECTOR_GROUP, "fixed", {keys.reports_stream(): ">"})
-    gone = publish(report("bbs-03", 1))
-    redis_client.xreadgroup(COLLECTOR_GROUP, "fixed", {keys.reports_stream(): ">"})
-    redis_client.xdel(keys.reports_stream(), gone)
+    redis_client.xreadgroup(COLLECTOR_GROUP, "fixed", {stream: ">"})
+    redis_client.xdel(stream, gone)
     # Restarted under the same name: its own pending entries come first.
     make_collector(name="fixed").setup()
-    assert redis_client.zcard(keys.hosts_index()) == 2
+    assert history_sessions(redis_client, keys, "bbs-01") == [1, 2]
     assert redis_client.xlen(keys.dead_letter_stream()) == 1
-    assert pending(redis_client, keys.reports_stream()) == 0
+    assert pending(redis_client, stream) == 0
 
 
 def test_scripts_flushed_are_reloaded(redis_client: redis.Redis, keys: Any, publish: Any,
@@ -476,7 +501,7 @@ def test_group_deleted_under_a_running_collector(redis_client: redis.Redis, keys
     try:
         publish(report("bbs-01", 1))
         _wait(lambda: redis_client.exists(keys.host("bbs-01")))
-        redis_client.delete(keys.reports_stream())
+        redis_client.delete(keys.reports_stream("bbs-01"))
         publish(report("bbs-02", 1))
         _wait(lambda: redis_client.exists(keys.host("bbs-02")))
     finally:
@@ -505,13 +530,13 @@ def test_redis_outage_is_retried(redis_server_factory: Any, keys: Any, report: A
     worker = threading.Thread(target=collector.run, args=(stop,))
     worker.start()
     try:
-        client.xadd(keys.reports_stream(), {"m": encode(report("bbs-01", 1))})
+        client.xadd(keys.reports_stream("bbs-01"), {"m": encode(report("bbs-01", 1))})
         _wait(lambda: client.exists(keys.host("bbs-01")))
         server.stop()
         time.sleep(1.0)
         assert worker.is_alive()
         server.start()
-        client.xadd(keys.reports_stream(), {"m": encode(report("bbs-02", 1))})
+        client.xadd(keys.reports_stream("bbs-02"), {"m": encode(report("bbs-02", 1))})
         _wait(lambda: client.exists(keys.host("bbs-02")))
     finally:
         stop.set()
@@ -524,18 +549,22 @@ def test_redis_outage_is_retried(redis_server_factory: Any, keys: Any, report: A
 def test_heartbeat(redis_client: redis.Redis, keys: Any, publish: Any, report: Any,
                    make_collector: Any) -> None:
     publish(report("bbs-01", 1))
-    redis_client.xadd(keys.reports_stream(), {"m": b"junk"})
+    redis_client.xadd(keys.reports_stream("bbs-01"), {"m": b"junk"})
     collector = make_collector(name="hb")
     collector.drain()
     publish(report("bbs-01", 2))  # not yet delivered: lag 1
     collector.heartbeat()
     beat = {k.decode(): v.decode() for k, v in redis_client.hgetall(keys.collector("hb")).items()}
     assert beat["state"] == "running"
-    assert (beat["processed"], beat["dead_lettered"], beat["lag"]) == ("2", "1", "1")
-    assert beat["pending"] == "0"
-    assert float(beat["lag_s"]) >= 0
+    assert (beat["processed"], beat["dead_lettered"], beat["lag"]) == ("2", "1", "0")
+    assert (beat["pending"], beat["streams"], beat["collectors"]) == ("0", "1", "1")
+    assert float(beat["lag_s"]) == 0
     assert redis_client.zscore(keys.collectors_index(), "hb") == int(beat["heartbeat_ms"])
     assert redis_client.ttl(keys.collector("hb")) > 0
+    # A running collector is a member of the ring that shares the hosts.
+    assert redis_client.zscore(keys.collector_ring(), "hb") == int(beat["heartbeat_ms"])
+    collector.heartbeat("stopped")
+    assert redis_client.zscore(keys.collector_ring(), "hb") is None
 
 
 def test_an_entry_redis_refuses_ends_as_a_dead_letter(redis_client: redis.Redis, keys: Any,
@@ -549,14 +578,14 @@ def test_an_entry_redis_refuses_ends_as_a_dead_letter(redis_client: redis.Redis,
     collector.drain()
     assert redis_client.exists(keys.host("bbs-02"))
     assert collector.counters.errors == 1
-    assert pending(redis_client, keys.reports_stream()) == 1
+    assert pending(redis_client, keys.reports_stream("bbs-01")) == 1
     for _ in range(2):
         time.sleep(0.25)  # claim_min_idle_s = 0.2
         collector.reclaim()
     letters = redis_client.xrange(keys.dead_letter_stream())
     assert [f[b"id"] for _, f in letters] == [poison]
     assert b"delivered 2 times" in letters[0][1][b"reason"]
-    assert pending(redis_client, keys.reports_stream()) == 0
+    assert pending(redis_client, keys.reports_stream("bbs-01")) == 0
 
 
 def _backlog(publish: Any, report: Any, event: Any, hosts: int, reports: int) -> int:
@@ -579,8 +608,8 @@ def _assert_backlog_applied(redis_client: redis.Redis, keys: Any, hosts: int,
         assert redis_client.hget(keys.host(host), "seq") == str(reports).encode()
         assert redis_client.llen(keys.host_history(host)) == reports
         assert redis_client.hlen(keys.host_sessions(host)) == reports
-    assert pending(redis_client, keys.reports_stream()) == 0
-    assert pending(redis_client, keys.sessions_stream()) == 0
+        assert pending(redis_client, keys.reports_stream(host)) == 0
+        assert pending(redis_client, keys.sessions_stream(host)) == 0
 
 
 def test_a_backlog_is_applied_in_batches_of_many_calls(
@@ -607,10 +636,10 @@ def test_entries_read_survive_a_restart(
     _backlog(publish, report, event, hosts=10, reports=6)
     collector = make_collector(batch_size=7)
     collector.setup()
+    streams = [stream for index in range(10) for stream in keys.host_streams(f"bbs-{index:03d}")]
     for _ in range(3):
-        redis_client.xreadgroup(COLLECTOR_GROUP, collector.name,
-                                {keys.reports_stream(): ">", keys.sessions_stream(): ">"},
-                                count=7)
+        redis_client.xreadgroup(COLLECTOR_GROUP, collector.name, dict.fromkeys(streams, ">"),
+                                count=2)
     collector.setup()
     collector.drain()
     _assert_backlog_applied(redis_client, keys, hosts=10, reports=6)
@@ -675,14 +704,14 @@ def test_host_state_is_the_same_in_the_tuned_redis_and_uses_hash_tables(
     states = []
     for client in (redis_client, tuned):
         for message in messages:
-            stream = (keys.sessions_stream() if message in messages[-1:]
-                      else keys.reports_stream())
+            stream = (keys.sessions_stream("bbs-01") if message in messages[-1:]
+                      else keys.reports_stream("bbs-01"))
             client.xadd(stream, dict(stream_fields(message)))  # type: ignore[arg-type]
         collector = Collector(client, keys, CollectorSettings(evaluate=False), name="t")
         assert collector.drain() == len(messages)
         state = client.hgetall(keys.host("bbs-01"))
         # Redis's own clock: the entry times differ between the two servers.
-        for name in (b"last_seen", b"last_seen_ms", b"clock_skew_s"):
+        for name in (b"last_seen", b"last_seen_ms", b"stream_id", b"clock_skew_s"):
             state.pop(name)
         states.append((state, client.hgetall(keys.host_sessions("bbs-01"))))
     assert states[0] == states[1]
