@@ -396,12 +396,12 @@ class Collector:
         while self.clock() < deadline:
             count = self.read(None)
             total_read += count
-            self.flush()
-            if self._held:
-                self.retry_held()
+            if count:
                 continue
-            if count == 0:
+            self.flush()
+            if not self._held:
                 break
+            self.retry_held()
         self.flush()
         return total_read
 
@@ -514,7 +514,6 @@ class Collector:
             self._next_inspect = self.clock() + self.settings.claim_interval_s
         if not page:
             return 0
-        self.flush()
         members = set(self.streams.members)
         claimed = 0
         pending = 0
@@ -526,7 +525,6 @@ class Collector:
             if any(consumers.pending.values()):
                 claimed += self.reclaimer.idle(stream)
             self.reclaimer.forget_idle(stream, consumers)
-        self.flush()
         self._pending_seen = pending if self._inspect_at == count else (
             self._pending_seen + pending)
         self.counters.reclaimed += claimed

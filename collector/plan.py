@@ -44,7 +44,7 @@ from wire.messages import (
     decode_entry,
 )
 from wire.replies import text
-from wire.state import entry_id_ms, float_text, session_fields_text, session_text
+from wire.state import entry_id_ms, float_text, iso_from_ms, session_fields_text, session_text
 
 logger = logging.getLogger(__name__)
 
@@ -59,7 +59,7 @@ StoredSessions = dict[str, dict[str, str | None]]
 class Write:
     """One entry's planned write: its map for the apply script."""
 
-    kind: str  # report, session, snapshot or dead_letter
+    kind: str  # report, history, session, snapshot, replaced or dead_letter
     stream: str
     entry_id: str
     host: str  # '' for a dead letter
@@ -172,10 +172,18 @@ class Planner:
         the sessions :func:`sessions_to_read` named; it is updated with what
         each event leaves, so that later events of the batch merge with that."""
         known = {host: dict(sessions) for host, sessions in stored.items()}
+        history_only = superseded(decoded)
+        replaced = replaced_by_snapshot(decoded)
         planned = []
-        for item in decoded:
+        for index, item in enumerate(decoded):
             try:
-                if isinstance(item.message, Report):
+                if index in replaced:
+                    planned.append(self.replaced_write(item.stream, item.entry_id,
+                                                       item.message.host))
+                elif index in history_only:
+                    assert isinstance(item.message, Report)
+                    planned.append(self.history_write(item.stream, item.entry_id, item.message))
+                elif isinstance(item.message, Report):
                     planned.append(self.report_write(item.stream, item.entry_id, item.message))
                 else:
                     planned.append(self.session_write(item.stream, item.entry_id, item.message,
@@ -216,6 +224,27 @@ class Planner:
             deleted=write.deleted,
         )
         return Write("report", stream, entry_id, host, entry, report=report)
+
+    def history_write(self, stream: str, entry_id: str, report: Report) -> Write:
+        """The write of a report that a later one of the same batch supersedes:
+        its history line (and the reports its agent lost) without the host
+        hash, which the later report writes."""
+        host = report.host
+        entry = self._common("history", stream, entry_id, host)
+        entry.update(
+            mark="", host_key=self.keys.host(host), history_key=self.keys.host_history(host),
+            epoch=str(report.epoch), seq=padded(report.seq), dropped=report.dropped,
+            history_line=history_line(report, iso_from_ms(entry_id_ms(entry_id))),
+            history_length=self.settings.history_length,
+        )
+        return Write("history", stream, entry_id, host, entry, report=report)
+
+    def replaced_write(self, stream: str, entry_id: str, host: str) -> Write:
+        """The write of a session event that a later snapshot of the same batch
+        replaces: nothing but its acknowledgement, in its turn."""
+        entry = self._common("replaced", stream, entry_id, host)
+        entry["mark"] = ""
+        return Write("replaced", stream, entry_id, host, entry)
 
     def session_write(self, stream: str, entry_id: str, event: SessionEvent,
                       known: StoredSessions) -> Write:
@@ -278,6 +307,48 @@ class Planner:
         )
         logger.debug("dead-lettering %s of %s: %s", entry_id, stream, reason)
         return Write("dead_letter", stream, entry_id, "", entry)
+
+
+def superseded(decoded: Sequence[Decoded]) -> set[int]:
+    """The indexes of the reports of a batch that a later report of the same
+    host in the batch supersedes (another run, or a later seq of the same run).
+
+    A batch writes each host's hash once, for its newest report: when a
+    backlog is worked off, the reports before it only add their history
+    lines, and the host hash, its evaluation and everything that follows
+    from them are done once per host rather than once per report. A report
+    the agent sent twice supersedes nothing, so it is still told apart.
+    """
+    later: dict[str, Report] = {}
+    found = set()
+    for index in range(len(decoded) - 1, -1, -1):
+        message = decoded[index].message
+        if not isinstance(message, Report):
+            continue
+        newer = later.get(message.host)
+        if newer is not None and (newer.epoch != message.epoch or newer.seq > message.seq):
+            found.add(index)
+        else:
+            later[message.host] = message
+    return found
+
+
+def replaced_by_snapshot(decoded: Sequence[Decoded]) -> set[int]:
+    """The indexes of the session events of a batch that a later snapshot of
+    the same host in the batch replaces.
+
+    A snapshot sets a host's sessions whole, so the events before it leave
+    nothing it does not overwrite; working off a backlog, only the last
+    snapshot of each host and the events after it are written.
+    """
+    last_snapshot: dict[str, int] = {}
+    for index, item in enumerate(decoded):
+        message = item.message
+        if isinstance(message, SessionEvent) and message.kind == SNAPSHOT:
+            last_snapshot[message.host] = index
+    return {index for index, item in enumerate(decoded)
+            if isinstance(item.message, SessionEvent)
+            and index < last_snapshot.get(item.message.host, -1)}
 
 
 def sessions_to_read(decoded: Iterable[Decoded]) -> list[tuple[str, str]]:

@@ -81,6 +81,10 @@ PROTOCOL: dict[str, tuple[str, ...]] = {
     "report": ("host_key", "hosts_index", "history_key", "host", "epoch", "seq", "entry_ms",
                "history_line", "history_length", "dropped", "status", "base", "fields",
                "deleted"),
+    # A report a later one of its batch supersedes: its history line only
+    # (see collector.plan.superseded); names as in 'report'.
+    "history": ("host_key", "history_key", "epoch", "seq", "dropped", "history_line",
+                "history_length"),
     # sessions_key, order_key: the host's sessions hash and its ordering
     # marks; action: 'set' or 'del' of the client's session text; expect:
     # 'any', 'absent' or 'equal' (to expected) for what is stored now, so that
@@ -91,6 +95,9 @@ PROTOCOL: dict[str, tuple[str, ...]] = {
                 "expected", "max_marks"),
     # sessions: the snapshot as a flat list (client, text, ...).
     "snapshot": ("sessions_key", "order_key", "epoch", "seq", "sessions"),
+    # A session event a later snapshot of its call replaces: acknowledged only
+    # (see collector.plan.replaced_by_snapshot).
+    "replaced": (),
     # dead_letter_stream, maxlen: where the entry goes and that stream's
     # bound; fields: the dead letter's fields as a flat list.
     "dead_letter": ("dead_letter_stream", "maxlen", "fields"),
@@ -113,6 +120,12 @@ end
 """
 
 APPLY = _HELPERS + """
+local function push_history(e)
+  if redis.call('LPUSH', e.history_key, e.history_line) > e.history_length then
+    redis.call('LTRIM', e.history_key, 0, e.history_length - 1)
+  end
+end
+
 local function report(e)
   local stored = redis.call('HMGET', e.host_key, 'stream_id', 'epoch', 'seq', 'dropped_total',
                             'stale', 'grace_until_ms', 'grace_until')
@@ -143,9 +156,7 @@ local function report(e)
   end
   bulk('HSET', e.host_key, written)
   redis.call('ZADD', e.hosts_index, e.entry_ms, e.host)
-  if redis.call('LPUSH', e.history_key, e.history_line) > e.history_length then
-    redis.call('LTRIM', e.history_key, 0, e.history_length - 1)
-  end
+  push_history(e)
   return 1
 end
 
@@ -162,6 +173,17 @@ local function repeated(e)
   end
   redis.call('HSET', e.order_key, 'sent', e.epoch .. ':' .. e.seq)
   return false
+end
+
+-- A report whose hash a later one of the same call writes: the same checks
+-- as a report's, then only its history line and the reports its agent lost.
+local function history(e)
+  local stored = redis.call('HMGET', e.host_key, 'stream_id', 'epoch', 'seq')
+  if stored[1] and position(stored[1]) >= e.position then return 0 end
+  if stored[2] == e.epoch and stored[3] and pad(stored[3]) >= e.seq then return 0 end
+  if e.dropped > 0 then redis.call('HINCRBY', e.host_key, 'dropped_total', e.dropped) end
+  push_history(e)
+  return 1
 end
 
 local function session(e)
@@ -251,8 +273,10 @@ local function dead_letter(e)
   return 1
 end
 
-local apply = {report = report, session = session, snapshot = snapshot,
-               dead_letter = dead_letter}
+local function replaced(e) return 0 end
+
+local apply = {report = report, history = history, session = session, snapshot = snapshot,
+               replaced = replaced, dead_letter = dead_letter}
 
 -- True while an entry of the stream older than e is pending: it must be
 -- applied first.
@@ -270,6 +294,9 @@ end
 
 local call = cmsgpack.unpack(ARGV[1])
 local results, marked, marks_seen = {}, {}, {}
+-- The newest entry applied of each stream: every entry before it is
+-- acknowledged, so the stream is trimmed up to it once the call is done.
+local trim, trimmed = {}, {}
 for n, e in ipairs(call.entries) do
   local ok, result = pcall(run, e)
   if not ok then
@@ -286,7 +313,8 @@ for n, e in ipairs(call.entries) do
     if result >= 0 then
       redis.call('XACK', e.stream, e.group, e.id)
       if e.kind ~= 'dead_letter' then
-        redis.call('XTRIM', e.stream, 'MINID', '~', e.id)
+        if not trim[e.stream] then trimmed[#trimmed + 1] = e.stream end
+        trim[e.stream] = e.id
       end
     end
     if result == 1 and e.mark ~= '' and call.mark_ttl > 0 and not marks_seen[e.mark] then
@@ -296,6 +324,9 @@ for n, e in ipairs(call.entries) do
       end
     end
   end
+end
+for _, stream in ipairs(trimmed) do
+  redis.call('XTRIM', stream, 'MINID', '~', trim[stream])
 end
 return {results, marked}
 """

@@ -201,19 +201,57 @@ def test_events_the_reporter_sends_again_are_skipped(redis_client: redis.Redis, 
     # The reporter lost Redis's reply to a batch and sent it again: the copies
     # come later on the stream, but their seqs tell them apart.
     batch = [event("connected", 1, client_id="192.0.2.7:7000"),
-             event("snapshot", 2, sessions=(
-                 SessionInfo("192.0.2.1:5000", "guest", "logged_in", time.time()),)),
-             event("disconnected", 3, client_id="192.0.2.1:5000")]
-    for message in batch + batch:
+             event("connected", 2, client_id="192.0.2.1:5000"),
+             event("disconnected", 3, client_id="192.0.2.7:7000")]
+    for message in batch:
         publish(message)
     collector = make_collector()
     collector.drain()
-    assert sessions_of(redis_client, keys) == {}
+    for message in batch:
+        publish(message)
+    collector.drain()
+    assert list(sessions_of(redis_client, keys)) == ["192.0.2.1:5000"]
     assert collector.counters.skipped == 3
     # A new run of the reporter (another epoch) starts its seqs again.
     publish(event("connected", 1, epoch=2, client_id="192.0.2.9:9000"))
     collector.drain()
-    assert list(sessions_of(redis_client, keys)) == ["192.0.2.9:9000"]
+    assert sorted(sessions_of(redis_client, keys)) == ["192.0.2.1:5000", "192.0.2.9:9000"]
+
+
+def test_a_snapshot_replaces_the_events_before_it_in_a_batch(
+        redis_client: redis.Redis, keys: Any, publish: Any, event: Any,
+        make_collector: Any) -> None:
+    # Working off a backlog, the events a later snapshot overwrites are only
+    # acknowledged; the snapshot and the events after it are written.
+    publish(event("connected", 1, client_id="192.0.2.7:7000"))
+    publish(event("logged_in", 2, client_id="192.0.2.7:7000", user_id="alice"))
+    publish(event("snapshot", 3, sessions=(
+        SessionInfo("192.0.2.1:5000", "guest", "logged_in", time.time()),)))
+    publish(event("connected", 4, client_id="192.0.2.2:5001"))
+    collector = make_collector()
+    collector.drain()
+    assert sorted(sessions_of(redis_client, keys)) == ["192.0.2.1:5000", "192.0.2.2:5001"]
+    assert (collector.counters.skipped, collector.counters.applied) == (2, 2)
+    assert pending(redis_client, keys.sessions_stream("bbs-01")) == 0
+
+
+def test_a_batch_writes_each_host_hash_once_and_every_history_line(
+        redis_client: redis.Redis, keys: Any, publish: Any, report: Any,
+        make_collector: Any) -> None:
+    for seq in range(1, 6):
+        publish(report("bbs-01", seq, sessions=seq, disk=50.0 + seq, dropped=1))
+    collector = make_collector()
+    collector.drain()
+    state = redis_client.hgetall(keys.host("bbs-01"))
+    assert (state[b"seq"], state[b"disk_space.percent_used"]) == (b"5", b"55.0")
+    assert state[b"dropped_total"] == b"5"
+    lines = redis_client.lrange(keys.host_history("bbs-01"), 0, -1)
+    assert [int(line.split(b",")[1]) for line in lines] == [5, 4, 3, 2, 1]
+    assert collector.counters.applied == 5
+    # A copy of a report that only reached the history is still told apart.
+    publish(report("bbs-01", 3, sessions=3))
+    collector.drain()
+    assert redis_client.llen(keys.host_history("bbs-01")) == 5
 
 
 def test_merge_conflict_is_retried(redis_client: redis.Redis, keys: Any, publish: Any,
