@@ -5,7 +5,7 @@ connects, :meth:`~SessionReporter.update_session_state` when it logs in and
 :meth:`~SessionReporter.unregister_session` when it leaves, the same three
 calls as the original in-process monitor. The reporter keeps its own table of
 the sessions and turns every call into a :class:`wire.messages.SessionEvent`
-on the sessions stream, where the collector picks them up.
+on the host's own sessions stream, where the collector picks them up.
 
 The BBS must never be slowed down or broken by its monitor, so:
 
@@ -773,7 +773,7 @@ class SessionReporter:
     def _send_pending(self) -> bool:
         """Send the pending batch in pipelines; True when all of it went out."""
         settings = self._settings
-        stream = self._key_space.sessions_stream()
+        stream = self._key_space.sessions_stream(self.host)
         pending = self._pending
         while pending:
             chunk = pending[: settings.batch_size]
