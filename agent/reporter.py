@@ -107,8 +107,10 @@ class ReporterSettings:
                                 "one call pays for the wake-up)", check=positive)
     snapshot_interval: float = setting(60.0, "seconds between full snapshots of the sessions",
                                        check=positive)
-    stream_maxlen: int = setting(100_000, "approximate length the sessions stream is trimmed "
-                                 "to (XADD MAXLEN ~)", check=positive)
+    stream_maxlen: int = setting(10_000, "approximate length this host's own sessions stream "
+                                 "is trimmed to (XADD MAXLEN ~); it bounds what waits for a "
+                                 "collector that is down (the collector also trims the "
+                                 "entries it has applied)", check=positive)
     backoff_initial: float = setting(0.5, "first retry delay after Redis failed, seconds",
                                      check=positive)
     backoff_max: float = setting(30.0, "longest retry delay, seconds (the delay doubles up "
