@@ -321,7 +321,7 @@ class Daemon:
             return self.publisher.flush(force=force)
         except sqlite3.Error as exc:
             # Sent but not yet forgotten: the reports go again later, and the
-            # send script keeps them from showing twice.
+            # collector skips the copies it has already applied (same epoch, seq).
             logger.error("Cannot update the spool after sending (%s)", exc)
             return 0
 

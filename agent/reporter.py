@@ -5,7 +5,7 @@ connects, :meth:`~SessionReporter.update_session_state` when it logs in and
 :meth:`~SessionReporter.unregister_session` when it leaves, the same three
 calls as the original in-process monitor. The reporter keeps its own table of
 the sessions and turns every call into a :class:`wire.messages.SessionEvent`
-on the sessions stream, where the collector picks them up.
+on the host's own sessions stream, where the collector picks them up.
 
 The BBS must never be slowed down or broken by its monitor, so:
 
@@ -107,8 +107,10 @@ class ReporterSettings:
                                 "one call pays for the wake-up)", check=positive)
     snapshot_interval: float = setting(60.0, "seconds between full snapshots of the sessions",
                                        check=positive)
-    stream_maxlen: int = setting(100_000, "approximate length the sessions stream is trimmed "
-                                 "to (XADD MAXLEN ~)", check=positive)
+    stream_maxlen: int = setting(10_000, "approximate length this host's own sessions stream "
+                                 "is trimmed to (XADD MAXLEN ~); it bounds what waits for a "
+                                 "collector that is down (the collector also trims the "
+                                 "entries it has applied)", check=positive)
     backoff_initial: float = setting(0.5, "first retry delay after Redis failed, seconds",
                                      check=positive)
     backoff_max: float = setting(30.0, "longest retry delay, seconds (the delay doubles up "
@@ -773,7 +775,7 @@ class SessionReporter:
     def _send_pending(self) -> bool:
         """Send the pending batch in pipelines; True when all of it went out."""
         settings = self._settings
-        stream = self._key_space.sessions_stream()
+        stream = self._key_space.sessions_stream(self.host)
         pending = self._pending
         while pending:
             chunk = pending[: settings.batch_size]

@@ -74,8 +74,10 @@ class AgentSettings:
     spool_sync: str = setting("full", "SQLite synchronous mode of the spool: full survives a "
                               "power cut, normal only a crash of the agent",
                               check=one_of("full", "normal"))
-    stream_maxlen: int = setting(100_000, "approximate length the reports stream is trimmed to "
-                                 "(XADD MAXLEN ~)", check=positive)
+    stream_maxlen: int = setting(10_000, "approximate length this host's own reports stream is "
+                                 "trimmed to (XADD MAXLEN ~); it bounds what waits for a "
+                                 "collector that is down (the collector also trims the "
+                                 "entries it has applied)", check=positive)
     replay_batch: int = setting(100, "reports sent per round trip when replaying the spool",
                                 check=positive)
     host_key_file: Path | None = setting(None, "file with this host's 'host-id secret' line; "

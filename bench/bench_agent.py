@@ -166,7 +166,7 @@ def main() -> int:
             stdout=subprocess.DEVNULL, stderr=log)
         try:
             client = redis.Redis(port=port)
-            stream = KeySpace().reports_stream()
+            stream = KeySpace().reports_stream("bench-01")
             measured = psutil.Process(agent.pid)
             first = wait_for_seq(client, stream, WARMUP_CYCLES, deadline, agent)
             cpu_start = cpu_seconds(measured)

@@ -38,6 +38,7 @@ from agent.reporter import SessionReporter
 from wire.keys import KeySpace
 
 MB = 1024 * 1024
+HOST = "bbs-flood"  # the simulated BBS's host id
 CONCURRENT = 200  # sessions open at once in the simulated BBS
 
 
@@ -139,7 +140,7 @@ def scenario(workdir: Path, *, rate: float, duration: float, max_queue: int,
         reference, index, _ = flood(PlainTable(), rate=rate, duration=duration, start_index=0)
         ref = summary(reference, rate)
         baseline = process.memory_info().rss
-        reporter = SessionReporter(server.url, "bbs-flood", max_queue=max_queue,
+        reporter = SessionReporter(server.url, HOST, max_queue=max_queue,
                                    stream_maxlen=stream_maxlen, backoff_max=0.5).start()
         phases: dict[str, dict[str, Any]] = {"reference": ref}
         try:
@@ -173,8 +174,9 @@ def scenario(workdir: Path, *, rate: float, duration: float, max_queue: int,
             reporter.close(10)
         client = server.client()
         # The stream is trimmed with MAXLEN ~: at most a node's worth over.
-        stream_len = wait_until(lambda: client.xlen(keys.sessions_stream()) or None, 10)
-        snapshot = client.xrevrange(keys.sessions_stream(), count=1)
+        stream = keys.sessions_stream(HOST)
+        stream_len = wait_until(lambda: client.xlen(stream) or None, 10)
+        snapshot = client.xrevrange(stream, count=1)
     finally:
         server.kill()
     worst_ref = max(ref["max_us"], 1.0)

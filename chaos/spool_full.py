@@ -25,6 +25,8 @@ from agent.spool import SpoolError, SpoolStatus, inspect
 from stack.embedded import any_free_port
 from wire.keys import KeySpace
 
+HOST = "bbs-spool"  # the agent's host id
+
 
 def status(spool: Path, capacity: int) -> SpoolStatus | None:
     """The spool's status; None while the agent is still creating it."""
@@ -45,7 +47,7 @@ def scenario(workdir: Path, *, reports: int, capacity: int, interval: float) -> 
                      "MTBBS_AGENT_SPOOL_SYNC": "normal"})
     with processes(workdir / "logs") as group:
         started = time.monotonic()
-        agent = group.spawn("agent", agent_argv("bbs-spool", url, workdir / "agent",
+        agent = group.spawn("agent", agent_argv(HOST, url, workdir / "agent",
                                                 interval=interval), env)
         wait_until(lambda: (s := status(spool, capacity)) and s.last_seq >= reports,
                    timeout=reports * interval * 4 + 30, what=f"{reports} reports made",
@@ -54,11 +56,11 @@ def scenario(workdir: Path, *, reports: int, capacity: int, interval: float) -> 
         server = group.redis_server(port=port, aof=False)
         client = server.client()
         wait_until(lambda: inspect(spool, capacity).pending == 0
-                   and client.xlen(keys.reports_stream()) > 0,
+                   and client.xlen(keys.reports_stream(HOST)) > 0,
                    timeout=60, what="spool drained", alive=[agent])
         code = terminate(agent)
         final = inspect(spool, capacity)
-        messages = [m for _, m in stream_messages(client, keys.reports_stream())]
+        messages = [m for _, m in stream_messages(client, keys.reports_stream(HOST))]
         elapsed = time.monotonic() - started
     seqs = [m.seq for m in messages]
     made = final.last_seq

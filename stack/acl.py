@@ -6,6 +6,10 @@ configured prefix. The output is meant to be piped into ``redis-cli`` (one
 ``aclfile``. Passwords are read from files and printed only as SHA-256
 hashes. Nothing here connects to Redis.
 
+The agent and reporter users exist per BBS host only (``--host``, once per
+host); ``--role all`` without a host prints the shared roles alone, and
+``--role agent`` or ``--role reporter`` without one is a usage error.
+
 Hook: ``add_acl_command(subparsers)`` adds the ``acl`` sub-command, whose
 parser sets ``func=run_acl``; ``run_acl(args)`` returns the exit code.
 """
@@ -18,16 +22,18 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-from wire.acl import ROLES, AclRule, aclfile_line, role_rule, setuser_line
+from wire.acl import HOST_ROLES, ROLES, AclRule, aclfile_line, role_rule, setuser_line
 from wire.cli import ArgumentParser, add_common_options, guarded, load_config
 from wire.config import read_secret_file
 from wire.errors import ConfigError
 
 EXAMPLES = """\
 examples:
-  mtbbs-monitor acl --role all --password-dir /etc/mtbbs/redis-users | redis-cli
+  mtbbs-monitor acl --password-dir /etc/mtbbs/redis-users | redis-cli
+  mtbbs-monitor acl --host bbs-01 --host bbs-02 --password-dir /etc/mtbbs/redis-users \
+      | redis-cli
   mtbbs-monitor acl --role agent --host bbs-01 --password-file bbs-01.pw
-  mtbbs-monitor acl --aclfile --password-dir /etc/mtbbs/redis-users > users.acl
+  mtbbs-monitor acl --aclfile --host bbs-01 --password-dir /etc/mtbbs/redis-users > users.acl
 """
 
 
@@ -47,8 +53,9 @@ def _add_options(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--role", choices=(*ROLES, "all"), default="all",
                         help="the role to print (default: all)")
     parser.add_argument("--host", action="append", default=[], metavar="ID",
-                        help="one agent/reporter user per host, confined to that host's keys "
-                        "(repeatable; without it one shared agent user)")
+                        help="a BBS host whose agent and reporter users to print, confined "
+                        "to that host's keys (repeatable; required by --role agent and "
+                        "--role reporter; without it --role all prints the shared roles)")
     parser.add_argument("--user", metavar="NAME",
                         help="user name, when a single user is printed (default mtbbs-ROLE "
                         "or mtbbs-ROLE-HOST)")
@@ -66,6 +73,8 @@ def _add_options(parser: argparse.ArgumentParser) -> None:
                         help="use Redis 7 read/write key permissions (%%R~, %%W~); "
                         "Redis 6.2 rejects them")
     add_common_options(parser)
+    # run_acl reports a role/host mismatch as a usage error of this parser.
+    parser.set_defaults(acl_usage_error=parser.error)
 
 
 def _read_password(path: Path, setting: str) -> str:
@@ -78,14 +87,26 @@ def _read_password(path: Path, setting: str) -> str:
     return password
 
 
+def role_host_problem(role: str, hosts: Sequence[str]) -> str | None:
+    """Why ``role`` cannot be printed for ``hosts``; None when it can."""
+    if role in HOST_ROLES and not hosts:
+        return (f"the {role} role is per host: give a host id (--host ID, once per BBS "
+                "host)")
+    if role not in HOST_ROLES and role != "all" and hosts:
+        return f"the {role} role is shared by every host: --host does not apply to it"
+    return None
+
+
 def build_rules(role: str, hosts: Sequence[str], prefix: str,
                 user: str | None = None) -> list[AclRule]:
-    """The users to print for ``role`` (``all`` for every role)."""
+    """The users to print for ``role`` (``all`` for every role).
+
+    A host role gets one user per host in ``hosts``, and none without hosts.
+    """
     roles = ROLES if role == "all" else (role,)
     rules: list[AclRule] = []
     for name in roles:
-        targets: Sequence[str | None] = hosts if hosts and name in ("agent", "reporter") \
-            else [None]
+        targets: Sequence[str | None] = hosts if name in HOST_ROLES else [None]
         for host in targets:
             try:
                 rules.append(role_rule(name, prefix, host=host, user=user))
@@ -96,8 +117,14 @@ def build_rules(role: str, hosts: Sequence[str], prefix: str,
 
 def run_acl(args: argparse.Namespace) -> int:
     """Print the ACL users that ``args`` ask for; the exit code."""
+    problem = role_host_problem(args.role, args.host)
+    if problem is not None:
+        args.acl_usage_error(problem)
     _, redis_settings = load_config(args)
     rules = build_rules(args.role, args.host, redis_settings.prefix)
+    if args.role == "all" and not args.host:
+        print("note: no agent or reporter users without --host: they exist per BBS host "
+              "(add --host ID for each host)", file=sys.stderr)
     if len(rules) > 1 and (args.user or args.password_file):
         raise ConfigError("acl", "--user and --password-file name a single user; choose one "
                           "--role (and at most one --host), or use --password-dir")

@@ -6,22 +6,35 @@ the configured prefix instead of being written out by hand.
 
 Roles:
 
-``agent``
-    Appends reports (and, for the session reporter on the same host, session
-    events) to the two streams; reads its host's sessions hash for the
-    sessions check; runs the send script that keeps the host's last-sent mark
-    beside the XADD. With a host id the user is confined to that host's keys.
-``reporter``
-    The session reporter alone: appends session events, nothing else.
+``agent`` (one user per host)
+    Appends reports to its host's own reports stream and (for the session
+    reporter on the same host, which may share the user) session events to
+    its host's own sessions stream; reads its host's sessions hash for the
+    sessions check. Nothing else: no other host's keys, no shared key, no
+    command that reads, trims or deletes a stream.
+``reporter`` (one user per host)
+    The session reporter alone: appends session events to its host's own
+    sessions stream, nothing else.
 ``collector``
-    Consumes the streams in the collector group, writes host state, history,
-    sessions, its heartbeat and dead letters, and enqueues rq evaluation jobs.
+    Finds the hosts' streams (``SCAN ... TYPE stream``) and consumes them in
+    the collector group, trims what it has applied, writes host state,
+    history, sessions, its heartbeat, its place in the collectors' ring and
+    dead letters, enqueues rq evaluation jobs, and may subscribe to the XADD
+    keyspace events to wake up.
 ``alerter``
     An rq worker: rq's own keys, host state to read, alert, silence and
     notification keys to write.
 ``readonly``
     The status CLI, the exporter and ``watch``: read commands on the
     project's keys and nothing else.
+
+The host roles exist only per host, because a host's credentials must reach
+only that host's keys (a stolen one can lie about its own host, never touch
+another host or the shared pipeline); asking for one without a host id is an
+error. They get no EVAL, EVALSHA, SCRIPT or FUNCTION: a script runs with the
+caller's key permissions, but an endless one blocks the whole server, and a
+host has no need of one (its delivery is a plain XADD; a duplicate after a
+lost reply is the collector's to skip).
 
 The rules work on Redis 6.2, which has key patterns (``~``) and pubsub
 channel patterns (``&``) but grants read and write together. Each pattern
@@ -40,6 +53,9 @@ from wire.keys import KeySpace, valid_host_id
 
 ROLES = ("agent", "reporter", "collector", "alerter", "readonly")
 
+# The roles of a BBS host: one Redis user per host, never a shared one.
+HOST_ROLES = ("agent", "reporter")
+
 # rq names its keys under this fixed prefix (rq.defaults / RQ_KEY_PREFIX);
 # our queue names carry our prefix after it, e.g. ``rq:queue:mtbbs:evaluate``.
 RQ_PREFIX = "rq:"
@@ -51,15 +67,23 @@ RQ_PREFIX = "rq:"
 # rule naming a subcommand it does not have (SETINFO came with 7.2).
 _CONNECTION = ("+ping", "+select", "+multi", "+exec", "+discard", "+client|setname")
 
-# Scripts run with the caller's permissions (every redis.call inside is
-# checked), so allowing EVAL adds no key access; SCRIPT FLUSH/KILL stay out.
+# Central roles only. Scripts run with the caller's permissions (every
+# redis.call inside is checked), so allowing EVAL adds no key access; SCRIPT
+# FLUSH/KILL stay out.
 _SCRIPTS = ("+eval", "+evalsha", "+script|load", "+script|exists")
 
 # Data commands by category, with what would let a role hurt others removed
 # (@dangerous: FLUSHALL, KEYS, CONFIG, DEBUG, SHUTDOWN, CLIENT KILL, ACL, ...).
 _DATA = ("+@read", "+@write", "-@dangerous")
 
+# Braces are no glob characters in Redis (a host stream's hash tag is matched
+# literally); host ids cannot hold any of these, prefixes may.
 _GLOB_SPECIALS = "*?[]\\"
+
+# The keyspace notification of an XADD, in any database: the collector may
+# wait on it instead of polling every host's stream. SUBSCRIBE checks the
+# channel against this glob; PSUBSCRIBE (Redis 6.2) must name it exactly.
+XADD_EVENTS = "__keyevent@*__:xadd"
 
 
 def glob_escape(text: str) -> str:
@@ -126,40 +150,46 @@ class _Spec:
     summary: str
 
 
-def _agent(keys: KeySpace, host: str | None) -> _Spec:
-    target = host or "*"
-    patterns = ((keys.reports_stream(), "W"), (keys.sessions_stream(), "W"),
-                (keys.host_sessions(target), "R"), (keys.agent_last_sent(target), "RW"))
-    # GET and SET run inside the send script, on the last-sent mark only.
-    commands = ("+xadd", "+hgetall", "+get", "+set", *_SCRIPTS, *_CONNECTION)
-    scope = f"host {host}" if host else "any host"
-    return _Spec(patterns, (), commands,
-                 f"agent of {scope}: XADD reports and session events, read its sessions hash")
+def _agent(keys: KeySpace, host: str) -> _Spec:
+    patterns = ((keys.reports_stream(host), "W"), (keys.sessions_stream(host), "W"),
+                (keys.host_sessions(host), "R"))
+    return _Spec(patterns, (), ("+xadd", "+hgetall", *_CONNECTION),
+                 f"agent of host {host}: XADD to its reports and sessions streams, read its "
+                 "sessions hash")
 
 
-def _reporter(keys: KeySpace, host: str | None) -> _Spec:
-    return _Spec(((keys.sessions_stream(), "W"),), (), ("+xadd", *_CONNECTION),
-                 "session reporter: XADD session events only")
+def _reporter(keys: KeySpace, host: str) -> _Spec:
+    return _Spec(((keys.sessions_stream(host), "W"),), (), ("+xadd", *_CONNECTION),
+                 f"session reporter of host {host}: XADD to its sessions stream only")
 
 
-def _collector(keys: KeySpace, host: str | None) -> _Spec:
+def _collector(keys: KeySpace) -> _Spec:
     patterns = (
-        (f"{keys.prefix}stream:*", "RW"),  # reports, sessions and dead letters
+        (keys.host_streams_pattern(), "RW"),  # every host's reports and sessions
+        (f"{keys.prefix}stream:*", "RW"),  # the dead letters
         (keys.hosts_index(), "RW"),
         (keys.host("*"), "RW"),  # the host hash, its sessions, history, ordering marks
-        (keys.collectors_index(), "RW"), (keys.collector("*"), "RW"),
+        (keys.collectors_index(), "RW"), (keys.collector_ring(), "RW"),
+        (keys.collector("*"), "RW"),
         (keys.evaluation_pending("*"), "RW"),
         (_rq_queue(keys.evaluate_queue()), "RW"), (f"{RQ_PREFIX}queues", "RW"),
         (f"{RQ_PREFIX}job:*", "RW"),
     )
     commands = (*_DATA, *_SCRIPTS, *_CONNECTION, "+watch", "+unwatch", "+time",
                 # rq reads the server version with INFO before it enqueues.
-                "+info")
-    return _Spec(patterns, (), commands,
-                 "collector: consume the streams, write host state, enqueue evaluations")
+                "+info",
+                # SCAN MATCH <prefix>{*}:* TYPE stream finds the hosts'
+                # streams. @read holds it already; named because the
+                # collector cannot work without it.
+                "+scan",
+                # The XADD keyspace events (XADD_EVENTS) wake it up.
+                "+subscribe", "+unsubscribe", "+psubscribe", "+punsubscribe")
+    return _Spec(patterns, (XADD_EVENTS,), commands,
+                 "collector: find and consume the hosts' streams, write host state, enqueue "
+                 "evaluations")
 
 
-def _alerter(keys: KeySpace, host: str | None) -> _Spec:
+def _alerter(keys: KeySpace) -> _Spec:
     patterns = (
         (f"{RQ_PREFIX}*", "RW"),
         (keys.hosts_index(), "R"), (keys.host("*"), "R"),
@@ -178,7 +208,8 @@ def _alerter(keys: KeySpace, host: str | None) -> _Spec:
                  "notifications")
 
 
-def _readonly(keys: KeySpace, host: str | None) -> _Spec:
+def _readonly(keys: KeySpace) -> _Spec:
+    # ``<prefix>*`` covers the hosts' streams too (``*`` matches the braces).
     patterns = ((f"{keys.prefix}*", "R"), (f"{_rq_queue(keys.prefix)}*", "R"),
                 (f"{RQ_PREFIX}queues", "R"))
     # TIME: readers judge staleness by the server clock, as the collector does.
@@ -186,24 +217,32 @@ def _readonly(keys: KeySpace, host: str | None) -> _Spec:
     return _Spec(patterns, (), commands, "read-only: status CLI, exporter, watch")
 
 
-_BUILDERS = {"agent": _agent, "reporter": _reporter, "collector": _collector,
-             "alerter": _alerter, "readonly": _readonly}
+_HOST_BUILDERS = {"agent": _agent, "reporter": _reporter}
+_SHARED_BUILDERS = {"collector": _collector, "alerter": _alerter, "readonly": _readonly}
 
 
 def role_rule(role: str, prefix: str = KeySpace.prefix, *, host: str | None = None,
               user: str | None = None) -> AclRule:
     """The ACL of ``role`` for keys under ``prefix``.
 
-    ``host`` confines an ``agent`` to one host's keys (one Redis user per
-    host) and names the user of an ``agent`` or ``reporter``.
+    ``agent`` and ``reporter`` are per host: ``host`` is required, confines
+    the user to that host's keys and names it (``mtbbs-agent-<host>``). The
+    other roles are shared and take no host.
     """
-    if role not in _BUILDERS:
+    if role not in ROLES:
         raise ValueError(f"unknown role {role!r} (one of {', '.join(ROLES)})")
-    if host is not None and not valid_host_id(host):
-        raise ValueError(f"{host!r} is not a valid host id")
-    per_host = host if role in ("agent", "reporter") else None
-    spec = _BUILDERS[role](_keys(prefix), per_host)
-    name = user or default_user(role, per_host)
+    keys = _keys(prefix)
+    if role in _HOST_BUILDERS:
+        if host is None:
+            raise ValueError(f"the {role} role is per host: give a host id")
+        if not valid_host_id(host):
+            raise ValueError(f"{host!r} is not a valid host id")
+        spec = _HOST_BUILDERS[role](keys, host)
+    else:
+        if host is not None:
+            raise ValueError(f"the {role} role is shared by every host: give no host id")
+        spec = _SHARED_BUILDERS[role](keys)
+    name = user or default_user(role, host)
     if not name or any(c.isspace() or not c.isprintable() for c in name):
         raise ValueError("a user name cannot be empty or contain spaces")
     return AclRule(role=role, user=name, keys=spec.patterns, channels=spec.channels,

@@ -1,9 +1,11 @@
 """Fixtures of the security tests: a private Redis with the roles' ACL users.
 
 ``acl_redis`` starts a private redis-server (the tests add users to it, which
-``FLUSHALL`` would not undo on the shared server) and defines one user per
-role from :mod:`wire.acl`, each with a random password. ``as_role`` gives a
-client logged in as a role; the admin client stays the default user.
+``FLUSHALL`` would not undo on the shared server) and defines the users of
+:mod:`wire.acl`, each with a random password: one per shared role, and an
+agent and a reporter user for each of two hosts (``bbs-a``, ``bbs-b``).
+``acl_redis.client(user)`` is a client logged in as one of them; the admin
+client stays the default user.
 """
 
 from __future__ import annotations
@@ -23,7 +25,7 @@ from typing import Any
 import pytest
 import redis
 
-from wire.acl import ROLES, AclRule, role_rule, setuser_args
+from wire.acl import HOST_ROLES, ROLES, AclRule, role_rule, setuser_args
 
 HOSTS = ("bbs-a", "bbs-b")
 
@@ -62,12 +64,14 @@ class AclRedis:
 
 @pytest.fixture
 def acl_redis(redis_server_factory: Callable[..., Any]) -> Iterator[AclRedis]:
-    """Private server; users mtbbs-<role> for each role, per-host agent and reporter users."""
+    """Private server; users mtbbs-<role> for each shared role, per-host agent and reporter
+    users (mtbbs-agent-bbs-a, ...)."""
     server = redis_server_factory()
     admin = redis.Redis(port=server.port, socket_timeout=5)
     env = AclRedis(server, admin)
     for role in ROLES:
-        env.add(role_rule(role))
+        if role not in HOST_ROLES:
+            env.add(role_rule(role))
     for host in HOSTS:
         env.add(role_rule("agent", host=host))
         env.add(role_rule("reporter", host=host))

@@ -24,14 +24,31 @@ def run(capsys: pytest.CaptureFixture[str], *argv: str) -> tuple[int, list[str],
     return code, out.splitlines(), err
 
 
-def test_all_roles_one_line_each(capsys: pytest.CaptureFixture[str]) -> None:
+def test_without_hosts_the_shared_roles_only(capsys: pytest.CaptureFixture[str]) -> None:
     code, lines, err = run(capsys)
     assert code == 0
     users = [line.split()[2] for line in lines]
-    assert users == ["mtbbs-agent", "mtbbs-reporter", "mtbbs-collector", "mtbbs-alerter",
-                     "mtbbs-readonly"]
+    assert users == ["mtbbs-collector", "mtbbs-alerter", "mtbbs-readonly"]
     assert all(line.startswith("ACL SETUSER ") and " resetpass " in line for line in lines)
     assert "cannot log in" in err
+    assert "no agent or reporter users without --host" in err
+
+
+@pytest.mark.parametrize("role", ["agent", "reporter"])
+def test_a_host_role_without_a_host_is_a_usage_error(capsys: pytest.CaptureFixture[str],
+                                                     role: str) -> None:
+    code, lines, err = run(capsys, "--role", role)
+    assert code == 3
+    assert lines == []
+    assert f"the {role} role is per host: give a host id" in err
+    assert "--help" in err and "Traceback" not in err
+
+
+def test_a_shared_role_with_a_host_is_a_usage_error(capsys: pytest.CaptureFixture[str]) -> None:
+    code, lines, err = run(capsys, "--role", "collector", "--host", "bbs-01")
+    assert code == 3
+    assert lines == []
+    assert "shared" in err
 
 
 def test_per_host_agents_and_password_dir(capsys: pytest.CaptureFixture[str],
@@ -42,12 +59,14 @@ def test_per_host_agents_and_password_dir(capsys: pytest.CaptureFixture[str],
                            "--password-dir", str(tmp_path))
     assert code == 0
     users = [line.split()[2] for line in lines]
-    assert users[:4] == ["mtbbs-agent-bbs-01", "mtbbs-agent-bbs-02", "mtbbs-reporter-bbs-01",
-                         "mtbbs-reporter-bbs-02"]
+    assert users == ["mtbbs-agent-bbs-01", "mtbbs-agent-bbs-02", "mtbbs-reporter-bbs-01",
+                     "mtbbs-reporter-bbs-02", "mtbbs-collector", "mtbbs-alerter",
+                     "mtbbs-readonly"]
     text = "\n".join(lines)
     assert "agent-one-password" not in text and "collector-password" not in text
     assert "#" + hashlib.sha256(b"agent-one-password").hexdigest() in lines[0]
     assert "~mtbbs:host:bbs-01:sessions" in lines[0]
+    assert "~mtbbs:{bbs-01}:reports" in lines[0] and "bbs-02" not in lines[0]
     assert "mtbbs-agent-bbs-02" in err  # no password file for it
 
 
@@ -66,7 +85,8 @@ def test_single_user_with_password_file_and_prefix(capsys: pytest.CaptureFixture
 def test_redis7_form(capsys: pytest.CaptureFixture[str]) -> None:
     code, lines, _ = run(capsys, "--role", "agent", "--host", "bbs-01", "--redis7")
     assert code == 0
-    assert "%W~mtbbs:stream:reports" in lines[0]
+    assert "%W~mtbbs:{bbs-01}:reports" in lines[0]
+    assert "%W~mtbbs:{bbs-01}:sessions" in lines[0]
 
 
 @pytest.mark.parametrize("argv", [
@@ -74,7 +94,7 @@ def test_redis7_form(capsys: pytest.CaptureFixture[str]) -> None:
     ["--role", "agent", "--host", "a", "--host", "b", "--user", "x"],
     ["--role", "root"],
     ["--role", "agent", "--host", "bad host!"],
-    ["--role", "agent", "--password-file", "/nonexistent/pw"],
+    ["--role", "agent", "--host", "a", "--password-file", "/nonexistent/pw"],
 ])
 def test_bad_usage_exits_3_without_traceback(capsys: pytest.CaptureFixture[str],
                                              argv: list[str]) -> None:
@@ -86,7 +106,8 @@ def test_bad_usage_exits_3_without_traceback(capsys: pytest.CaptureFixture[str],
 
 def test_empty_password_file_refused(capsys: pytest.CaptureFixture[str],
                                      password_file: Any) -> None:
-    code, _, err = run(capsys, "--role", "agent", "--password-file", str(password_file("")))
+    code, _, err = run(capsys, "--role", "agent", "--host", "bbs-01", "--password-file",
+                       str(password_file("")))
     assert code == 3
     assert "no password" in err
 
@@ -104,7 +125,8 @@ def test_hook_into_a_parent_parser(capsys: pytest.CaptureFixture[str]) -> None:
 def test_output_piped_into_redis_cli_creates_working_users(
         capsys: pytest.CaptureFixture[str], redis_server_factory: Any, tmp_path: Path) -> None:
     (tmp_path / "mtbbs-readonly").write_text("reader-password-0001\n")
-    code, lines, _ = run(capsys, "--password-dir", str(tmp_path))
+    (tmp_path / "mtbbs-agent-bbs-01").write_text("agent-password-0001\n")
+    code, lines, _ = run(capsys, "--host", "bbs-01", "--password-dir", str(tmp_path))
     assert code == 0
     server = redis_server_factory()
     result = subprocess.run([server.cli, "-p", str(server.port)],
@@ -116,3 +138,8 @@ def test_output_piped_into_redis_cli_creates_working_users(
     assert reader.ping()
     with pytest.raises(redis.exceptions.NoPermissionError):
         reader.set("mtbbs:x", "1")
+    agent = redis.Redis(port=server.port, username="mtbbs-agent-bbs-01",
+                        password="agent-password-0001")
+    agent.xadd("mtbbs:{bbs-01}:reports", {"m": b"x"})
+    with pytest.raises(redis.exceptions.NoPermissionError):
+        agent.xadd("mtbbs:{bbs-02}:reports", {"m": b"x"})

@@ -59,12 +59,12 @@ def as_user(acl_redis: Any, password_file: Any, clean_env: dict[str, str],
 def publish_fleet(acl_redis: Any) -> None:
     """A report and a snapshot of bbs-a, appended as its agent and reporter would."""
     agent = acl_redis.client("mtbbs-agent-bbs-a")
-    agent.xadd(KEYS.reports_stream(), {"m": encode(Report(
+    agent.xadd(KEYS.reports_stream("bbs-a"), {"m": encode(Report(
         host="bbs-a", agent_version="test", epoch=1, seq=1, observed_at=NOW,
         checks={"disk_space": {"healthy": True, "percent_used": 42.0},
                 "sessions": {"healthy": True, "active_sessions": 1}}))})
     reporter = acl_redis.client("mtbbs-reporter-bbs-a")
-    reporter.xadd(KEYS.sessions_stream(), {"m": encode(SessionEvent(
+    reporter.xadd(KEYS.sessions_stream("bbs-a"), {"m": encode(SessionEvent(
         "bbs-a", 1, 1, NOW, "snapshot",
         sessions=(SessionInfo("10.0.0.1:4000", "guest", "logged_in", NOW),)))})
 
@@ -157,7 +157,7 @@ def test_agent_once_as_its_host_user(locked: redis.Redis, acl_redis: Any, as_use
                      "--host", "bbs-a", "--db", str(db), "--data-dir", str(tmp_path),
                      "--spool", str(tmp_path / "spool.db"))
     assert result.returncode in (0, 1), result.stderr
-    entries = locked.xrange(KEYS.reports_stream())
+    entries = locked.xrange(KEYS.reports_stream("bbs-a"))
     assert len(entries) == 1
     from wire.messages import decode_entry
 
@@ -165,12 +165,14 @@ def test_agent_once_as_its_host_user(locked: redis.Redis, acl_redis: Any, as_use
     assert isinstance(report, Report)
     # The sessions check read its own host's hash through the ACL.
     assert report.checks["sessions"]["active_sessions"] == 1
-    # The same user pointed at another host's id is refused its sessions hash.
+    # The same user pointed at another host's id is refused its sessions hash
+    # and its reports stream.
     other = as_user("mtbbs-agent-bbs-a", "mtbbs-agent", "run", "--once", "--no-probe",
                     "--host", "bbs-b", "--db", str(db), "--data-dir", str(tmp_path),
                     "--spool", str(tmp_path / "spool-b.db"))
     assert other.returncode in (0, 1, 2, 3)
-    assert len(locked.xrange(KEYS.reports_stream())) == 1
+    assert len(locked.xrange(KEYS.reports_stream("bbs-a"))) == 1
+    assert not locked.exists(KEYS.reports_stream("bbs-b"))
 
 
 @pytest.mark.e2e
@@ -180,7 +182,7 @@ def test_alerter_worker_and_admin_commands_as_their_users(locked: redis.Redis, a
     config = tmp_path / "alerter.toml"
     config.write_text(f'[slack]\nwebhook_url = "{webhook.url}"\n'
                       '[alerter]\ndigest_window = 0.0\n')
-    acl_redis.client("mtbbs-agent-bbs-a").xadd(KEYS.reports_stream(), {"m": encode(Report(
+    acl_redis.client("mtbbs-agent-bbs-a").xadd(KEYS.reports_stream("bbs-a"), {"m": encode(Report(
         host="bbs-a", agent_version="test", epoch=1, seq=1, observed_at=NOW,
         checks={"database": {"healthy": False, "error": "Database file not found"}}))})
     assert as_user("mtbbs-collector", "mtbbs-collector", "run", "--once").returncode == 0

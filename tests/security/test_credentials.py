@@ -45,7 +45,7 @@ def test_connect_over_tls_with_user_and_password_file(acl_redis: Any, tls_proxy:
                              tls_ca_file=proxy.ca_file)
     client = connect(settings)
     assert client.ping()
-    client.xadd(KEYS.reports_stream(), {"m": b"x"})
+    client.xadd(KEYS.reports_stream("bbs-a"), {"m": b"x"})
     assert proxy.connections >= 1
     client.close()
 
@@ -94,7 +94,7 @@ def test_agent_cli_over_tls_as_its_acl_user(acl_redis: Any, tls_proxy: Any, pass
         env=env, capture_output=True, text=True, timeout=60)
     assert result.returncode in (0, 1), result.stderr
     assert password not in result.stderr + result.stdout
-    entries = admin.xrange(KEYS.reports_stream())
+    entries = admin.xrange(KEYS.reports_stream("bbs-a"))
     assert len(entries) == 1
     assert decode_entry(entries[0][1]).host == "bbs-a"  # type: ignore[union-attr]
 
@@ -111,9 +111,10 @@ def test_reporter_over_tls_as_its_acl_user(acl_redis: Any, tls_proxy: Any,
         reporter.update_session_state("10.0.0.1:4000", "guest", "logged_in")
         assert reporter.flush(10)
     deadline = time.monotonic() + 10
-    while admin.xlen(KEYS.sessions_stream()) < 2 and time.monotonic() < deadline:
+    stream = KEYS.sessions_stream("bbs-a")
+    while admin.xlen(stream) < 2 and time.monotonic() < deadline:
         time.sleep(0.05)
-    kinds = [decode_entry(f).kind for _, f in admin.xrange(KEYS.sessions_stream())]  # type: ignore[union-attr]
+    kinds = [decode_entry(f).kind for _, f in admin.xrange(stream)]  # type: ignore[union-attr]
     assert "connected" in kinds and "logged_in" in kinds
     assert reporter.errors == 0
 

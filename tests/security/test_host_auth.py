@@ -4,9 +4,10 @@ The mechanism (docs/security.md): each host holds its own HMAC key; the
 agent and the session reporter sign every stream entry (field ``sig``); the
 collector, which holds every host's key, verifies each entry with the key
 of the host *named in the message* and dead-letters what fails, counting it
-as ``spoofed`` in its heartbeat. The streams are shared, so the ACL alone
-cannot stop a host from appending an entry that names another host; the
-signature does.
+as ``spoofed`` in its heartbeat. The ACL confines a host's credentials to its
+own streams (test_acl_isolation.py), but what it appends there is its own
+text: an entry can name another host, and the signature is what proves it
+false.
 
 Everything runs for real: the Redis ACL users of each role, the agent and
 collector console commands as those users, the reporter library.
@@ -103,13 +104,15 @@ def test_agent_of_a_cannot_write_the_state_of_b(acl_redis: Any, fleet: dict[str,
     assert result.returncode in (0, 1), result.stderr
     # The same credentials used by hand: a report claiming to be bbs-b,
     # signed with A's key (all A has), appended with A's ACL user.
+    # Its own stream is the only one it can append to.
     attacker = acl_redis.client("mtbbs-agent-bbs-a")
+    own_stream = KEYS.reports_stream("bbs-a")
     forged = encode(report("bbs-b", 1, disk=99.0))
-    attacker.xadd(KEYS.reports_stream(), {"m": forged,
-                                          "sig": sign(fleet["keys"]["bbs-a"].encode(), forged)})
+    attacker.xadd(own_stream, {"m": forged,
+                               "sig": sign(fleet["keys"]["bbs-a"].encode(), forged)})
     # ... and one without any signature, and one signed with a guessed key.
-    attacker.xadd(KEYS.reports_stream(), {"m": encode(report("bbs-b", 2))})
-    attacker.xadd(KEYS.reports_stream(), {"m": encode(report("bbs-b", 3)), "sig": "00" * 32})
+    attacker.xadd(own_stream, {"m": encode(report("bbs-b", 2))})
+    attacker.xadd(own_stream, {"m": encode(report("bbs-b", 3)), "sig": "00" * 32})
 
     collect(command, fleet, clean_env, tmp_path, keys_file=fleet["keys_file"])
 
@@ -125,7 +128,7 @@ def test_agent_of_a_cannot_write_the_state_of_b(acl_redis: Any, fleet: dict[str,
                for letter in letters)
     assert heartbeat(admin)["spoofed"] == "3"
     # Nothing is left pending: the spoofed entries were acknowledged with their dead letter.
-    assert admin.xpending(KEYS.reports_stream(), "collectors")["pending"] == 0
+    assert admin.xpending(own_stream, "collectors")["pending"] == 0
 
 
 @pytest.mark.e2e
@@ -133,10 +136,10 @@ def test_unsigned_and_unknown_hosts_are_rejected(acl_redis: Any, fleet: dict[str
                                                  command: Any, clean_env: dict[str, str],
                                                  tmp_path: Path) -> None:
     admin = acl_redis.admin
-    agent = acl_redis.client("mtbbs-agent")
-    agent.xadd(KEYS.reports_stream(), {"m": encode(report("bbs-a", 1))})
+    agent = acl_redis.client("mtbbs-agent-bbs-a")
+    agent.xadd(KEYS.reports_stream("bbs-a"), {"m": encode(report("bbs-a", 1))})
     stranger = encode(report("bbs-zz", 1))
-    agent.xadd(KEYS.reports_stream(), {"m": stranger, "sig": sign(b"k" * 32, stranger)})
+    agent.xadd(KEYS.reports_stream("bbs-a"), {"m": stranger, "sig": sign(b"k" * 32, stranger)})
     collect(command, fleet, clean_env, tmp_path, keys_file=fleet["keys_file"])
     reasons = sorted(letter["reason"] for letter in dead_letters(admin))
     assert reasons == ["missing or bad signature for host bbs-a",
@@ -155,7 +158,7 @@ def test_a_replayed_signed_report_changes_nothing(acl_redis: Any, fleet: dict[st
     agent = acl_redis.client("mtbbs-agent-bbs-a")
     old, new = encode(report("bbs-a", 1, disk=95.0)), encode(report("bbs-a", 2, disk=40.0))
     for payload in (old, new, old):
-        agent.xadd(KEYS.reports_stream(), {"m": payload, "sig": sign(key, payload)})
+        agent.xadd(KEYS.reports_stream("bbs-a"), {"m": payload, "sig": sign(key, payload)})
     collect(command, fleet, clean_env, tmp_path, keys_file=fleet["keys_file"])
     assert admin.hget(KEYS.host("bbs-a"), "seq") == b"2"
     assert admin.hget(KEYS.host("bbs-a"), "disk_space.percent_used") == b"40.0"
@@ -180,7 +183,7 @@ def test_signed_session_events_and_a_spoofed_one(acl_redis: Any, fleet: dict[str
     forged = encode(SessionEvent("bbs-b", 1, 1, NOW, "connected", client_id="6.6.6.6:666",
                                  state="connected", connected_at=NOW))
     acl_redis.client("mtbbs-reporter-bbs-a").xadd(
-        KEYS.sessions_stream(), {"m": forged, "sig": sign(key_a, forged)})
+        KEYS.sessions_stream("bbs-a"), {"m": forged, "sig": sign(key_a, forged)})
     collect(command, fleet, clean_env, tmp_path, keys_file=fleet["keys_file"])
     sessions = admin.hgetall(KEYS.host_sessions("bbs-a"))
     assert json.loads(sessions[b"10.0.0.1:4000"])["user_id"] == "guest"
@@ -197,7 +200,7 @@ def test_without_a_keys_file_signatures_are_not_required(acl_redis: Any, fleet: 
                                                         tmp_path: Path) -> None:
     """The default (no keys file) accepts unsigned entries: the opt-in is explicit."""
     admin = acl_redis.admin
-    acl_redis.client("mtbbs-agent").xadd(KEYS.reports_stream(),
-                                         {"m": encode(report("bbs-b", 1))})
+    acl_redis.client("mtbbs-agent-bbs-b").xadd(KEYS.reports_stream("bbs-b"),
+                                               {"m": encode(report("bbs-b", 1))})
     collect(command, fleet, clean_env, tmp_path, keys_file=None)
     assert admin.exists(KEYS.host("bbs-b"))

@@ -1,5 +1,5 @@
 """Fixtures of the agent daemon tests: tiny telnet servers, a BBS database,
-agents wired to a real redis-server, and readers of the reports stream."""
+agents wired to a real redis-server, and readers of the host's reports stream."""
 
 from __future__ import annotations
 
@@ -192,11 +192,12 @@ def make_agent(tmp_path: Path, check_settings: CheckSettings) -> Iterator[Callab
         made.close()
 
 
-def stream_reports(client: redis.Redis, keys: KeySpace | None = None) -> list[Report]:
-    """Every report on the reports stream, oldest first."""
+def stream_reports(client: redis.Redis, keys: KeySpace | None = None,
+                   host: str = HOST) -> list[Report]:
+    """Every report on ``host``'s reports stream, oldest first."""
     keys = keys or KeySpace()
     reports = []
-    for _entry_id, fields in client.xrange(keys.reports_stream()):
+    for _entry_id, fields in client.xrange(keys.reports_stream(host)):
         message = decode_entry(fields)
         assert isinstance(message, Report)
         reports.append(message)

@@ -14,12 +14,16 @@ import pytest
 import redis
 
 import agent
-from agent.publisher import Backoff
+from agent.publisher import Backoff, Publisher
 from agent.settings import ProbeSettings
-from agent.spool import inspect
+from agent.spool import Spool, inspect
+from wire.acl import role_rule, setuser_args
 from wire.auth import verify
+from wire.config import RedisSettings, connect
 from wire.keys import KeySpace
 from wire.messages import Report
+
+from .conftest import HOST, stream_reports
 
 
 def test_reports_read_back_equal_what_the_checks_produced(
@@ -57,7 +61,7 @@ def test_reports_are_signed_when_a_host_key_is_set(
     key = b"0123456789abcdef-secret"
     made = make_agent(redis_url, host_key=key)
     made.daemon.run(max_cycles=2)
-    entries = redis_client.xrange(KeySpace().reports_stream())
+    entries = redis_client.xrange(KeySpace().reports_stream(HOST))
     assert len(entries) == 2
     for _entry_id, fields in entries:
         assert verify(key, fields[b"m"], fields[b"sig"])
@@ -72,7 +76,7 @@ def test_the_stream_is_trimmed_approximately(
             host="bbs-test", agent_version="t", epoch=epoch, seq=seq,
             observed_at=1.8e9 + seq, checks={"disk_space": {"healthy": True}}))
     assert made.publisher.flush() == 400
-    length = redis_client.xlen(KeySpace().reports_stream())
+    length = redis_client.xlen(KeySpace().reports_stream(HOST))
     assert length < 400
 
 
@@ -128,18 +132,19 @@ def test_a_full_spool_drops_the_oldest_and_the_next_report_counts_them(
     assert inspect(made.spool.path, 3).dropped_total == 4
 
 
-def test_a_retried_send_is_not_added_twice(
+def test_a_report_sent_again_after_a_lost_reply_is_on_the_stream_twice(
         redis_url: str, redis_client: redis.Redis, make_agent: Callable[..., Any],
         read_reports: Callable[..., list[Report]]) -> None:
+    # The agent cannot tell a lost reply from a lost request, so it sends
+    # again; the collector skips the copy by its (epoch, seq).
     made = make_agent(redis_url)
     for _ in range(3):
         made.daemon.cycle()
     pending = made.spool.peek(10)
     made.publisher.flush()
-    # As if the replies had been lost: the same reports sent again.
-    made.publisher._send(pending)
     made.publisher._send(pending[:1])
-    assert [r.seq for r in read_reports(redis_client)] == [1, 2, 3]
+    assert [r.seq for r in read_reports(redis_client)] == [1, 2, 3, 1]
+    assert {r.epoch for r in read_reports(redis_client)} == {made.spool.epoch}
 
 
 def test_a_new_epoch_is_accepted_even_with_lower_seqs(
@@ -199,3 +204,80 @@ def test_the_integrity_result_runs_at_start_and_carries_its_age(
     assert reports[-1].checks["database"]["integrity_checked"] is False
     assert reports[-1].checks["database"]["integrity"] == "ok"
     assert reports[-1].checks["database"]["integrity_age_s"] > 0.0
+
+
+class LosesReplies:
+    """A Redis client whose next ``lose`` replies are lost: the command runs on
+    the server, then the caller sees a dropped connection."""
+
+    def __init__(self, client: redis.Redis, lose: int) -> None:
+        self._client = client
+        self.lose = lose
+
+    def _after(self, reply: Any) -> Any:
+        if self.lose > 0:
+            self.lose -= 1
+            raise redis.exceptions.ConnectionError("Connection closed by server.")
+        return reply
+
+    def xadd(self, *args: Any, **kwargs: Any) -> Any:
+        return self._after(self._client.xadd(*args, **kwargs))
+
+    def pipeline(self, *args: Any, **kwargs: Any) -> Any:
+        pipe = self._client.pipeline(*args, **kwargs)
+        execute = pipe.execute
+        pipe.execute = lambda *a, **k: self._after(execute(*a, **k))  # type: ignore[method-assign]
+        return pipe
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._client, name)
+
+
+def spooled(spool: Spool, count: int) -> None:
+    for _ in range(count):
+        spool.add(lambda epoch, seq: Report(
+            host=HOST, agent_version="t", epoch=epoch, seq=seq, observed_at=1.8e9 + seq,
+            checks={"disk_space": {"healthy": True}}))
+
+
+def test_a_lost_reply_makes_the_agent_send_again_as_its_own_acl_user(
+        tmp_path: Path, redis_server_factory: Callable[..., Any]) -> None:
+    # The agent's per-host user has no EVAL: delivering through it shows
+    # the publisher needs nothing but XADD on its own stream.
+    server = redis_server_factory()
+    admin = server.client()
+    password = "agent-password-0123456789"
+    admin.execute_command("ACL", "SETUSER",
+                          *setuser_args(role_rule("agent", host=HOST), password))
+    as_agent = connect(RedisSettings(url=server.url, username=f"mtbbs-agent-{HOST}",
+                                     password=password, socket_timeout=2.0))
+    client = LosesReplies(as_agent, lose=1)
+    stream = KeySpace().reports_stream(HOST)
+    with Spool(tmp_path / "spool.db", max_reports=100) as spool:
+        publisher = Publisher(client, KeySpace(), spool, host=HOST, maxlen=10_000,
+                              backoff=Backoff(initial=0.01, maximum=0.01))
+        spooled(spool, 1)
+        assert publisher.flush(force=True) == 0  # one round trip, reply lost
+        assert publisher.failures == 1 and len(spool) == 1
+        assert publisher.flush(force=True) == 1
+        assert len(spool) == 0
+
+        client.lose = 1
+        spooled(spool, 3)
+        assert publisher.flush(force=True) == 0  # one pipeline, reply lost
+        assert len(spool) == 3
+        assert publisher.flush(force=True) == 3
+        epoch = spool.epoch
+
+    reports = stream_reports(admin)
+    # Every report arrived, in order; the copies are the collector's to skip.
+    assert [r.seq for r in reports] == [1, 1, 2, 3, 4, 2, 3, 4]
+    assert {r.epoch for r in reports} == {epoch}
+    assert admin.xlen(stream) == 8
+    with pytest.raises(redis.exceptions.NoPermissionError):
+        as_agent.eval("return 1", 0)
+    # Only the EVAL above was refused: the publisher never asked for more.
+    # (redis-py's CLIENT SETINFO on connect is refused too, and ignored.)
+    refused = [entry["object"] for entry in admin.acl_log()]
+    assert [name for name in refused if not name.startswith("client")] == ["eval"]
+    as_agent.close()

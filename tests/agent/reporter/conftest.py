@@ -13,11 +13,13 @@ from agent.reporter import SessionReporter
 from wire.keys import KeySpace
 from wire.messages import SessionEvent, decode_entry
 
-STREAM = KeySpace().sessions_stream()
+# The host the reporters of these tests serve unless a test names another.
+HOST = "bbs-01"
+STREAM = KeySpace().sessions_stream(HOST)
 
 
 def read_events(client: redis.Redis, stream: str = STREAM) -> list[SessionEvent]:
-    """Every event on the sessions stream, decoded with the wire codec."""
+    """Every event on a sessions stream (``HOST``'s by default), decoded with the wire codec."""
     events = []
     for _entry_id, fields in client.xrange(stream):
         message = decode_entry(fields)
@@ -41,7 +43,7 @@ def make_reporter() -> Iterator[Callable[..., SessionReporter]]:
     """``make_reporter(url, **options)``: a started reporter, closed after the test."""
     made: list[SessionReporter] = []
 
-    def make(url: str | None, host: str = "bbs-01", *, start: bool = True,
+    def make(url: str | None, host: str = HOST, *, start: bool = True,
              **options: Any) -> SessionReporter:
         reporter = SessionReporter(url, host, **options)
         made.append(reporter)
@@ -54,7 +56,7 @@ def make_reporter() -> Iterator[Callable[..., SessionReporter]]:
 
 @pytest.fixture
 def events() -> Callable[..., list[SessionEvent]]:
-    """``events(client)``: the decoded events of the sessions stream."""
+    """``events(client)``: the decoded events of ``HOST``'s sessions stream."""
     return read_events
 
 

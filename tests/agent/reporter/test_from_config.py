@@ -39,7 +39,7 @@ def test_the_file_named_by_mtbbs_config_gives_redis_prefix_and_host(
     reporter = SessionReporter.from_config(env={"MTBBS_CONFIG": str(config)})
     assert reporter.enabled and reporter.host == "bbs-07"
     report_one(reporter)
-    events = read_events(redis_client, KeySpace("site1:").sessions_stream())
+    events = read_events(redis_client, KeySpace("site1:").sessions_stream("bbs-07"))
     assert events and {e.host for e in events} == {"bbs-07"}
 
 
@@ -50,7 +50,7 @@ def test_our_environment_is_read_and_mtbbs_own_redis_url_is_not(
     reporter = SessionReporter.from_config(env=env)
     report_one(reporter)
     assert reporter.sent >= 1 and reporter.errors == 0
-    assert {e.host for e in read_events(redis_client, KeySpace().sessions_stream())} == {
+    assert {e.host for e in read_events(redis_client, KeySpace().sessions_stream("bbs-08"))} == {
         "bbs-08"}
 
 
@@ -61,7 +61,7 @@ def test_the_agents_key_signs_the_events_when_the_reporter_has_none(
     config = write_config(tmp_path, f'[redis]\nurl = "{redis_url}"\n\n[checks]\n'
                                     f'host = "bbs-09"\n\n[agent]\nhost_key_file = "{keys}"\n')
     report_one(SessionReporter.from_config(config, env={}))
-    entries = redis_client.xrange(KeySpace().sessions_stream())
+    entries = redis_client.xrange(KeySpace().sessions_stream("bbs-09"))
     assert entries
     for _entry_id, fields in entries:
         assert auth.verify(SECRET.encode(), fields[b"m"], fields[b"sig"])

@@ -175,9 +175,9 @@ def test_random_call_sequences(calls: list[tuple[str, Any, Any, Any]], redis_url
         reporter.close()
     client = redis.Redis.from_url(redis_url)
     try:
-        seen = events(client, KeySpace(prefix).sessions_stream())
+        seen = events(client, KeySpace(prefix).sessions_stream("bbs-01"))
     finally:
-        client.delete(KeySpace(prefix).sessions_stream())
+        client.delete(KeySpace(prefix).sessions_stream("bbs-01"))
         client.close()
     assert len(seen) == reporter.sent
     assert seen[-1].kind == "snapshot"

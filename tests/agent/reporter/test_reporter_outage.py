@@ -14,7 +14,7 @@ from typing import Any
 import pytest
 import redis
 
-from wire.keys import KeySpace
+from .conftest import STREAM
 
 FAST_RETRY = {"backoff_initial": 0.05, "backoff_max": 0.2, "snapshot_interval": 3600.0}
 
@@ -147,7 +147,7 @@ def test_a_redis_error_reply_is_retried_not_fatal(make_reporter: Any, redis_url:
                                                   until: Any) -> None:
     # The stream key holds a string: every XADD fails with WRONGTYPE until
     # the sysop fixes it; the reporter keeps its batch and resumes afterwards.
-    stream = KeySpace().sessions_stream()
+    stream = STREAM
     redis_client.set(stream, "oops")
     reporter = make_reporter(redis_url, **FAST_RETRY)
     reporter.register_session("10.0.0.1:1")

@@ -16,6 +16,8 @@ from wire.config import RedisSettings, load_document, load_section
 from wire.keys import KeySpace
 from wire.messages import SessionInfo
 
+from .conftest import HOST, STREAM
+
 QUIET = {"snapshot_interval": 3600.0}
 
 
@@ -144,7 +146,7 @@ def test_events_are_signed_with_the_host_key(make_reporter: Any, redis_url: str,
     reporter = make_reporter(redis_url, host_key=key, **QUIET)
     reporter.register_session("10.0.0.1:1")
     assert reporter.flush(10)
-    entries = redis_client.xrange(KeySpace().sessions_stream())
+    entries = redis_client.xrange(STREAM)
     assert len(entries) == 2
     for _entry_id, fields in entries:
         assert auth.verify(key, fields[b"m"], fields[b"sig"])
@@ -156,7 +158,7 @@ def test_unsigned_without_a_key(make_reporter: Any, redis_url: str,
     reporter = make_reporter(redis_url, **QUIET)
     reporter.register_session("10.0.0.1:1")
     assert reporter.flush(10)
-    for _entry_id, fields in redis_client.xrange(KeySpace().sessions_stream()):
+    for _entry_id, fields in redis_client.xrange(STREAM):
         assert set(fields) == {b"m"}
 
 
@@ -168,7 +170,7 @@ def test_stream_is_trimmed(make_reporter: Any, redis_url: str,
     assert reporter.flush(20)
     assert reporter.sent == 1501
     # MAXLEN ~ trims whole stream nodes (100 entries each by default).
-    assert redis_client.xlen(KeySpace().sessions_stream()) < 400
+    assert redis_client.xlen(STREAM) < 400
 
 
 def test_prefix_and_settings_from_a_config_file(tmp_path: Path, redis_url: str,
@@ -192,7 +194,7 @@ def test_prefix_and_settings_from_a_config_file(tmp_path: Path, redis_url: str,
         assert reporter.flush(10)
     finally:
         reporter.close()
-    stream = KeySpace("fleet2:").sessions_stream()
+    stream = KeySpace("fleet2:").sessions_stream("bbs-07")
     seen = events(redis_client, stream)
     assert [e.kind for e in seen] == ["snapshot", "connected"]
     assert {e.host for e in seen} == {"bbs-07"}
@@ -236,7 +238,7 @@ def test_calls_after_close_are_ignored(make_reporter: Any, redis_url: str,
     reporter.register_session("10.0.0.1:2")
     reporter.unregister_session("10.0.0.1:1")
     reporter.close()
-    assert redis_client.xlen(KeySpace().sessions_stream()) == 2
+    assert redis_client.xlen(STREAM) == 2
 
 
 def test_an_oversized_snapshot_keeps_what_fits(make_reporter: Any, redis_url: str,
@@ -261,7 +263,7 @@ def test_events_leave_promptly_while_active_and_after_the_sender_parked(
         make_reporter: Any, redis_url: str, redis_client: Any, events: Any, until: Any) -> None:
     """Calls never wake the sender while it polls; once parked, a call wakes it."""
     prefix = "prompt:"
-    stream = KeySpace(prefix).sessions_stream()
+    stream = KeySpace(prefix).sessions_stream(HOST)
     redis_client.delete(stream)
     reporter = make_reporter(redis_url, prefix=prefix, linger=0.02, park_after=0.2,
                              snapshot_interval=3600.0)
