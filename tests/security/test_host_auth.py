@@ -124,7 +124,9 @@ def test_agent_of_a_cannot_write_the_state_of_b(acl_redis: Any, fleet: dict[str,
     assert admin.zscore(KEYS.hosts_index(), "bbs-b") is None
     letters = dead_letters(admin)
     assert len(letters) == 3
-    assert all(letter["reason"] == "missing or bad signature for host bbs-b"
+    # The stream says whose entry it is: a message naming another host is
+    # refused before its signature is even looked at.
+    assert all(letter["reason"] == "message of host bbs-b on the stream of host bbs-a"
                for letter in letters)
     assert heartbeat(admin)["spoofed"] == "3"
     # Nothing is left pending: the spoofed entries were acknowledged with their dead letter.
@@ -138,8 +140,9 @@ def test_unsigned_and_unknown_hosts_are_rejected(acl_redis: Any, fleet: dict[str
     admin = acl_redis.admin
     agent = acl_redis.client("mtbbs-agent-bbs-a")
     agent.xadd(KEYS.reports_stream("bbs-a"), {"m": encode(report("bbs-a", 1))})
+    # A host missing from the keys file (its user made by hand, say).
     stranger = encode(report("bbs-zz", 1))
-    agent.xadd(KEYS.reports_stream("bbs-a"), {"m": stranger, "sig": sign(b"k" * 32, stranger)})
+    admin.xadd(KEYS.reports_stream("bbs-zz"), {"m": stranger, "sig": sign(b"k" * 32, stranger)})
     collect(command, fleet, clean_env, tmp_path, keys_file=fleet["keys_file"])
     reasons = sorted(letter["reason"] for letter in dead_letters(admin))
     assert reasons == ["missing or bad signature for host bbs-a",
@@ -189,7 +192,7 @@ def test_signed_session_events_and_a_spoofed_one(acl_redis: Any, fleet: dict[str
     assert json.loads(sessions[b"10.0.0.1:4000"])["user_id"] == "guest"
     assert not admin.exists(KEYS.host_sessions("bbs-b"))
     assert [letter["reason"] for letter in dead_letters(admin)] == [
-        "missing or bad signature for host bbs-b"]
+        "message of host bbs-b on the stream of host bbs-a"]
     assert heartbeat(admin)["spoofed"] == "1"
 
 
