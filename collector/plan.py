@@ -59,7 +59,7 @@ StoredSessions = dict[str, dict[str, str | None]]
 class Write:
     """One entry's planned write: its map for the apply script."""
 
-    kind: str  # report, history, session, snapshot, replaced or dead_letter
+    kind: str  # report, history, session, snapshot, skip or dead_letter
     stream: str
     entry_id: str
     host: str  # '' for a dead letter
@@ -172,14 +172,14 @@ class Planner:
         the sessions :func:`sessions_to_read` named; it is updated with what
         each event leaves, so that later events of the batch merge with that."""
         known = {host: dict(sessions) for host, sessions in stored.items()}
-        history_only = superseded(decoded)
-        replaced = replaced_by_snapshot(decoded)
+        skipped = copies(decoded) | replaced_by_snapshot(decoded)
+        history_only = superseded(decoded, skipped)
         planned = []
         for index, item in enumerate(decoded):
             try:
-                if index in replaced:
-                    planned.append(self.replaced_write(item.stream, item.entry_id,
-                                                       item.message.host))
+                if index in skipped:
+                    planned.append(self.skip_write(item.stream, item.entry_id,
+                                                   item.message.host))
                 elif index in history_only:
                     assert isinstance(item.message, Report)
                     planned.append(self.history_write(item.stream, item.entry_id, item.message))
@@ -239,12 +239,12 @@ class Planner:
         )
         return Write("history", stream, entry_id, host, entry, report=report)
 
-    def replaced_write(self, stream: str, entry_id: str, host: str) -> Write:
-        """The write of a session event that a later snapshot of the same batch
-        replaces: nothing but its acknowledgement, in its turn."""
-        entry = self._common("replaced", stream, entry_id, host)
+    def skip_write(self, stream: str, entry_id: str, host: str) -> Write:
+        """The write of an entry with nothing to write (a report sent twice, a
+        session event a later snapshot replaces): its acknowledgement, in its turn."""
+        entry = self._common("skip", stream, entry_id, host)
         entry["mark"] = ""
-        return Write("replaced", stream, entry_id, host, entry)
+        return Write("skip", stream, entry_id, host, entry)
 
     def session_write(self, stream: str, entry_id: str, event: SessionEvent,
                       known: StoredSessions) -> Write:
@@ -309,27 +309,43 @@ class Planner:
         return Write("dead_letter", stream, entry_id, "", entry)
 
 
-def superseded(decoded: Sequence[Decoded]) -> set[int]:
-    """The indexes of the reports of a batch that a later report of the same
-    host in the batch supersedes (another run, or a later seq of the same run).
+def copies(decoded: Sequence[Decoded]) -> set[int]:
+    """The indexes of the reports of a batch that repeat one before them in
+    the batch: the agent sent them again after losing Redis's reply, so
+    they carry the (epoch, seq) of a report already on the stream. Copies
+    of reports of earlier batches are told apart by the apply script."""
+    seen: dict[str, dict[int, int]] = {}
+    found = set()
+    for index, item in enumerate(decoded):
+        message = item.message
+        if not isinstance(message, Report):
+            continue
+        runs = seen.setdefault(message.host, {})
+        if message.seq <= runs.get(message.epoch, -1):
+            found.add(index)
+        else:
+            runs[message.epoch] = message.seq
+    return found
+
+
+def superseded(decoded: Sequence[Decoded], skipped: set[int]) -> set[int]:
+    """The indexes of the reports of a batch (leaving out ``skipped``) that a
+    later report of the same host in the batch supersedes.
 
     A batch writes each host's hash once, for its newest report: when a
     backlog is worked off, the reports before it only add their history
     lines, and the host hash, its evaluation and everything that follows
-    from them are done once per host rather than once per report. A report
-    the agent sent twice supersedes nothing, so it is still told apart.
+    from them are done once per host rather than once per report.
     """
-    later: dict[str, Report] = {}
+    later: set[str] = set()
     found = set()
     for index in range(len(decoded) - 1, -1, -1):
         message = decoded[index].message
-        if not isinstance(message, Report):
+        if not isinstance(message, Report) or index in skipped:
             continue
-        newer = later.get(message.host)
-        if newer is not None and (newer.epoch != message.epoch or newer.seq > message.seq):
+        if message.host in later:
             found.add(index)
-        else:
-            later[message.host] = message
+        later.add(message.host)
     return found
 
 

@@ -95,9 +95,9 @@ PROTOCOL: dict[str, tuple[str, ...]] = {
                 "expected", "max_marks"),
     # sessions: the snapshot as a flat list (client, text, ...).
     "snapshot": ("sessions_key", "order_key", "epoch", "seq", "sessions"),
-    # A session event a later snapshot of its call replaces: acknowledged only
-    # (see collector.plan.replaced_by_snapshot).
-    "replaced": (),
+    # An entry with nothing to write (a report sent twice, a session event a
+    # later snapshot of its batch replaces; see collector.plan): acknowledged only.
+    "skip": (),
     # dead_letter_stream, maxlen: where the entry goes and that stream's
     # bound; fields: the dead letter's fields as a flat list.
     "dead_letter": ("dead_letter_stream", "maxlen", "fields"),
@@ -273,10 +273,10 @@ local function dead_letter(e)
   return 1
 end
 
-local function replaced(e) return 0 end
+local function skip(e) return 0 end
 
 local apply = {report = report, history = history, session = session, snapshot = snapshot,
-               replaced = replaced, dead_letter = dead_letter}
+               skip = skip, dead_letter = dead_letter}
 
 -- True while an entry of the stream older than e is pending: it must be
 -- applied first.
