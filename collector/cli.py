@@ -509,7 +509,8 @@ def cmd_forget(args: argparse.Namespace) -> int:
                 keys.host_sessions_order(args.host), keys.host_history(args.host),
                 keys.evaluation_pending(args.host), *keys.host_streams(args.host))
     pipe.zrem(keys.hosts_index(), args.host)
-    deleted, _ = pipe.execute()
+    pipe.zrem(keys.hosts_due(), args.host)
+    deleted, _, _ = pipe.execute()
     alerts = _drop_alert_states(client, keys, args.host, args.wait)
     print(f"forgot host {args.host} ({check.plural(deleted, 'key')} deleted; {alerts}); "
           "it reappears with its next report")

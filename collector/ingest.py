@@ -131,6 +131,7 @@ class Collector:
         self.streams = HostStreams(keys, self.name)
         self.discovery = Discovery(keys)
         self.ring = Ring(client, keys, self.name, int(settings.ring_timeout_s * 1000))
+        self.sweeper = keepalive.Sweeper(keys, settings)
         self.ready = False
         self.caught_up = False
         self.started_ms = 0
@@ -247,12 +248,13 @@ class Collector:
             self._next_held = self.clock() + HELD_RETRY_S
         count = self.read(self._block_ms(self.clock()))
         now = self.clock()
-        if now >= self._next_sweep:
+        if now >= self._next_sweep or self.sweeper.busy:
             # While a backlog is being worked off the hosts in it only look
             # silent: judging them now would raise false staleness alerts.
             if self.caught_up:
-                self.sweep()
-            self._next_sweep = now + self.settings.sweep_interval_s
+                self.sweep_step()
+            if not self.sweeper.busy:
+                self._next_sweep = now + self.settings.sweep_interval_s
         if now >= self._next_heartbeat:
             self.heartbeat()
             self._next_heartbeat = self.clock() + self.settings.heartbeat_interval_s
@@ -263,7 +265,7 @@ class Collector:
                   self._next_heartbeat)
         if self._held:
             due = min(due, self._next_held)
-        if self.discovery.in_pass:
+        if self.discovery.in_pass or self.sweeper.busy:
             due = now
         block = min(self.settings.block_ms, int((due - now) * 1000))
         if self.max_block_ms is not None:
@@ -342,7 +344,8 @@ class Collector:
             if block_ms:
                 self.stop_event.wait(block_ms / 1000)
             return [], False
-        per_stream = max(MIN_PER_STREAM, self.settings.batch_size // len(streams))
+        per_stream = min(self.settings.batch_size,
+                         max(MIN_PER_STREAM, self.settings.batch_size // len(streams)))
         if len(streams) <= READ_CHUNK:
             return self._read_chunk(streams, per_stream, block_ms)
         batches: Batches = []
@@ -538,14 +541,20 @@ class Collector:
 
     # -- keepalive and heartbeat ------------------------------------------------
 
-    def sweep(self) -> list[keepalive.Transition]:
-        """Mark silent hosts stale (and clear levels of hosts whose thresholds changed)."""
+    def sweep_step(self) -> list[keepalive.Transition]:
+        """Judge one page of the hosts due to turn stale (see :class:`keepalive.Sweeper`)."""
         self.flush()
-        now_ms = server_time_ms(self.client)
-        made = keepalive.sweep(self.client, self.keys, self.settings, now_ms)
+        made = self.sweeper.step(self.client, server_time_ms(self.client), self.streams.owns)
         self.counters.stale_transitions += len(made)
         if made and self.evaluations is not None:
             self.counters.evaluations += self.evaluations.request(t.host for t in made)
+        return made
+
+    def sweep(self) -> list[keepalive.Transition]:
+        """A whole sweep: mark the silent hosts this collector owns stale."""
+        made = self.sweep_step()
+        while self.sweeper.busy:
+            made += self.sweep_step()
         return made
 
     def heartbeat(self, state: str = "running") -> None:

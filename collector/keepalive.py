@@ -37,7 +37,7 @@ from __future__ import annotations
 
 import logging
 import weakref
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -77,11 +77,6 @@ if stored[2] and (tonumber(stored[2]) or 0) >= tonumber(ARGV[2]) then return 0 e
 redis.call('HSET', KEYS[1], 'grace_until_ms', ARGV[2], 'grace_until', ARGV[3])
 return 1
 """
-
-# Redis time (ms) of the previous completed sweep, per client (so per
-# collector in a process, without keeping a client alive).
-_previous_sweep: weakref.WeakKeyDictionary[Any, int] = weakref.WeakKeyDictionary()
-
 
 def stale_level(age_s: float, interval_s: float, settings: CollectorSettings) -> str:
     """The staleness of a host last seen ``age_s`` ago that reports every ``interval_s``."""
@@ -169,20 +164,21 @@ def _newest_heartbeat_ms(client: Any, keys: KeySpace) -> int | None:
 
 
 def detect_outage(client: Any, keys: KeySpace, settings: CollectorSettings, now_ms: int,
-                  last_seens: Sequence[int]) -> Outage | None:
-    """Whether Redis was away since this process's previous sweep (see the module doc)."""
-    previous = _previous_sweep.get(client)
+                  previous_ms: int | None) -> Outage | None:
+    """Whether Redis was away since ``previous_ms``, the previous sweep of this
+    process (see the module doc)."""
     started = redis_started_ms(client, now_ms)
     if started is not None:
-        known_up = previous if previous is not None else _newest_heartbeat_ms(client, keys)
+        known_up = previous_ms if previous_ms is not None else _newest_heartbeat_ms(client, keys)
         if known_up is None or known_up < started:
             # Restarted since: it was away from the last sign of life before it.
-            signs = [t for t in (known_up, *last_seens) if t is not None and t < started]
+            signs = [t for t in (known_up, _newest_report_before_ms(client, keys, started))
+                     if t is not None and t < started]
             if signs:
                 ended = started + 1000  # the latest the start can be
                 return Outage(ended, ended - max(signs), "Redis restarted")
-    if previous is not None and now_ms - previous > contact_gap_ms(settings):
-        return Outage(now_ms, now_ms - previous, "no sweep reached Redis")
+    if previous_ms is not None and now_ms - previous_ms > contact_gap_ms(settings):
+        return Outage(now_ms, now_ms - previous_ms, "no sweep reached Redis")
     return None
 
 
@@ -220,80 +216,217 @@ class Transition:
 _SWEEP_FIELDS = ("last_seen_ms", "interval_s", "stale", "report_status", "unhealthy",
                  GRACE_FIELD_MS)
 
+# Entries of the due index (or of the hosts index, when it seeds the due
+# index or grants a grace) that one step handles: a step takes a few
+# milliseconds however big the fleet.
+PAGE = 500
 
-def _give_grace(client: Any, keys: KeySpace, outage: Outage,
-                hosts: Sequence[tuple[str, str]]) -> None:
-    """Write the grace into the hashes of ``(host, last_seen_ms)`` not heard from since."""
-    script = client.register_script(_GRACE_SOURCE)
-    until = outage.grace_until_ms
+
+def next_due_ms(level: str, last_seen_ms: int, grace_until_ms: int | None, interval_s: float,
+                settings: CollectorSettings) -> int | None:
+    """When a host at ``level`` is due to be judged again, unless it reports
+    first: the moment its counted silence passes the next threshold (None
+    for a host at CRITICAL, or one without an interval: nothing can change)."""
+    if interval_s <= 0 or level == STALE_CRITICAL:
+        return None
+    intervals = (settings.stale_warning_intervals if level == STALE_NO
+                 else settings.stale_critical_intervals)
+    return int(max(last_seen_ms, grace_until_ms or 0) + intervals * interval_s * 1000) + 1
+
+
+def report_due_ms(entry_ms: int, interval_s: float, settings: CollectorSettings) -> int | None:
+    """When a host that just reported is due to be judged (see :func:`next_due_ms`)."""
+    return next_due_ms(STALE_NO, entry_ms, None, interval_s, settings)
+
+
+def _newest_report_before_ms(client: Any, keys: KeySpace, before_ms: int) -> int | None:
+    # A host's index score is the Redis time of its last report.
+    newest = client.zrevrangebyscore(keys.hosts_index(), f"({before_ms}", "-inf", start=0,
+                                     num=1, withscores=True)
+    return int(newest[0][1]) if newest else None
+
+
+def _rows(client: Any, keys: KeySpace, hosts: Sequence[str]) -> list[dict[str, str]]:
     pipe = client.pipeline(transaction=False)
-    for host, last_seen in hosts:
-        script(keys=[keys.host(host)], args=[last_seen, until, iso_from_ms(until)], client=pipe)
-    results = pipe.execute(raise_on_error=False)
-    failed = sum(1 for r in results if isinstance(r, Exception))
-    logger.warning("%s (about %.1f s until %s): %d host(s) not heard from since are judged "
-                   "stale only from %s on%s", outage.reason, outage.lasted_ms / 1000,
-                   iso_from_ms(outage.ended_ms), len(hosts), iso_from_ms(until),
-                   f" ({failed} grace write(s) failed)" if failed else "")
+    for host in hosts:
+        pipe.hmget(keys.host(host), _SWEEP_FIELDS)
+    return [{name: _text(v) for name, v in zip(_SWEEP_FIELDS, row, strict=True)
+             if v is not None} for row in pipe.execute()]
+
+
+Owns = Callable[[str], bool]
+
+
+def _owns_all(host: str) -> bool:
+    return True
+
+
+@dataclass
+class _Pass:
+    """A sweep under way: the outage it found, and where each phase is."""
+
+    outage: Outage | None
+    seed_cursor: int | None  # ZSCAN cursor over the hosts index; None when done
+    grace_cursor: int | None  # likewise, while the outage's grace is given
+    passed_over: int = 0  # due hosts left to others (or that failed) in this pass
+    graced: int = 0
+
+
+class Sweeper:
+    """Judges silent hosts a page at a time, from the due index.
+
+    Each report schedules its host in the due index (``KeySpace.hosts_due``)
+    for the moment it would turn stale, in the same atomic step that writes
+    it. A pass reads only the hosts whose moment has come: a fleet that
+    reports costs one empty read, whatever its size. Each host read is
+    judged and scheduled again for its next threshold (or leaves the index
+    at CRITICAL, until it reports), in one script that does nothing if the
+    host reported meanwhile. A pass begins with the outage check; after an
+    outage it first grants the grace to every host not heard from since,
+    and the first pass of a sweeper schedules every host of the hosts index
+    that is not in the due index (hosts written before it existed). Each
+    :meth:`step` does one page, so the collector reads its streams between
+    them; :meth:`sweep` makes a whole pass.
+    """
+
+    def __init__(self, keys: KeySpace, settings: CollectorSettings, page: int = PAGE) -> None:
+        self.keys = keys
+        self.settings = settings
+        self.page = page
+        self.previous_ms: int | None = None  # Redis time of the previous step
+        self._pass: _Pass | None = None
+        self._seeded = False
+
+    @property
+    def busy(self) -> bool:
+        """True while a pass is under way: the next step continues it."""
+        return self._pass is not None
+
+    def sweep(self, client: Any, now_ms: int, owns: Owns | None = None) -> list[Transition]:
+        """Finish the pass under way, or make a whole one; the transitions made."""
+        made = self.step(client, now_ms, owns)
+        while self.busy:
+            made += self.step(client, now_ms, owns)
+        return made
+
+    def step(self, client: Any, now_ms: int, owns: Owns | None = None) -> list[Transition]:
+        """One page of the pass under way (beginning one when none is); the
+        transitions made (each needs an evaluation). ``owns`` narrows the
+        judging to the hosts this collector reads."""
+        if self._pass is None:
+            outage = detect_outage(client, self.keys, self.settings, now_ms, self.previous_ms)
+            self._pass = _Pass(outage, None if self._seeded else 0,
+                               None if outage is None else 0)
+        current = self._pass
+        self.previous_ms = now_ms
+        made: list[Transition] = []
+        if current.seed_cursor is not None:
+            current.seed_cursor = self._seed(client, current.seed_cursor)
+            self._seeded = current.seed_cursor is None
+        elif current.grace_cursor is not None:
+            assert current.outage is not None
+            current.grace_cursor = self._grace(client, current, current.outage)
+        elif self._judge_due(client, current, now_ms, owns or _owns_all, made):
+            self._pass = None
+        return made
+
+    def _seed(self, client: Any, cursor: int) -> int | None:
+        """Schedule a page of the hosts index for judging now, unless scheduled."""
+        cursor, entries = client.zscan(self.keys.hosts_index(), cursor, count=self.page)
+        if entries:
+            # A host's index score is its last report: it is due at once, and
+            # judged (and scheduled properly) by this very pass.
+            client.zadd(self.keys.hosts_due(), {_text(host): int(score) for host, score in entries},
+                        nx=True)
+        return None if int(cursor) == 0 else int(cursor)
+
+    def _grace(self, client: Any, current: _Pass, outage: Outage) -> int | None:
+        """Give the outage's grace to a page of the hosts not heard from since."""
+        cursor, entries = client.zscan(self.keys.hosts_index(), current.grace_cursor,
+                                       count=self.page)
+        owed = [_text(host) for host, score in entries if score < outage.ended_ms]
+        if owed:
+            rows = _rows(client, self.keys, owed)
+            script = client.register_script(_GRACE_SOURCE)
+            until = outage.grace_until_ms
+            pipe = client.pipeline(transaction=False)
+            for host, fields in zip(owed, rows, strict=True):
+                last_seen = fields.get("last_seen_ms", "")
+                if last_seen.isdigit() and (grace_until(fields) or 0) < until:
+                    script(keys=[self.keys.host(host)],
+                           args=[last_seen, until, iso_from_ms(until)], client=pipe)
+            current.graced += sum(1 for result in pipe.execute(raise_on_error=False)
+                                  if result == 1)
+        if int(cursor) != 0:
+            return int(cursor)
+        logger.warning("%s (about %.1f s until %s): %d host(s) not heard from since are judged "
+                       "stale only from %s on", outage.reason, outage.lasted_ms / 1000,
+                       iso_from_ms(outage.ended_ms), current.graced,
+                       iso_from_ms(outage.grace_until_ms))
+        return None
+
+    def _judge_due(self, client: Any, current: _Pass, now_ms: int, owns: Owns,
+                   made: list[Transition]) -> bool:
+        """Judge a page of the hosts that are due; True when none is left."""
+        entries = client.zrangebyscore(self.keys.hosts_due(), "-inf", now_ms,
+                                       start=current.passed_over, num=self.page)
+        hosts = [_text(host) for host in entries]
+        mine = [host for host in hosts if owns(host)]
+        current.passed_over += len(hosts) - len(mine)
+        if mine:
+            self._judge(client, mine, now_ms, current, made)
+        return len(hosts) < self.page
+
+    def _judge(self, client: Any, hosts: Sequence[str], now_ms: int, current: _Pass,
+               made: list[Transition]) -> None:
+        keys = self.keys
+        # (redis-py loads a registered script before a pipeline that runs it.)
+        judged = client.register_script(STALE)
+        pipe = client.pipeline(transaction=False)
+        planned: list[Transition | None] = []
+        gone: list[str] = []
+        for host, fields in zip(hosts, _rows(client, keys, hosts), strict=True):
+            last_seen = fields.get("last_seen_ms", "")
+            if not last_seen.isdigit():
+                # The hash was deleted (``forget`` or by hand): nothing to judge.
+                gone.append(host)
+                continue
+            age_s = max(0.0, (now_ms - int(last_seen)) / 1000)
+            before = fields.get("stale", STALE_NO)
+            interval_s = _float(fields.get("interval_s"), 60.0)
+            grace = grace_until(fields)
+            level = judged_stale(age_s, judged_age_s(now_ms, int(last_seen), grace),
+                                 interval_s, before, self.settings)
+            due = next_due_ms(level, int(last_seen), grace, interval_s, self.settings)
+            judged(keys=[keys.host(host), keys.hosts_due()],
+                   args=[host, last_seen, level, host_status(fields, level).name,
+                         "" if due is None else due], client=pipe)
+            planned.append(None if level == before
+                           else Transition(host, before, level, round(age_s, 3)))
+        if gone:
+            pipe.zrem(keys.hosts_due(), *gone)
+            pipe.zrem(keys.hosts_index(), *gone)
+        results = pipe.execute(raise_on_error=False)
+        for transition, result in zip(planned, results, strict=False):
+            if isinstance(result, Exception):
+                # Still due: left for the next pass, passed over in this one.
+                current.passed_over += 1
+                logger.warning("cannot judge the staleness of a host: %s", result)
+            elif transition is not None and result != SKIPPED:
+                made.append(transition)
+                logger.info("host %s stale: %s -> %s (silent %.1f s)", transition.host,
+                            transition.before, transition.after, transition.age_s)
+
+
+# One sweeper per client for :func:`sweep`, so that each remembers its
+# previous sweep (without keeping a client alive).
+_sweepers: weakref.WeakKeyDictionary[Any, Sweeper] = weakref.WeakKeyDictionary()
 
 
 def sweep(client: Any, keys: KeySpace, settings: CollectorSettings, now_ms: int
           ) -> list[Transition]:
-    """Judge every host of the index; the transitions made (each needs an evaluation)."""
-    hosts = [_text(h) for h in client.zrange(keys.hosts_index(), 0, -1)]
-    if not hosts:
-        _previous_sweep[client] = now_ms
-        return []
-    pipe = client.pipeline(transaction=False)
-    for host in hosts:
-        pipe.hmget(keys.host(host), _SWEEP_FIELDS)
-    rows = pipe.execute()
-    table = [{name: _text(v) for name, v in zip(_SWEEP_FIELDS, row, strict=True)
-              if v is not None} for row in rows]
-    outage = detect_outage(client, keys, settings, now_ms,
-                           [int(f["last_seen_ms"]) for f in table
-                            if f.get("last_seen_ms", "").isdigit()])
-    if outage is not None:
-        owed = [(host, f["last_seen_ms"]) for host, f in zip(hosts, table, strict=True)
-                if f.get("last_seen_ms", "").isdigit()
-                and int(f["last_seen_ms"]) < outage.ended_ms
-                and (grace_until(f) or 0) < outage.grace_until_ms]
-        if owed:
-            _give_grace(client, keys, outage, owed)
-            given = {host for host, _ in owed}
-            for host, f in zip(hosts, table, strict=True):
-                if host in given:
-                    f[GRACE_FIELD_MS] = str(outage.grace_until_ms)
-    planned: list[Transition] = []
-    gone: list[str] = []
-    # (redis-py loads a registered script before a pipeline that runs it.)
-    mark_stale = client.register_script(STALE)
-    pipe = client.pipeline(transaction=False)
-    for host, fields in zip(hosts, table, strict=True):
-        last_seen = fields.get("last_seen_ms", "")
-        if not last_seen.isdigit():
-            if not fields:
-                gone.append(host)
-            continue
-        age_s = max(0.0, (now_ms - int(last_seen)) / 1000)
-        before = fields.get("stale", STALE_NO)
-        level = judged_stale(age_s, judged_age_s(now_ms, int(last_seen), grace_until(fields)),
-                             _float(fields.get("interval_s"), 60.0), before, settings)
-        if level == before:
-            continue
-        status = host_status(fields, level)
-        mark_stale(keys=[keys.host(host)], args=[last_seen, level, status.name], client=pipe)
-        planned.append(Transition(host, before, level, round(age_s, 3)))
-    if gone:
-        # The hash was deleted (``forget`` or by hand): drop it from the index.
-        pipe.zrem(keys.hosts_index(), *gone)
-    results = pipe.execute(raise_on_error=False) if planned or gone else []
-    made: list[Transition] = []
-    for transition, result in zip(planned, results, strict=False):
-        if isinstance(result, Exception) or result == SKIPPED:
-            continue
-        made.append(transition)
-        logger.info("host %s stale: %s -> %s (silent %.1f s)", transition.host,
-                    transition.before, transition.after, transition.age_s)
-    _previous_sweep[client] = now_ms
-    return made
+    """A whole pass of the due hosts; the transitions made (each needs an evaluation)."""
+    sweeper = _sweepers.get(client)
+    if sweeper is None or sweeper.keys != keys or sweeper.settings != settings:
+        sweeper = _sweepers[client] = Sweeper(keys, settings)
+    return sweeper.sweep(client, now_ms)

@@ -27,6 +27,7 @@ from datetime import UTC, datetime
 from typing import Any
 
 from collector.hashes import WrittenHashes
+from collector.keepalive import report_due_ms
 from collector.scripts import MAX_ORDER_MARKS, padded, position
 from collector.settings import CollectorSettings
 from wire import auth
@@ -213,8 +214,10 @@ class Planner:
         fields = write.fields
         fields["stream_id"] = entry_id
         entry = self._common("report", stream, entry_id, host)
+        due_ms = report_due_ms(entry_ms, report.interval, self.settings)
         entry.update(
             host_key=keys.host(host), hosts_index=keys.hosts_index(),
+            due_index=keys.hosts_due(), due_ms="" if due_ms is None else str(due_ms),
             history_key=keys.host_history(host), host=host, epoch=str(report.epoch),
             seq=padded(report.seq),
             entry_ms=str(entry_ms), history_line=history_line(report, fields["last_seen"]),

@@ -75,10 +75,13 @@ PROTOCOL: dict[str, tuple[str, ...]] = {
     # Redis time (the index score); history_line and
     # history_length: the line pushed and the list's bound; dropped: reports
     # the agent lost since its last one; status: the report's status;
+    # due_index, due_ms: the index of when hosts turn stale, and when this
+    # one does unless it reports again ('' for never; see collector.keepalive);
     # base: '' when fields is the whole hash, else the position of the
     # write that fields and deleted are the difference to (see
     # collector.hashes); fields: field -> value; deleted: field names.
-    "report": ("host_key", "hosts_index", "history_key", "host", "epoch", "seq", "entry_ms",
+    "report": ("host_key", "hosts_index", "due_index", "history_key", "host", "epoch", "seq",
+               "entry_ms", "due_ms",
                "history_line", "history_length", "dropped", "status", "base", "fields",
                "deleted"),
     # A report a later one of its batch supersedes: its history line only
@@ -156,6 +159,11 @@ local function report(e)
   end
   bulk('HSET', e.host_key, written)
   redis.call('ZADD', e.hosts_index, e.entry_ms, e.host)
+  if e.due_ms == '' then
+    redis.call('ZREM', e.due_index, e.host)
+  else
+    redis.call('ZADD', e.due_index, e.due_ms, e.host)
+  end
   push_history(e)
   return 1
 end
@@ -331,13 +339,20 @@ end
 return {results, marked}
 """
 
-# KEYS: host hash
-# ARGV: last_seen_ms the sweep judged, new stale level, new status
-# Only when the host has not reported since the sweep read it.
+# KEYS: host hash, due index. ARGV: host, last_seen_ms the sweep judged, its
+# stale level, its status, when it is due next ('' for never: it leaves the
+# index). Nothing when the host reported since the sweep read it: its report
+# wrote the level and scheduled it. 1 when the level changed, else 0.
 STALE = """
 local stored = redis.call('HMGET', KEYS[1], 'last_seen_ms', 'stale')
-if stored[1] ~= ARGV[1] or stored[2] == ARGV[2] then return 0 end
-redis.call('HSET', KEYS[1], 'stale', ARGV[2], 'status', ARGV[3])
+if stored[1] ~= ARGV[2] then return 0 end
+if ARGV[5] == '' then
+  redis.call('ZREM', KEYS[2], ARGV[1])
+else
+  redis.call('ZADD', KEYS[2], ARGV[5], ARGV[1])
+end
+if stored[2] == ARGV[3] then return 0 end
+redis.call('HSET', KEYS[1], 'stale', ARGV[3], 'status', ARGV[4])
 return 1
 """
 

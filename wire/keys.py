@@ -86,6 +86,11 @@ class KeySpace:
         """Sorted set: host id scored by last-seen time (ms, Redis clock)."""
         return f"{self.prefix}hosts"
 
+    def hosts_due(self) -> str:
+        """Sorted set: host id scored by when (ms, Redis clock) its silence
+        next needs judging: when it turns stale unless it reports."""
+        return f"{self.prefix}hosts:due"
+
     def host(self, host: str) -> str:
         """Hash: the host's latest state, flattened as ``check.field``."""
         return f"{self.prefix}host:{host}"

@@ -94,6 +94,8 @@ def test_a_sweep_that_turns_ten_thousand_hosts_stale_evaluates_every_one(
             "last_seen_ms": last_seen, "interval_s": "0.1", "stale": "no",
             "report_status": "OK", "status": "OK", "epoch": 1, "seq": 1})
         pipe.zadd(keys.hosts_index(), {host: last_seen})
+        # As the report would have scheduled it: stale three intervals on.
+        pipe.zadd(keys.hosts_due(), {host: last_seen + 301})
     pipe.execute()
     made = collector.sweep()
     assert len(made) == hosts > 2 * CHUNK_HOSTS

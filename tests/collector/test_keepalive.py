@@ -57,6 +57,8 @@ def test_the_sweep_and_the_readers_agree_at_the_thresholds(
     now_ms = server_time_ms(redis_client)
     for host, (silent_ms, _) in hosts.items():
         redis_client.hset(keys.host(host), "last_seen_ms", str(now_ms - silent_ms))
+    # Hashes changed by hand are not rescheduled: make them all due now.
+    redis_client.zadd(keys.hosts_due(), dict.fromkeys(hosts, now_ms))
     # Those last-seen times lie before this Redis started: that would read as
     # an outage and grant a grace, which is tested on its own above.
     monkeypatch.setattr(keepalive, "detect_outage", lambda *args, **kwargs: None)
@@ -137,7 +139,12 @@ def test_a_lone_report_is_handed_to_the_alerter_at_once(redis_client: redis.Redi
     # (blocking) read: the job of a report arriving alone must not wait for
     # the next entry or the end of that read.
     collector = make_collector(block_ms=300, sweep_interval_s=60, heartbeat_interval_s=60,
-                               claim_interval_s=60)
+                               claim_interval_s=60, ring_timeout_s=120,
+                               discovery_interval_s=60)
+    # A host the collector knows: its (empty) stream is there when it starts.
+    stream = keys.reports_stream("bbs-01")
+    redis_client.xadd(stream, {"m": b""})
+    redis_client.xtrim(stream, maxlen=0)
     collector.setup()
     assert collector.step() == 0  # the first round's reclaim, sweep and heartbeat are done
     publish(report("bbs-01", 1, disk=95.0))
@@ -178,11 +185,14 @@ def test_a_sweep_never_overwrites_a_fresh_report(redis_client: redis.Redis, keys
     # Judged 50 intervals after report 1: the sweep reads it and means CRITICAL.
     judged_at = last_seen + 10_000
 
-    def a_report_lands_meanwhile(*args: Any, **kwargs: Any) -> None:
-        # Called between the sweep's read of the hashes and its writes.
+    read_rows = keepalive._rows
+
+    def a_report_lands_meanwhile(*args: Any, **kwargs: Any) -> Any:
+        # Called for the sweep's read of the hashes: report 2 lands right after.
+        rows = read_rows(*args, **kwargs)
         publish(report("bbs-01", 2, interval=0.2))
         collector.drain()
-        return None  # no outage: the whole silence counts
+        return rows
 
     writes: list[Any] = []
     register_script = redis_client.register_script
@@ -197,11 +207,13 @@ def test_a_sweep_never_overwrites_a_fresh_report(redis_client: redis.Redis, keys
             return script(keys=keys, args=args, client=client)
         return recorded
 
-    monkeypatch.setattr(keepalive, "detect_outage", a_report_lands_meanwhile)
+    # No outage: the whole silence counts.
+    monkeypatch.setattr(keepalive, "detect_outage", lambda *args, **kwargs: None)
+    monkeypatch.setattr(keepalive, "_rows", a_report_lands_meanwhile)
     monkeypatch.setattr(redis_client, "register_script", recording_register_script)
     assert keepalive.sweep(redis_client, keys, collector.settings, judged_at) == []
     # The sweep did try to write its level, judged on report 1...
-    assert writes == [[str(last_seen), STALE_CRITICAL, "CRITICAL"]]
+    assert writes == [["bbs-01", str(last_seen), STALE_CRITICAL, "CRITICAL", ""]]
     # ... and the script refused it: report 2 stands.
     fields = redis_client.hgetall(keys.host("bbs-01"))
     assert (fields[b"seq"], fields[b"stale"], fields[b"status"]) == (b"2", b"no", b"OK")
@@ -225,14 +237,17 @@ def test_no_sweep_while_working_off_a_backlog(redis_client: redis.Redis, keys: A
     assert collector.caught_up is True
 
 
-def test_forgotten_hosts_leave_the_index(redis_client: redis.Redis, keys: Any, publish: Any,
-                                        report: Any, make_collector: Any) -> None:
-    publish(report("bbs-01", 1))
+def test_hosts_deleted_by_hand_leave_the_indexes_when_due(
+        redis_client: redis.Redis, keys: Any, publish: Any, report: Any,
+        make_collector: Any) -> None:
+    publish(report("bbs-01", 1, interval=0.2))
     collector = make_collector()
     collector.drain()
     redis_client.delete(keys.host("bbs-01"))
-    collector.sweep()
+    time.sleep(0.7)  # due three intervals after its report
+    assert collector.sweep() == []
     assert redis_client.zcard(keys.hosts_index()) == 0
+    assert redis_client.zcard(keys.hosts_due()) == 0
 
 
 # -- after an outage of Redis ---------------------------------------------------------------
@@ -281,7 +296,7 @@ def test_a_redis_restart_does_not_make_hosts_stale(redis_server_factory: Any, ke
     collector = make_collector(client=client, name="restart")
 
     def publish(host: str, seq: int) -> None:
-        client.xadd(keys.reports_stream(), {"m": encode(report(host, seq, interval=0.2))})
+        client.xadd(keys.reports_stream(host), {"m": encode(report(host, seq, interval=0.2))})
 
     publish("bbs-dead", 1)
     collector.drain()
