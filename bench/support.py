@@ -16,7 +16,7 @@ from pathlib import Path
 
 import redis
 
-from stack.embedded import HASH_TUNING, any_free_port, find_script
+from stack.embedded import HASH_TUNING, STREAM_EVENTS, any_free_port, find_script
 
 REDIS_START_TIMEOUT_S = 15.0
 
@@ -45,7 +45,8 @@ def command(name: str) -> str:
 def start_redis(directory: Path) -> tuple[subprocess.Popen[bytes], int]:
     """A throw-away redis-server (no persistence, log in ``directory``) and its port.
 
-    It is tuned for the host hashes as the stack's own Redis is (HASH_TUNING).
+    It is tuned for the host hashes and announces stream appends as the
+    stack's own Redis is (HASH_TUNING, STREAM_EVENTS).
 
     Returns once it answers PING; the caller terminates the process.
     """
@@ -55,7 +56,8 @@ def start_redis(directory: Path) -> tuple[subprocess.Popen[bytes], int]:
     port = any_free_port()
     process = subprocess.Popen(
         [binary, "--port", str(port), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no",
-         "--dir", str(directory), "--logfile", str(directory / "redis.log"), *HASH_TUNING],
+         "--dir", str(directory), "--logfile", str(directory / "redis.log"), *HASH_TUNING,
+         *STREAM_EVENTS],
         stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     client = redis.Redis(port=port, socket_timeout=1)
     try:

@@ -5,8 +5,10 @@ on the host streams it owns; several may run and share the hosts
 (:mod:`collector.ownership`: streams found by SCAN, hosts shared by
 rendezvous hashing over the collectors' heartbeats). It reads its streams
 in chunks of :data:`READ_CHUNK`, so no command grows with the fleet: with
-at most that many it blocks on them all in one XREADGROUP, with more it
-reads them in turn and, caught up, again after ``poll_interval_ms``.
+at most that many it blocks on them all in one XREADGROUP; with more it
+reads the streams that Redis's keyspace events name as appended to
+(:mod:`collector.wakeups`), and all of them every :data:`FULL_READ_S`, or,
+without events, all of them again after ``poll_interval_ms``.
 This module reads and schedules; the other steps each have a module:
 
 * :mod:`collector.plan` decodes and checks each entry and plans its write
@@ -52,6 +54,7 @@ from collector.plan import Decoded, Planner, StoredSessions, Write, sessions_to_
 from collector.reclaim import Reclaimer, is_missing_group
 from collector.selfmon import STOPPED, write_heartbeat
 from collector.settings import CollectorSettings
+from collector.wakeups import Wakeups
 from wire.keys import COLLECTOR_GROUP, KeySpace
 from wire.messages import SessionEvent
 from wire.replies import server_time_ms, text
@@ -79,6 +82,9 @@ INSPECT_PAGE = 200
 DISCOVERY_PAGES = 8
 # How soon held writes are sent again.
 HELD_RETRY_S = 0.05
+# While keyspace events name the streams to read, every owned stream is still
+# read this often: an event lost delays an entry by this much at most.
+FULL_READ_S = 1.0
 
 #: Entries read, by stream: (stream, entries).
 Batches = list[tuple[str, Sequence[Any]]]
@@ -136,6 +142,12 @@ class Collector:
         self.caught_up = False
         self.started_ms = 0
         self.stop_event = threading.Event()
+        self.wakeups = Wakeups(client)
+        # Streams named by keyspace events (or left with more to read), read next.
+        self._appended: set[str] = set()
+        self._appended_lock = threading.Lock()
+        self._next_full_read = 0.0
+        self._loop_thread = threading.current_thread()
         self._read_ahead: Future[tuple[Batches, bool]] | None = None
         self._grouped: set[str] = set()
         self._held: dict[str, list[Write]] = {}
@@ -201,6 +213,7 @@ class Collector:
     def run(self, stop: threading.Event) -> None:
         """Consume until ``stop`` is set; Redis outages are retried, never raised."""
         self.stop_event = stop
+        self._loop_thread = threading.current_thread()
         delay = 0.0
         failing = False
         while not stop.is_set():
@@ -233,6 +246,7 @@ class Collector:
                              exc_info=logger.isEnabledFor(logging.DEBUG))
                 stop.wait(delay)
         self._final_heartbeat()
+        self.wakeups.close()
 
     def step(self) -> int:
         """One round: the chores that are due, then read and apply one batch."""
@@ -303,6 +317,8 @@ class Collector:
     def read(self, block_ms: int | None) -> int:
         """Read one batch of new entries of the owned streams and hand it to the
         writer; the number read. Caught up, it waits until the batch is applied."""
+        if len(self.streams.owned) > READ_CHUNK and self.wakeups.listening():
+            self._note_appended(self.wakeups.take())
         ahead, self._read_ahead = self._read_ahead, None
         if ahead is None:
             # Working off a backlog, the read takes what is there at once;
@@ -344,25 +360,66 @@ class Collector:
             if block_ms:
                 self.stop_event.wait(block_ms / 1000)
             return [], False
-        per_stream = min(self.settings.batch_size,
-                         max(MIN_PER_STREAM, self.settings.batch_size // len(streams)))
         if len(streams) <= READ_CHUNK:
-            return self._read_chunk(streams, per_stream, block_ms)
+            # Few enough to block on them all in one call.
+            return self._read_chunk(streams, self._per_stream(len(streams)), block_ms)
+        targets = self._targets(streams)
+        per_stream = self._per_stream(len(targets))
         batches: Batches = []
-        more = False
         read = 0
-        for start in range(0, len(streams), READ_CHUNK):
+        again: list[str] = []
+        for start in range(0, len(targets), READ_CHUNK):
             if read >= self.settings.batch_size:
-                return batches, True
-            chunk_batches, chunk_more = self._read_chunk(streams[start:start + READ_CHUNK],
-                                                         per_stream, None)
+                again += targets[start:]
+                break
+            chunk_batches, _ = self._read_chunk(targets[start:start + READ_CHUNK], per_stream,
+                                                None)
             batches += chunk_batches
-            more = more or chunk_more
             read += sum(len(entries) for _, entries in chunk_batches)
+            again += [stream for stream, entries in chunk_batches if len(entries) >= per_stream]
+        with self._appended_lock:
+            self._appended.update(again)
         if not read and block_ms:
-            # Too many streams to block on: look again a little later.
-            self.stop_event.wait(min(block_ms, self.settings.poll_interval_ms) / 1000)
-        return batches, more
+            self._wait_for_appends(block_ms)
+        return batches, bool(again)
+
+    def _per_stream(self, streams: int) -> int:
+        return min(self.settings.batch_size,
+                   max(MIN_PER_STREAM, self.settings.batch_size // max(1, streams)))
+
+    def _targets(self, streams: list[str]) -> list[str]:
+        """The streams a read looks at: while Redis announces appends, those
+        named since the last read (and, now and then, all); otherwise all."""
+        now = self.clock()
+        with self._appended_lock:
+            if not self.wakeups.active or now >= self._next_full_read:
+                self._next_full_read = now + FULL_READ_S
+                self._appended.clear()
+                return streams
+            appended, self._appended = self._appended, set()
+        return [stream for stream in streams if stream in appended]
+
+    def _wait_for_appends(self, block_ms: int) -> None:
+        """Caught up with too many streams to block on: wait for an append to
+        be announced (or, without announcements, for the next poll)."""
+        wait_ms = block_ms if self.wakeups.active else min(block_ms,
+                                                           self.settings.poll_interval_ms)
+        if threading.current_thread() is self._loop_thread and self.wakeups.listening():
+            self._note_appended(self.wakeups.take(wait_ms / 1000))
+        else:
+            self.stop_event.wait(wait_ms / 1000)
+
+    def _note_appended(self, names: set[str]) -> None:
+        """Take announced appends: streams owned are read next, those of hosts
+        not known yet are found at once."""
+        if not names:
+            return
+        gained = self.streams.add(name for name in names if name not in self.streams)
+        if gained:
+            self.ensure_groups(gained)
+        owned = set(self.streams.owned)
+        with self._appended_lock:
+            self._appended.update(name for name in names if name in owned)
 
     def _read_chunk(self, streams: Sequence[str], per_stream: int,
                     block_ms: int | None) -> tuple[Batches, bool]:
@@ -415,6 +472,7 @@ class Collector:
     def close(self) -> None:
         """Apply what is handed over and end the writer's thread."""
         self.writer.close()
+        self.wakeups.close()
 
     # -- applying a batch ------------------------------------------------------
 

@@ -104,6 +104,10 @@ class HostStreams:
     def __len__(self) -> int:
         return sum(len(streams) for streams in self._hosts.values())
 
+    def __contains__(self, stream: object) -> bool:
+        named = self.keys.stream_host(stream) if isinstance(stream, str) else None
+        return named is not None and stream in self._hosts.get(named[0], ())
+
     def add(self, streams: Iterable[str]) -> list[str]:
         """Learn of ``streams``; those this collector newly owns."""
         gained = []

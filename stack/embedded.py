@@ -110,6 +110,12 @@ HASH_TUNING = ("--hash-max-ziplist-entries", "16")
 # (see docs/collector.md, "Bounding memory"). docker-compose.yml sets the same.
 VALUE_BOUND = ("--proto-max-bulk-len", "1mb")
 
+# Keyspace events of stream commands ('E' keyevent channels, 't' streams):
+# each XADD is announced, so a collector reading many host streams reads the
+# one appended to at once instead of polling them all (collector.wakeups).
+# docker-compose.yml sets the same.
+STREAM_EVENTS = ("--notify-keyspace-events", "Et")
+
 
 def server_argv(binary: str, port: int, directory: Path) -> list[str]:
     """Command line of a loopback-only Redis that persists with AOF in ``directory``,
@@ -127,6 +133,7 @@ def server_argv(binary: str, port: int, directory: Path) -> list[str]:
         "--logfile", "",
         *HASH_TUNING,
         *VALUE_BOUND,
+        *STREAM_EVENTS,
     ]
 
 
