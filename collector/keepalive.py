@@ -65,7 +65,6 @@ _LEVELS = {STALE_NO: 0, STALE_WARNING: 1, STALE_CRITICAL: 2}
 # ([agent] backoff_max); a host's own thresholds still apply after it.
 OUTAGE_GRACE_MAX_S = 60.0
 GRACE_FIELD_MS = "grace_until_ms"
-GRACE_FIELD = "grace_until"
 
 # KEYS: host hash. ARGV: last_seen_ms the sweep judged, grace_until_ms, its ISO text.
 # Only while the host has not reported since (a report replaces the hash) and

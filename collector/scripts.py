@@ -52,7 +52,6 @@ from hashlib import sha1
 from typing import Any
 
 SKIPPED = 0
-APPLIED = 1
 REPLAN = -1
 WAIT = -2
 
