@@ -75,18 +75,27 @@ def test_without_events_every_stream_is_read_in_chunks(redis_client: redis.Redis
     assert len({stream for streams in reads for stream in streams}) == 2 * HOSTS
 
 
-def test_keyspace_events_name_the_streams_to_read(redis_server_factory: Any) -> None:
+@pytest.fixture
+def listening(redis_server_factory: Any) -> tuple[redis.Redis, Collector]:
+    """A fleet in a Redis that announces appends, and a caught-up collector
+    that has heard an announcement."""
     server = redis_server_factory("--notify-keyspace-events", "Et")
     client = server.client()
-    keys = KeySpace()
-    fleet(client, keys)
+    fleet(client, KeySpace())
     collector = make(client, poll_interval_ms=5_000, block_ms=200)
     collector.drain()
     collector.step()  # subscribes
-    # Events heard: the next reads look only at what was appended to.
-    publish(client, keys, "bbs-001", 2)
+    publish(client, KeySpace(), "bbs-001", 2)
     step_until(collector, lambda: collector.wakeups.active
-               and client.hget(keys.host("bbs-001"), "seq") == b"2")
+               and client.hget(KeySpace().host("bbs-001"), "seq") == b"2")
+    return client, collector
+
+
+def test_keyspace_events_name_the_streams_to_read(
+        listening: tuple[redis.Redis, Collector]) -> None:
+    client, collector = listening
+    keys = KeySpace()
+    # Events heard: the next reads look only at what was appended to.
     reads = recording(collector)
     publish(client, keys, "bbs-007", 2)
     step_until(collector, lambda: client.hget(keys.host("bbs-007"), "seq") == b"2")
@@ -97,16 +106,10 @@ def test_keyspace_events_name_the_streams_to_read(redis_server_factory: Any) -> 
     step_until(collector, lambda: client.hget(keys.host("newcomer"), "seq") == b"1")
 
 
-def test_an_event_lost_delays_an_entry_and_loses_nothing(redis_server_factory: Any) -> None:
-    server = redis_server_factory("--notify-keyspace-events", "Et")
-    client = server.client()
+def test_an_event_lost_delays_an_entry_and_loses_nothing(
+        listening: tuple[redis.Redis, Collector]) -> None:
+    client, collector = listening
     keys = KeySpace()
-    fleet(client, keys)
-    collector = make(client, poll_interval_ms=5_000, block_ms=200)
-    collector.drain()
-    collector.step()
-    publish(client, keys, "bbs-001", 2)
-    step_until(collector, lambda: client.hget(keys.host("bbs-001"), "seq") == b"2")
     # Events switched off: the append is not announced, the next full read finds it.
     client.config_set("notify-keyspace-events", "")
     publish(client, keys, "bbs-009", 2)
