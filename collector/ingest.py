@@ -523,8 +523,9 @@ class Collector:
         return self.planner.session_write(write.stream, write.entry_id, event, known)
 
     def _apply_now(self, writes: list[Write]) -> None:
-        self.flush()
-        self.applier.apply(writes)
+        if writes:
+            self.flush()
+            self.applier.apply(writes)
 
     # -- held writes -------------------------------------------------------
 
