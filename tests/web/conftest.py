@@ -1,6 +1,6 @@
 """Fixtures of the web page's tests: a fleet of several hosts in a real Redis,
-written the way it is in production (reports and session events on the
-streams, ingested by a real collector; alert states and silences as the
+written the way it is in production (reports and session events on each
+host's streams, ingested by a real collector; alert states and silences as the
 alerter stores them), and the exporter's web server in a thread."""
 
 from __future__ import annotations
@@ -79,11 +79,11 @@ def populate(client: redis.Redis, keys: KeySpace | None = None, collect: bool = 
         make_report("bbs-04", 1, sessions=2, rss=80.0),
     ]
     for report in reports:
-        client.xadd(keys.reports_stream(), dict(stream_fields(report)))
+        client.xadd(keys.reports_stream(report.host), dict(stream_fields(report)))
     for event in (login("bbs-04", 1, "192.0.2.7:4000", HOSTILE),
                   login("bbs-04", 2, "192.0.2.8:4001", "guest"),
                   login("bbs-01", 1, "192.0.2.9:4002", "sysop")):
-        client.xadd(keys.sessions_stream(), dict(stream_fields(event)))
+        client.xadd(keys.sessions_stream(event.host), dict(stream_fields(event)))
     if collect:
         collector = Collector(client, keys, CollectorSettings(evaluate=False, block_ms=50),
                               name="web-test")

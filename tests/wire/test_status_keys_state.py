@@ -37,13 +37,33 @@ def test_status_parse() -> None:
 def test_keys_share_one_prefix() -> None:
     keys = KeySpace("fleet2:")
     names = [keys.host("bbs-01"), keys.host_sessions("bbs-01"), keys.hosts_index(),
-             keys.reports_stream(), keys.sessions_stream(), keys.dead_letter_stream(),
-             keys.alert("bbs-01", "disk_space"), keys.silences(), keys.evaluate_queue(),
-             keys.agent_last_sent("bbs-01")]
+             *keys.host_streams("bbs-01"), *keys.host_streams("bbs-02"),
+             keys.dead_letter_stream(), keys.alert("bbs-01", "disk_space"), keys.silences(),
+             keys.evaluate_queue(), keys.collectors_index(), keys.collector_ring()]
     assert all(name.startswith("fleet2:") for name in names)
     assert len(set(names)) == len(names)
     assert KeySpace().host("bbs-01") == "mtbbs:host:bbs-01"
-    assert KeySpace().agent_last_sent("bbs-01") == "mtbbs:agent:bbs-01:last_sent"
+    assert KeySpace().reports_stream("bbs-01") == "mtbbs:{bbs-01}:reports"
+    assert KeySpace().sessions_stream("bbs-01") == "mtbbs:{bbs-01}:sessions"
+
+
+def test_a_host_stream_names_its_host() -> None:
+    keys = KeySpace("fleet2:")
+    assert keys.stream_host(keys.reports_stream("bbs-01")) == ("bbs-01", "reports")
+    assert keys.stream_host(keys.sessions_stream("bbs-01.example")) == (
+        "bbs-01.example", "sessions")
+    # Only a host stream of this prefix, of a valid host id and a known kind.
+    for other in (keys.dead_letter_stream(), keys.host("bbs-01"),
+                  KeySpace().reports_stream("bbs-01"), "fleet2:{bbs-01}:other",
+                  "fleet2:{a b}:reports", "fleet2:{}:reports", "fleet2:{bbs-01:reports"):
+        assert keys.stream_host(other) is None, other
+    # The SCAN pattern matches a host's streams and no key the collector writes.
+    from fnmatch import fnmatchcase
+
+    pattern = keys.host_streams_pattern()
+    assert all(fnmatchcase(name, pattern) for name in keys.host_streams("bbs-01"))
+    assert not any(fnmatchcase(name, pattern) for name in (
+        keys.dead_letter_stream(), keys.host("bbs-01"), keys.collector_ring()))
 
 
 def test_host_ids() -> None:
