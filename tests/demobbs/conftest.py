@@ -17,6 +17,9 @@ import redis
 from wire.keys import KeySpace
 from wire.messages import SessionEvent, decode_entry
 
+# The host id the demo BBS reports its sessions under, unless a test names another.
+HOST = "demo-01"
+
 
 def free_port() -> int:
     with socket.socket() as sock:
@@ -98,7 +101,7 @@ def start_bbs(tmp_path: Path, command: Any, clean_env: dict[str, str]) -> Iterat
     """``start_bbs(redis_url, *args)``: run mtbbs-demo-bbs until its pidfile appears."""
     running: list[RunningBbs] = []
 
-    def start(redis_url: str, *extra: str, host: str = "demo-01") -> RunningBbs:
+    def start(redis_url: str, *extra: str, host: str = HOST) -> RunningBbs:
         index = len(running)
         port = free_port()
         db = tmp_path / f"bbs{index}" / "mtbbs.db"
@@ -125,9 +128,10 @@ def start_bbs(tmp_path: Path, command: Any, clean_env: dict[str, str]) -> Iterat
             bbs.process.wait(10)
 
 
-def session_events(client: redis.Redis) -> list[SessionEvent]:
+def session_events(client: redis.Redis, host: str = HOST) -> list[SessionEvent]:
+    """The events on ``host``'s sessions stream, oldest first."""
     events = []
-    for _entry_id, fields in client.xrange(KeySpace().sessions_stream()):
+    for _entry_id, fields in client.xrange(KeySpace().sessions_stream(host)):
         message = decode_entry(fields)
         assert isinstance(message, SessionEvent)
         events.append(message)

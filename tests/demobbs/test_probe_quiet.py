@@ -31,7 +31,7 @@ def test_a_probe_every_cycle_logs_nothing_at_info(
             env=clean_env, stdout=subprocess.DEVNULL, stderr=err)
     try:
         deadline = time.monotonic() + 30
-        while redis_client.xlen(KeySpace().reports_stream()) < 10:
+        while redis_client.xlen(KeySpace().reports_stream("demo-01")) < 10:
             assert time.monotonic() < deadline, agent_log.read_text()
             time.sleep(0.05)
         client = bbs.client()

@@ -1,6 +1,6 @@
 """Fixtures of the web page's tests: a fleet of several hosts in a real Redis,
-written the way it is in production (reports and session events on each
-host's streams, ingested by a real collector; alert states and silences as the
+written the way it is in production (reports and session events on the
+streams, ingested by a real collector; alert states and silences as the
 alerter stores them), and the exporter's web server in a thread."""
 
 from __future__ import annotations

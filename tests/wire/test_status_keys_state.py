@@ -37,33 +37,27 @@ def test_status_parse() -> None:
 def test_keys_share_one_prefix() -> None:
     keys = KeySpace("fleet2:")
     names = [keys.host("bbs-01"), keys.host_sessions("bbs-01"), keys.hosts_index(),
-             *keys.host_streams("bbs-01"), *keys.host_streams("bbs-02"),
-             keys.dead_letter_stream(), keys.alert("bbs-01", "disk_space"), keys.silences(),
-             keys.evaluate_queue(), keys.collectors_index(), keys.collector_ring()]
+             keys.reports_stream("bbs-01"), keys.sessions_stream("bbs-01"),
+             keys.reports_stream("bbs-02"), keys.dead_letter_stream(),
+             keys.alert("bbs-01", "disk_space"), keys.silences(), keys.evaluate_queue(),
+             keys.collectors_index(), keys.collector_ring()]
     assert all(name.startswith("fleet2:") for name in names)
     assert len(set(names)) == len(names)
     assert KeySpace().host("bbs-01") == "mtbbs:host:bbs-01"
-    assert KeySpace().reports_stream("bbs-01") == "mtbbs:{bbs-01}:reports"
-    assert KeySpace().sessions_stream("bbs-01") == "mtbbs:{bbs-01}:sessions"
 
 
-def test_a_host_stream_names_its_host() -> None:
-    keys = KeySpace("fleet2:")
-    assert keys.stream_host(keys.reports_stream("bbs-01")) == ("bbs-01", "reports")
-    assert keys.stream_host(keys.sessions_stream("bbs-01.example")) == (
-        "bbs-01.example", "sessions")
-    # Only a host stream of this prefix, of a valid host id and a known kind.
-    for other in (keys.dead_letter_stream(), keys.host("bbs-01"),
-                  KeySpace().reports_stream("bbs-01"), "fleet2:{bbs-01}:other",
-                  "fleet2:{a b}:reports", "fleet2:{}:reports", "fleet2:{bbs-01:reports"):
+def test_each_host_has_its_own_streams_under_its_hash_tag() -> None:
+    keys = KeySpace()
+    assert keys.host_streams("bbs-01") == ("mtbbs:{bbs-01}:reports", "mtbbs:{bbs-01}:sessions")
+    assert keys.stream_host("mtbbs:{bbs-01}:reports") == ("bbs-01", "reports")
+    assert keys.stream_host("mtbbs:{bbs-01}:sessions") == ("bbs-01", "sessions")
+    for other in ("mtbbs:stream:dead", "mtbbs:{bbs-01}:other", "mtbbs:{bad host}:reports",
+                  "fleet2:{bbs-01}:reports", "mtbbs:host:bbs-01"):
         assert keys.stream_host(other) is None, other
-    # The SCAN pattern matches a host's streams and no key the collector writes.
     from fnmatch import fnmatchcase
 
-    pattern = keys.host_streams_pattern()
-    assert all(fnmatchcase(name, pattern) for name in keys.host_streams("bbs-01"))
-    assert not any(fnmatchcase(name, pattern) for name in (
-        keys.dead_letter_stream(), keys.host("bbs-01"), keys.collector_ring()))
+    assert fnmatchcase(keys.reports_stream("bbs-01"), keys.host_streams_pattern())
+    assert not fnmatchcase(keys.dead_letter_stream(), keys.host_streams_pattern())
 
 
 def test_host_ids() -> None:
