@@ -13,9 +13,11 @@ measures in the same run:
   upper bound of what Redis takes in rather than a rate any client
   decoding what it writes could approach;
 * one ``mtbbs-collector run`` process working off the whole backlog: a new
-  process is started on empty streams, stopped (SIGSTOP) while the entries
-  are written, and timed from SIGCONT until the group has no lag and
-  nothing pending.
+  process is started on the hosts' streams, created empty beforehand (a
+  running fleet's streams exist before a burst, and finding new ones is
+  not what is timed), stopped (SIGSTOP) once it reads them, while the
+  entries are written, and timed from SIGCONT until every entry of every
+  host's stream is delivered to the group and acknowledged.
 
 The collector and the reference are measured in turns, five rounds of each
 (``--rounds``), and each is judged by its best round: on a shared machine
@@ -68,7 +70,7 @@ import psutil
 import redis
 from support import command, find_binary, start_redis
 
-from wire.keys import COLLECTOR_GROUP, KeySpace
+from wire.keys import COLLECTOR_GROUP, REPORTS, KeySpace
 from wire.messages import Report, SessionEvent, SessionInfo, decode_entry, stream_fields
 from wire.state import report_fields, session_text
 
@@ -133,9 +135,9 @@ def build_mix(hosts: int, reports: int, sessions: int) -> list[tuple[str, dict[s
     per_host: list[list[tuple[str, dict[str, bytes]]]] = []
     for h in range(hosts):
         host = f"bbs-{h:04d}"
-        items = [(keys.reports_stream(), stream_fields(report(host, s + 1, now, rng)))
+        items = [(keys.reports_stream(host), stream_fields(report(host, s + 1, now, rng)))
                  for s in range(reports)]
-        items += [(keys.sessions_stream(), stream_fields(e))
+        items += [(keys.sessions_stream(host), stream_fields(e))
                   for e in session_events(host, sessions, now)]
         per_host.append(items)
     # Interleave hosts the way a fleet publishes: round-robin, in order per host.
@@ -231,16 +233,23 @@ def server_line(client: redis.Redis) -> str:
     return f"redis-server {info.get('redis_version', '?')} ({allocator})"
 
 
-def group_progress(client: redis.Redis, last_ids: dict[str, bytes]) -> tuple[bool, bool]:
-    """(every entry delivered to the group, and none of them pending any more)."""
-    pending = False
-    for stream, last in last_ids.items():
-        group = next((g for g in client.xinfo_groups(stream)
-                      if g["name"] == COLLECTOR_GROUP.encode()), None)
-        if group is None or group["last-delivered-id"] != last:
-            return False, False
-        pending = pending or bool(group["pending"])
-    return True, not pending
+def group_progress(client: redis.Redis, last_ids: dict[str, bytes]) -> tuple[bool, list[str]]:
+    """(every entry of ``last_ids``' streams delivered to the group, the
+    streams not done yet: with entries still to deliver or pending)."""
+    streams = list(last_ids)
+    pipe = client.pipeline(transaction=False)
+    for stream in streams:
+        pipe.xinfo_groups(stream)
+    delivered = True
+    left = []
+    for stream, groups in zip(streams, pipe.execute(), strict=True):
+        group = next((g for g in groups if g["name"] == COLLECTOR_GROUP.encode()), None)
+        if group is None or group["last-delivered-id"] != last_ids[stream]:
+            delivered = False
+            left.append(stream)
+        elif group["pending"]:
+            left.append(stream)
+    return delivered, left
 
 
 def wait_until_done(client: redis.Redis, last_ids: dict[str, bytes], limit: float) -> None:
@@ -250,14 +259,38 @@ def wait_until_done(client: redis.Redis, last_ids: dict[str, bytes], limit: floa
     looks seldom (every 20 ms) while entries are still to be read, and
     closely (every ms) only for the last batches in flight: the end is
     seen within about a millisecond at little cost to the two measured.
+    A stream once done stays done (nothing is added meanwhile), so each
+    look asks only about the streams not done yet.
     """
+    left = dict(last_ids)
     while True:
-        delivered, done = group_progress(client, last_ids)
-        if done:
+        delivered, streams = group_progress(client, left)
+        if not streams:
             return
+        left = {stream: left[stream] for stream in streams}
         if time.monotonic() > limit:
             sys.exit("the collector did not finish within the time limit")
         time.sleep(0.001 if delivered else 0.02)
+
+
+def create_streams(client: redis.Redis, streams: list[str]) -> None:
+    """The hosts' streams, empty, with the group where the collector starts it."""
+    pipe = client.pipeline(transaction=False)
+    for index, stream in enumerate(streams, start=1):
+        pipe.xgroup_create(stream, COLLECTOR_GROUP, id="0", mkstream=True)
+        if index % 500 == 0:
+            pipe.execute()
+    pipe.execute()
+
+
+def reads_them_all(client: redis.Redis, streams: list[str], name: str) -> bool:
+    """True once consumer ``name`` has read every one of ``streams`` (and so
+    has found them all: the timed window holds no discovery)."""
+    pipe = client.pipeline(transaction=False)
+    for stream in streams:
+        pipe.xinfo_consumers(stream, COLLECTOR_GROUP)
+    return all(any(c["name"] == name.encode() for c in consumers)
+               for consumers in pipe.execute())
 
 
 def cpu_seconds(pid: int) -> float:
@@ -279,9 +312,12 @@ def collector_round(client: redis.Redis, server_pid: int, port: int, tmp: Path,
                     mix: list[tuple[str, dict[str, bytes]]], begun: float) -> CollectorRound:
     keys = KeySpace()
     client.flushall()
+    streams = sorted({stream for stream, _ in mix})
+    create_streams(client, streams)
     env = {k: v for k, v in os.environ.items() if not k.startswith("MTBBS_")}
     env.update({"MTBBS_REDIS_URL": f"redis://127.0.0.1:{port}/0",
                 "MTBBS_COLLECTOR_HEARTBEAT_INTERVAL_S": "30",
+                "MTBBS_COLLECTOR_RING_TIMEOUT_S": "60",
                 "MTBBS_COLLECTOR_SWEEP_INTERVAL_S": "30"})
     log_path = tmp / "collector.log"
     with open(log_path, "wb") as log:
@@ -289,7 +325,7 @@ def collector_round(client: redis.Redis, server_pid: int, port: int, tmp: Path,
                                      env=env, stdout=log, stderr=log)
     try:
         deadline = time.monotonic() + 30
-        while not client.exists(keys.collector("bench")):
+        while not reads_them_all(client, streams, "bench"):
             if collector.poll() is not None or time.monotonic() > deadline:
                 print(log_path.read_text()[-2000:])
                 sys.exit("the collector did not start")
@@ -298,7 +334,7 @@ def collector_round(client: redis.Redis, server_pid: int, port: int, tmp: Path,
         xadd_all(client, mix)
         last_ids: dict[str, bytes] = {
             s: client.xrevrange(s, count=1)[0][0]  # type: ignore[index,misc]
-            for s in keys.streams()}
+            for s in streams}
         cpu_before = cpu_seconds(collector.pid), cpu_seconds(server_pid)
         started = time.perf_counter()
         collector.send_signal(signal.SIGCONT)
@@ -335,7 +371,7 @@ def main() -> int:
             client = redis.Redis(port=port)
             mix = build_mix(args.hosts, args.reports, args.sessions)
             n = len(mix)
-            n_reports = sum(1 for s, _ in mix if s == keys.reports_stream())
+            n_reports = sum(1 for s, _ in mix if (keys.stream_host(s) or ("", ""))[1] == REPORTS)
             size = sum(len(f["m"]) for _, f in mix) // n
             print(f"mix: {n} entries from {args.hosts} hosts ({n_reports} reports, "
                   f"{n - n_reports} session events), mean payload {size} bytes")
