@@ -1,8 +1,8 @@
 """Server time of the exporter's web page for a big fleet (goal: ``/`` in <= 200 ms).
 
 The benchmark starts its own redis-server on a free loopback port and fills
-it as a running fleet would: 1,000 hosts (``--hosts``) report through the
-stream and a collector in this process ingests them (so every host hash is
+it as a running fleet would: 1,000 hosts (``--hosts``) report through their
+own streams and a collector in this process ingests them (so every host hash is
 the collector's own), each host gets a full sparkline's worth of history
 lines and a few sessions, a tenth of the hosts have a firing or pending
 alert and two collectors a heartbeat. It then asks the exporter's WSGI
@@ -63,9 +63,9 @@ def fill(client: redis.Redis, keys: KeySpace, hosts: int) -> None:
     names = [f"bbs-{i:04d}" for i in range(hosts)]
     pipe = client.pipeline(transaction=False)
     for index, host in enumerate(names):
-        pipe.xadd(keys.reports_stream(), dict(stream_fields(report(host, index))))
+        pipe.xadd(keys.reports_stream(host), dict(stream_fields(report(host, index))))
         for session in range(index % 4):
-            pipe.xadd(keys.sessions_stream(), dict(stream_fields(SessionEvent(
+            pipe.xadd(keys.sessions_stream(host), dict(stream_fields(SessionEvent(
                 host=host, epoch=1, seq=session + 1, observed_at=time.time(), kind=LOGGED_IN,
                 client_id=f"192.0.2.{session}:{4000 + session}",
                 user_id="guest" if session == 0 else f"user{session}", state="logged_in",

@@ -2,10 +2,13 @@
 
 A backlog of ``--hosts`` x ``--reports`` reports (each carrying its sequence
 number in a figure that lands in the host's history line) waits on the
-reports stream. A real ``mtbbs-collector run --name c1`` starts on it and is
-SIGKILLed while it holds entries it read but has not acknowledged. A second
-collector, ``c2``, starts after ``claim_min_idle_s``, claims c1's pending
-entries (XAUTOCLAIM) and works off the rest.
+hosts' reports streams, one per host. A real ``mtbbs-collector run --name
+c1`` starts on them and is SIGKILLed while it holds entries it read but has
+not acknowledged. A second collector, ``c2``, starts after
+``claim_min_idle_s``: it shares the hosts with c1 until c1's last heartbeat
+is older than ``ring_timeout_s``, then reads them all, claims c1's pending
+entries and works off the rest. A host's entries are applied in stream
+order throughout, so c2 holds back what comes after an entry c1 held.
 
 Counted per host from the history list (one line per applied report): the
 sequence numbers applied twice and those never applied; and the stored
@@ -25,9 +28,9 @@ from pathlib import Path
 from typing import Any
 
 import harness
-from harness import clean_env, command, processes, terminate, wait_until
+from harness import clean_env, command, pending_entries, processes, terminate, wait_until
 
-from wire.keys import COLLECTOR_GROUP, KeySpace
+from wire.keys import KeySpace
 from wire.messages import Report, encode
 
 NOW = time.time()
@@ -40,13 +43,13 @@ def report(host: str, seq: int) -> Report:
                           "memory": {"healthy": True, "process_rss_mb": float(seq)}})
 
 
-def preload(client: Any, stream: str, hosts: list[str], reports: int) -> int:
-    """Append the backlog, hosts interleaved, seqs rising; the entries written."""
+def preload(client: Any, keys: KeySpace, hosts: list[str], reports: int) -> int:
+    """Append the backlog to each host's stream, seqs rising; the entries written."""
     written = 0
     pipe = client.pipeline(transaction=False)
     for seq in range(1, reports + 1):
         for host in hosts:
-            pipe.xadd(stream, {"m": encode(report(host, seq))})
+            pipe.xadd(keys.reports_stream(host), {"m": encode(report(host, seq))})
             written += 1
         if seq % 50 == 0:
             pipe.execute()
@@ -65,17 +68,19 @@ def history_seqs(client: Any, key: str) -> list[int]:
 
 def scenario(workdir: Path, *, hosts_count: int, reports: int) -> dict[str, Any]:
     keys = KeySpace()
-    stream = keys.reports_stream()
     hosts = [f"bbs-{i:03d}" for i in range(hosts_count)]
+    streams = [keys.reports_stream(host) for host in hosts]
     env = clean_env({"MTBBS_COLLECTOR_CLAIM_MIN_IDLE_S": "1.0",
                      "MTBBS_COLLECTOR_CLAIM_INTERVAL_S": "0.5",
                      "MTBBS_COLLECTOR_HISTORY_LENGTH": str(reports + 10),
                      "MTBBS_COLLECTOR_EVALUATE": "false",
-                     "MTBBS_COLLECTOR_HEARTBEAT_INTERVAL_S": "0.5"})
+                     "MTBBS_COLLECTOR_HEARTBEAT_INTERVAL_S": "0.5",
+                     # c2 takes c1's hosts once c1 has been silent this long.
+                     "MTBBS_COLLECTOR_RING_TIMEOUT_S": "2.0"})
     with processes(workdir / "logs") as group:
         server = group.redis_server(aof=False)
         client: Any = server.client()
-        total = preload(client, stream, hosts, reports)
+        total = preload(client, keys, hosts, reports)
 
         def collector(name: str) -> Any:
             return group.spawn(name, [command("mtbbs-collector"), "run", "--name", name,
@@ -89,24 +94,23 @@ def scenario(workdir: Path, *, hosts_count: int, reports: int) -> dict[str, Any]
 
         first = collector("c1")
 
+        def pending() -> int:
+            return pending_entries(client, streams)[0]
+
         def mid_batch() -> bool:
             if progress() < total // 10:
                 return False
-            pending = client.xpending(stream, COLLECTOR_GROUP)
-            return any(c["name"] == b"c1" and int(c["pending"]) > 0
-                       for c in pending["consumers"])
+            return pending_entries(client, streams)[1].get("c1", 0) > 0
 
         wait_until(mid_batch, 120, interval=0.001, what="c1 holding a batch", alive=[first])
         os.killpg(first.pid, signal.SIGKILL)
         first.wait(10)
         killed_at = time.monotonic()
-        summary = client.xpending(stream, COLLECTOR_GROUP)
-        pending_at_kill = int(summary["pending"])
+        pending_at_kill = pending()
         applied_at_kill = progress()
         time.sleep(1.5)  # past claim_min_idle_s: c1's entries are claimable
         second = collector("c2")
-        wait_until(lambda: progress() == total
-                   and int(client.xpending(stream, COLLECTOR_GROUP)["pending"]) == 0,
+        wait_until(lambda: progress() == total and pending() == 0,
                    300, what="c2 worked off the backlog", alive=[second])
         took_over_s = time.monotonic() - killed_at
         time.sleep(1.0)  # one more heartbeat with the final counters
@@ -121,7 +125,7 @@ def scenario(workdir: Path, *, hosts_count: int, reports: int) -> dict[str, Any]
             never_applied += len(set(range(1, reports + 1)) - set(seqs))
             behind += reports - int(client.hget(keys.host(host), "seq") or 0)
         dead = client.xlen(keys.dead_letter_stream())
-        left_pending = int(client.xpending(stream, COLLECTOR_GROUP)["pending"])
+        left_pending = pending()
     return {
         "entries": total,
         "applied_by_c1_before_kill": applied_at_kill,

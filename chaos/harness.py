@@ -27,6 +27,7 @@ from typing import Any
 import redis
 
 from stack.embedded import any_free_port, find_script
+from wire.keys import COLLECTOR_GROUP
 
 
 def find_binary(name: str = "redis-server") -> str:
@@ -347,6 +348,27 @@ def stream_messages(client: redis.Redis, stream: str) -> list[tuple[bytes, Any]]
             out.append((entry_id, decode_entry(fields)))
         # Redis 6.2 reads "(id" as an exclusive bound.
         low = "(" + batch[-1][0].decode()
+
+
+def pending_entries(client: redis.Redis, streams: Sequence[str],
+                    group: str = COLLECTOR_GROUP) -> tuple[int, dict[str, int]]:
+    """Entries of ``streams`` delivered to ``group`` and not acknowledged:
+    the total and the count by consumer. Each host has streams of its own, so
+    this is one XPENDING summary per stream; a stream without the group (no
+    collector has found it yet) has none."""
+    pipe = client.pipeline(transaction=False)
+    for stream in streams:
+        pipe.xpending(stream, group)
+    total = 0
+    by_consumer: dict[str, int] = {}
+    for summary in pipe.execute(raise_on_error=False):
+        if isinstance(summary, redis.ResponseError):
+            continue
+        total += int(summary["pending"])
+        for consumer in summary["consumers"]:
+            name = consumer["name"].decode()
+            by_consumer[name] = by_consumer.get(name, 0) + int(consumer["pending"])
+    return total, by_consumer
 
 
 # -- notification endpoints (stand-ins for an SMTP server and Slack) -------------

@@ -60,6 +60,10 @@ def scenario(workdir: Path, *, hosts_count: int, down: float, settle: float) -> 
                 "slack": {"webhook_url": slack.url, "timeout": 2.0},
                 "alerter": {"retry_intervals": ["1", "2", "4", "8"], "retry_max": 30,
                             "maintenance_interval": 1.0, "digest_window": 0.5},
+                # Each host's stream appears with its first report, after the
+                # collector started: found within half a second, the alerts
+                # fire while the endpoints are still down.
+                "collector": {"discovery_interval_s": 0.5},
             })
             env = clean_env()
             collector = group.spawn("collector", [command("mtbbs-collector"), "run",
@@ -72,7 +76,7 @@ def scenario(workdir: Path, *, hosts_count: int, down: float, settle: float) -> 
             down_at = time.monotonic()
             # The alerts fire during the first half of the outage.
             for host in hosts:
-                client.xadd(keys.reports_stream(), {"m": encode(broken_report(host))})
+                client.xadd(keys.reports_stream(host), {"m": encode(broken_report(host))})
                 time.sleep(down / 2 / len(hosts))
             wait_until(lambda: all(client.hget(keys.alert(h, "database"), "state") == b"firing"
                                    for h in hosts), 60, what="every alert firing", alive=alive)

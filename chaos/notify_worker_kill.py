@@ -76,6 +76,9 @@ def scenario(workdir: Path, *, settle: float, hold: str) -> dict[str, Any]:
                 "alerter": {"delivery_timeout": 3, "abandoned_grace": 1.0,
                             "maintenance_interval": 0.5, "retry_intervals": ["1", "2"],
                             "digest_window": 0.5},
+                # The host's stream appears with its report, after the collector
+                # started: found soon rather than at the default 5 s.
+                "collector": {"discovery_interval_s": 0.5},
             })
             env = clean_env()
             collector = group.spawn("collector", [command("mtbbs-collector"), "run",
@@ -83,7 +86,7 @@ def scenario(workdir: Path, *, settle: float, hold: str) -> dict[str, Any]:
             first = group.spawn("worker-1", [command("mtbbs-alerter"), "worker", "--config",
                                              str(config), "--name", "w1"], env)
             client: Any = server.client()
-            client.xadd(keys.reports_stream(), {"m": encode(broken_report(1))})
+            client.xadd(keys.reports_stream(HOST), {"m": encode(broken_report(1))})
             held_sink: Any = smtp if hold == "mail" else slack
             wait_until(lambda: held_sink.arrivals, 60,
                        what=f"the {hold} notification in progress", alive=[collector, first])

@@ -8,12 +8,15 @@ and never comes back; Sentinel promotes the replica; the agent, whose
 reports spool meanwhile, finds the new master through Sentinel and delivers.
 After ``--after`` more reports the agent is stopped (SIGTERM, last flush).
 
-Printed: reports made against reports on the new master, missing and
-duplicated sequence numbers, seconds from the kill to Sentinel's switch and
-to the first report on the new master, and what is left in the spool.
-A report the old master acknowledged but had not yet replicated when it
-died is the one way to lose a report here (Redis replication is
-asynchronous); the figures show whether that happened.
+Printed: reports made against reports on the new master, missing sequence
+numbers, copies (a report the agent sent again after a lost reply is on
+its stream twice, which the collector skips by its epoch and seq: delivery
+is at least once), seconds from the kill to Sentinel's switch and to the
+first report on the new master, and what is left in the spool. No
+collector runs, so the host's stream keeps everything sent. A report the
+old master acknowledged but had not yet replicated when it died is the one
+way to lose a report here (Redis replication is asynchronous); the figures
+show whether that happened.
 
     python chaos/sentinel_failover.py --before 50 --after 50
 """
@@ -31,6 +34,8 @@ from harness import agent_argv, clean_env, processes, stream_messages, terminate
 from agent.spool import SpoolError, inspect
 from wire.keys import KeySpace
 
+HOST = "bbs-ha"
+
 
 def last_seq(spool: Path) -> int:
     try:
@@ -41,7 +46,7 @@ def last_seq(spool: Path) -> int:
 
 def scenario(workdir: Path, *, before: int, after: int, interval: float) -> dict[str, Any]:
     keys = KeySpace()
-    stream = keys.reports_stream()
+    stream = keys.reports_stream(HOST)
     spool = workdir / "agent" / "spool.db"
     with processes(workdir / "logs") as group:
         master = group.redis_server("master", aof=False)
@@ -55,7 +60,7 @@ def scenario(workdir: Path, *, before: int, after: int, interval: float) -> dict
                          "MTBBS_REDIS_SENTINEL_SERVICE": "mymaster",
                          "MTBBS_REDIS_SOCKET_TIMEOUT": "1",
                          "MTBBS_AGENT_BACKOFF_INITIAL": "0.1", "MTBBS_AGENT_BACKOFF_MAX": "0.5"})
-        agent = group.spawn("agent", agent_argv("bbs-ha", "redis://127.0.0.1:1/0",
+        agent = group.spawn("agent", agent_argv(HOST, "redis://127.0.0.1:1/0",
                                                 workdir / "agent", interval=interval), env)
         old = master.client()
         wait_until(lambda: old.xlen(stream) >= before, before * interval * 5 + 30,
@@ -89,7 +94,7 @@ def scenario(workdir: Path, *, before: int, after: int, interval: float) -> dict
         "on_old_master_at_kill": on_master_at_kill,
         "missing_seqs": missing,
         "missing": len(missing),
-        "duplicates": len(seqs) - len(present),
+        "copies": len(seqs) - len(present),
         "left_in_spool": status.pending,
         "dropped_by_spool": status.dropped_total,
         "failover_s": round(switched_at - killed_at, 2),
@@ -108,7 +113,7 @@ def main() -> int:
         args, "sentinel failover", "chaos-sentinel-",
         lambda workdir: scenario(workdir, before=args.before, after=args.after,
                                  interval=args.interval))
-    return 0 if result["missing"] == 0 and result["duplicates"] == 0 else 1
+    return 0 if result["missing"] == 0 else 1
 
 
 if __name__ == "__main__":

@@ -145,16 +145,23 @@ def host_families(fleet: FleetView) -> Iterator[Metric]:
 
 
 def collector_families(fleet: FleetView) -> Iterator[Metric]:
-    """The collectors' own health: the group's position, heartbeats and counters."""
+    """The collectors' own health: the running collectors' figures (from
+    their heartbeats), heartbeats and counters."""
+    # Each running collector reads hosts of its own, so its figures add up
+    # (ages: the worst); a collector out of the ring no longer counts.
     sums = total(fleet.groups)
-    yield GaugeMetricFamily("mtbbs_collector_lag", "stream entries not yet delivered to "
-                            "the collector group", value=sums["lag"])
-    yield GaugeMetricFamily("mtbbs_collector_lag_seconds", "age of the oldest undelivered "
-                            "entry", value=sums["lag_s"])
-    yield GaugeMetricFamily("mtbbs_collector_pending", "entries delivered to a collector "
-                            "but not yet acknowledged", value=sums["pending"])
+    yield GaugeMetricFamily("mtbbs_collector_lag", "entries the running collectors read in "
+                            "their last round while more were waiting on their host streams "
+                            "(0 when caught up)", value=sums["lag"])
+    yield GaugeMetricFamily("mtbbs_collector_lag_seconds", "age of the oldest entry a running "
+                            "collector read in its last round while more were waiting",
+                            value=sums["lag_s"])
+    yield GaugeMetricFamily("mtbbs_collector_pending", "entries of the running collectors' "
+                            "host streams delivered but not yet acknowledged",
+                            value=sums["pending"])
     yield GaugeMetricFamily("mtbbs_collector_oldest_pending_seconds", "age of the oldest "
-                            "pending entry", value=sums["oldest_pending_s"])
+                            "entry a running collector holds back until an older entry of "
+                            "its stream is applied", value=sums["oldest_pending_s"])
     yield GaugeMetricFamily("mtbbs_dead_letters", "entries in the dead-letter stream",
                             value=fleet.dead_letters)
     beat = _gauge("mtbbs_collector_heartbeat_age_seconds", "seconds since the collector's "
@@ -165,11 +172,20 @@ def collector_families(fleet: FleetView) -> Iterator[Metric]:
                                     "handled since it started", labels=["collector"])
     dead = CounterMetricFamily("mtbbs_collector_dead_lettered", "entries the collector "
                                "dead-lettered since it started", labels=["collector"])
+    streams = _gauge("mtbbs_collector_streams", "host streams a running collector reads",
+                     ("collector",))
+    sharing = _gauge("mtbbs_collector_ring_members", "collectors a running collector shares "
+                     "the hosts with, itself included (all running collectors should agree)",
+                     ("collector",))
+    running = {stats.collector for stats in fleet.groups}
     for collector in fleet.collectors:
         beat.add_metric([collector.name], collector.age_s)
         processed.add_metric([collector.name], collector.number("processed"))
         dead.add_metric([collector.name], collector.number("dead_lettered"))
-    yield from (beat, processed, dead)
+        if collector.name in running and "streams" in collector.fields:
+            streams.add_metric([collector.name], collector.number("streams"))
+            sharing.add_metric([collector.name], collector.number("collectors"))
+    yield from (beat, processed, dead, streams, sharing)
 
 
 def registry_for(client: Any, keys: KeySpace, settings: CollectorSettings,

@@ -78,7 +78,7 @@ class HostView:
 
 @dataclass(frozen=True)
 class FleetView:
-    """Every host (or the one asked for), the collectors and the group's figures."""
+    """Every host (or the one asked for), the collectors and the running collectors' figures."""
 
     now_ms: int
     hosts: list[HostView]

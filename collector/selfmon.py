@@ -1,4 +1,4 @@
-"""The collector's own health: consumer-group figures and heartbeats.
+"""The collector's own health: heartbeats and the figures they carry.
 
 Every collector writes a heartbeat hash (``KeySpace.collector(name)``) with
 its counters, lag and pending count, and scores its name by the heartbeat

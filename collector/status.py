@@ -11,8 +11,9 @@ under the seed's rules (``database`` unhealthy is CRITICAL, any other check
 unhealthy is WARNING); staleness adds WARNING or CRITICAL; ``-w``/``-c``
 replace the agent's own verdict for the check of the chosen metric with the
 Nagios ranges. The fleet's state is the worst host's. Collectors that all
-stopped sending heartbeats (or lag behind) add WARNING: the state shown may
-be old, and hosts turn stale soon after anyway.
+stopped sending heartbeats, or a running collector that says in its
+heartbeat that it is behind, add WARNING: the state shown may be old, and
+hosts turn stale soon after anyway.
 """
 
 from __future__ import annotations
@@ -23,7 +24,7 @@ from typing import Any
 
 from collector.fleet import FleetView, HostView
 from collector.nagios import NagiosRange, format_number, perfdata, range_status
-from collector.selfmon import CollectorView, total
+from collector.selfmon import CollectorView, GroupStats, total
 from collector.settings import CollectorSettings
 from wire.state import STALE_NO, iso_from_ms, plural, stale_status
 from wire.status import Status
@@ -299,8 +300,31 @@ def alive_collectors(collectors: list[CollectorView], settings: CollectorSetting
     return [c for c in collectors if c.age_s <= settings.stall_after_s and not c.stopped]
 
 
+def behind(stats: GroupStats, settings: CollectorSettings) -> bool:
+    """True when a running collector's heartbeat says it is behind: the
+    entries of its last round were older than ``stall_after_s`` while more
+    waited, or it has held an entry longer than a claim of the older entry
+    it waits for should take."""
+    return stats.lag_s > settings.stall_after_s or stats.oldest_pending_s > max(
+        settings.stall_after_s, settings.claim_min_idle_s * 2)
+
+
+def describe_behind(stats: GroupStats) -> str:
+    """How far one collector is behind, from its heartbeat's figures."""
+    parts = []
+    if stats.lag:
+        entries = "entry" if stats.lag == 1 else "entries"
+        parts.append(f"read {stats.lag} {entries} up to {format_number(round(stats.lag_s))} s "
+                     "old with more waiting")
+    parts.append(f"{stats.pending} pending")
+    if stats.oldest_pending_s:
+        parts.append(f"one held {format_number(round(stats.oldest_pending_s))} s for an "
+                     "older entry of its stream")
+    return f"{stats.collector}: {'; '.join(parts)}"
+
+
 def judge_collectors(fleet: FleetView, settings: CollectorSettings) -> tuple[Status, list[str]]:
-    """WARNING when no collector is alive or the group lags behind; with reasons."""
+    """WARNING when no collector is alive or a running one is behind; with reasons."""
     problems: list[str] = []
     if not fleet.collectors:
         problems.append("no collector has ever sent a heartbeat")
@@ -312,12 +336,11 @@ def judge_collectors(fleet: FleetView, settings: CollectorSettings) -> tuple[Sta
         else:
             problems.append(f"collector stalled (newest heartbeat "
                             f"{format_number(round(newest.age_s))} s ago, from {newest.name})")
-    sums = total(fleet.groups)
-    if sums["lag_s"] > settings.stall_after_s or sums["oldest_pending_s"] > max(
-            settings.stall_after_s, settings.claim_min_idle_s * 2):
-        problems.append(f"collector behind ({int(sums['lag'])} undelivered, oldest "
-                        f"{format_number(round(sums['lag_s']))} s; {int(sums['pending'])} "
-                        "pending)")
+    late = sorted((stats for stats in fleet.groups if behind(stats, settings)),
+                  key=lambda stats: (-max(stats.lag_s, stats.oldest_pending_s), stats.collector))
+    if late:
+        more = f"; and {plural(len(late) - 1, 'other collector')}" if len(late) > 1 else ""
+        problems.append(f"collector behind ({describe_behind(late[0])}{more})")
     return (Status.WARNING if problems else Status.OK), problems
 
 
@@ -399,8 +422,21 @@ def _host_long(verdict: HostVerdict, named: bool = True) -> list[str]:
     return lines
 
 
+def _sharing(collector: CollectorView) -> str | None:
+    """Which host streams a running collector reads and with how many
+    collectors it shares the hosts, as its heartbeat says (None without)."""
+    if collector.stopped or "streams" not in collector.fields:
+        return None
+    streams = int(collector.number("streams"))
+    known = int(collector.number("streams_known"))
+    sharing = int(collector.number("collectors"))
+    return (f"reads {streams} of {plural(known, 'host stream')}, "
+            f"{plural(sharing, 'collector')} sharing the hosts")
+
+
 def _collector_long(fleet: FleetView, settings: CollectorSettings) -> list[str]:
     lines = []
+    running = {stats.collector: stats for stats in fleet.groups}
     for collector in fleet.collectors:
         # A collector that said it stopped is stopped, not stalled.
         stalled = not collector.stopped and collector not in alive_collectors([collector],
@@ -409,12 +445,21 @@ def _collector_long(fleet: FleetView, settings: CollectorSettings) -> list[str]:
         for key, word in (("processed", "processed"), ("dead_lettered", "dead-lettered")):
             if collector.fields.get(key) not in (None, ""):
                 figures.append(f"{word} {collector.fields[key]}")
+        sharing = _sharing(collector)
+        if sharing:
+            figures.append(sharing)
+        stats = running.get(collector.name)
+        if stats is not None:
+            figures.append(f"lag {stats.lag} (oldest {format_number(stats.lag_s)} s), "
+                           f"{stats.pending} pending (oldest held "
+                           f"{format_number(stats.oldest_pending_s)} s)")
         lines.append(f"collector {collector.name}: {collector.fields.get('state') or 'running'}"
                      f"{' (stalled)' if stalled else ''}, {', '.join(figures)}")
+    # The running collectors' own figures, summed: each reads hosts of its own.
     sums = total(fleet.groups)
-    lines.append(f"group: {int(sums['lag'])} undelivered (oldest "
+    lines.append(f"running collectors: {len(fleet.groups)}, lag {int(sums['lag'])} (oldest "
                  f"{format_number(sums['lag_s'])} s), {int(sums['pending'])} pending (oldest "
-                 f"{format_number(sums['oldest_pending_s'])} s), "
+                 f"held {format_number(sums['oldest_pending_s'])} s), "
                  f"{plural(fleet.dead_letters, 'dead letter')}")
     return lines
 

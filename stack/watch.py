@@ -58,10 +58,11 @@ ALERT_SKIPPED = frozenset({"host", "check", "history", "mark", "seq", "level", "
                            "firing_since_ms", "flap_since_ms", "last_notified_ms", "updated",
                            "breach_summary", "notified", "suppressed", "repeats",
                            "flap_percent"})
-# Of a collector's heartbeat hash, the figures a sysop looks at first; any
-# other hash is shown whole.
-COLLECTOR_FIELDS = ("state", "caught_up", "lag", "pending", "processed", "dead_lettered",
-                    "errors")
+# Of a collector's heartbeat hash, the figures a sysop looks at first (the
+# host streams it reads and how many collectors share the hosts among them
+# included); any other hash is shown whole.
+COLLECTOR_FIELDS = ("state", "caught_up", "streams", "collectors", "lag", "pending",
+                    "processed", "dead_lettered", "errors")
 # The status CLI's default for a stalled collector ([collector] stall_after_s).
 COLLECTOR_STALL_S = 60.0
 

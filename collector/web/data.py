@@ -179,8 +179,10 @@ def read_alerts(client: Any, keys: KeySpace, *, host: str | None = None,
 
 def read_collector_rows(client: Any, keys: KeySpace, settings: CollectorSettings,
                         now_ms: int) -> list[dict[str, Any]]:
-    """Each collector's heartbeat age, state, lag and pending count; stalled
-    when silent ``stall_after_s``, as the status CLI judges it."""
+    """Each collector's heartbeat age, state, the host streams it reads, the
+    collectors it shares the hosts with, and its lag and pending count (all
+    as its heartbeat says; a stopped collector reads nothing); stalled when
+    silent ``stall_after_s``, as the status CLI judges it."""
     rows = []
     for view in read_collectors(client, keys, now_ms):
         state = view.fields.get("state", "")
@@ -190,6 +192,8 @@ def read_collector_rows(client: Any, keys: KeySpace, settings: CollectorSettings
             "age_s": round(view.age_s, 3),
             "state": state,
             "stalled": not view.stopped and view.age_s > settings.stall_after_s,
+            "streams": None if view.stopped else _int(view.fields.get("streams")),
+            "sharing": None if view.stopped else _int(view.fields.get("collectors")),
             "lag": _int(view.fields.get("lag")),
             "pending": _int(view.fields.get("pending")),
             "processed": _int(view.fields.get("processed")),

@@ -35,6 +35,8 @@ LABELS: dict[str, dict[str, str]] = {
         "collectors": "Collectors",
         "collector": "collector",
         "heartbeat": "heartbeat",
+        "streams": "host streams",
+        "sharing": "collectors sharing",
         "lag": "lag",
         "pending": "pending",
         "no_collectors": "No collector heartbeat: is 'mtbbs-collector run' running?",
@@ -114,6 +116,8 @@ LABELS: dict[str, dict[str, str]] = {
         "collectors": "コレクター",
         "collector": "コレクター",
         "heartbeat": "ハートビート",
+        "streams": "担当ストリーム",
+        "sharing": "分担コレクター",
         "lag": "遅延",
         "pending": "未確認",
         "no_collectors": ("コレクターのハートビートがありません。"

@@ -178,6 +178,10 @@ def collector_rows(text: dict[str, str], collectors: list[dict[str, Any]]) -> st
             f'<td data-label="{esc(text["heartbeat"])}">'
             f'{esc(age_text(row["age_s"]))} {esc(text["ago"])}</td>'
             f'<td data-label="{esc(text["state"])}">{esc(text.get(state, state))}</td>'
+            f'<td class="num" data-label="{esc(text["streams"])}">'
+            f'{esc(figure(row["streams"]))}</td>'
+            f'<td class="num" data-label="{esc(text["sharing"])}">'
+            f'{esc(figure(row["sharing"]))}</td>'
             f'<td class="num" data-label="{esc(text["lag"])}">{esc(figure(row["lag"]))}</td>'
             f'<td class="num" data-label="{esc(text["pending"])}">'
             f'{esc(figure(row["pending"]))}</td></tr>')
@@ -225,7 +229,7 @@ def fleet_page(lang: str, fleet: dict[str, Any] | None, redis_error: str | None 
         f'<section><h2>{esc(text["collectors"])}</h2>'
         f'<table id="collectors" class="cards"><thead><tr>'
         + "".join(f"<th>{esc(text[k])}</th>" for k in (
-            "collector", "heartbeat", "state", "lag", "pending"))
+            "collector", "heartbeat", "state", "streams", "sharing", "lag", "pending"))
         + f'</tr></thead><tbody>{collector_rows(text, data["collectors"])}</tbody></table>'
         f'<p class="empty" id="no-collectors"'
         f'{"" if not data["collectors"] and fleet is not None else " hidden"}>'

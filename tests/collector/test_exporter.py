@@ -37,7 +37,9 @@ def test_scrape(redis_client: redis.Redis, keys: Any, publish: Any, report: Any,
     collector = make_collector(name="exp")
     collector.drain()
     collector.heartbeat()
-    redis_client.xadd(keys.reports_stream(), {"m": b"junk"})  # lag 1
+    # Entries the collector has not read yet are not lag: its heartbeat says
+    # what it last found, caught up.
+    redis_client.xadd(keys.reports_stream("bbs-01"), {"m": b"junk"})
     registry = registry_for(redis_client, keys, CollectorSettings(), host_series=True)
     found = samples(generate_latest(registry).decode())
     assert found[("mtbbs_up", ())] == 1
@@ -53,11 +55,48 @@ def test_scrape(redis_client: redis.Redis, keys: Any, publish: Any, report: Any,
     assert found[("mtbbs_host_status", (("host", "bbs-01"),))] == 2
     assert found[("mtbbs_host_status", (("host", "bbs-02"),))] == 1
     assert 0 <= found[("mtbbs_last_seen_age_seconds", (("host", "bbs-01"),))] < 60
-    assert found[("mtbbs_collector_lag", ())] == 1
+    assert found[("mtbbs_collector_lag", ())] == 0
+    assert found[("mtbbs_collector_lag_seconds", ())] == 0
     assert found[("mtbbs_collector_pending", ())] == 0
     assert found[("mtbbs_collector_heartbeat_age_seconds", (("collector", "exp"),))] < 60
     assert found[("mtbbs_collector_processed_total", (("collector", "exp"),))] == 2
+    assert found[("mtbbs_collector_streams", (("collector", "exp"),))] == 2
+    assert found[("mtbbs_collector_ring_members", (("collector", "exp"),))] == 1
     assert found[("mtbbs_dead_letters", ())] == 0
+
+
+def test_the_lag_is_what_running_collectors_say_in_their_heartbeats(
+        redis_client: redis.Redis, keys: Any, publish: Any, report: Any,
+        make_collector: Any) -> None:
+    from collector.ingest import MIN_PER_STREAM
+
+    publish(report("bbs-01", 1))
+    collector = make_collector(name="busy", batch_size=1)
+    collector.drain()
+    # A backlog on bbs-01's stream: one round reads part of it, more waits.
+    for seq in range(2, 3 * MIN_PER_STREAM + 2):
+        publish(report("bbs-01", seq))
+    time.sleep(0.2)
+    assert collector.read(None) == MIN_PER_STREAM
+    collector.heartbeat()
+    # A collector that stopped cleanly says nothing about lag any more.
+    gone = make_collector(name="gone")
+    gone.heartbeat()
+    redis_client.hset(keys.collector("gone"), mapping={"lag": "500", "lag_s": "900"})
+    gone.heartbeat("stopped")
+    found = samples(generate_latest(registry_for(redis_client, keys,
+                                                 CollectorSettings())).decode())
+    assert found[("mtbbs_collector_lag", ())] == MIN_PER_STREAM
+    assert 0.2 <= found[("mtbbs_collector_lag_seconds", ())] < 60
+    assert found[("mtbbs_collector_streams", (("collector", "busy"),))] == 1
+    assert ("mtbbs_collector_streams", (("collector", "gone"),)) not in found
+    # Caught up again, its next heartbeat says so.
+    collector.drain()
+    collector.heartbeat()
+    found = samples(generate_latest(registry_for(redis_client, keys,
+                                                 CollectorSettings())).decode())
+    assert found[("mtbbs_collector_lag", ())] == 0
+    assert found[("mtbbs_collector_lag_seconds", ())] == 0
 
 
 def test_a_default_scrape_has_the_fleets_aggregates_and_no_host_series(

@@ -76,3 +76,45 @@ def test_hosts_without_state_are_missing_in_either_read(
         view = read_fleet(redis_client, keys, CollectorSettings(), whole=whole)
         assert view.missing == ["bbs-gone"]
         assert len(view.hosts) == len(mixed_fleet)
+
+
+def test_the_collectors_figures_are_those_of_running_collectors_heartbeats(
+        redis_client: redis.Redis, keys: Any) -> None:
+    from collector.selfmon import write_heartbeat
+
+    settings = CollectorSettings()
+    now_ms = server_time_ms(redis_client)
+    figures = {"streams": 3, "streams_known": 6, "collectors": 2, "pending": 0, "lag": 0,
+               "lag_s": 0.0, "oldest_pending_s": 0.0, "processed": 10}
+    # c1 works off a backlog 75 s old; c2 is caught up; c3 stopped and c4 went
+    # silent past ring_timeout_s: their last figures no longer count.
+    write_heartbeat(redis_client, keys, "c1", now_ms, {
+        **figures, "state": "running", "lag": 500, "lag_s": 75.0, "pending": 3})
+    write_heartbeat(redis_client, keys, "c2", now_ms, {**figures, "state": "running"})
+    write_heartbeat(redis_client, keys, "c3", now_ms, {
+        **figures, "state": "stopped", "lag": 900, "lag_s": 900.0})
+    silent_ms = now_ms - int(settings.ring_timeout_s * 1000) - 1000
+    write_heartbeat(redis_client, keys, "c4", silent_ms, {
+        **figures, "state": "running", "lag": 700, "lag_s": 700.0})
+    fleet = read_fleet(redis_client, keys, settings)
+    assert sorted(stats.collector for stats in fleet.groups) == ["c1", "c2"]
+    status, problems = check.judge_collectors(fleet, settings)
+    assert status.name == "WARNING"
+    assert problems == ["collector behind (c1: read 500 entries up to 75 s old with more "
+                        "waiting; 3 pending)"]
+    long = check._collector_long(fleet, settings)
+    [c1] = [line for line in long if line.startswith("collector c1:")]
+    assert c1.endswith(", reads 3 of 6 host streams, 2 collectors sharing the hosts, "
+                       "lag 500 (oldest 75 s), 3 pending (oldest held 0 s)")
+    [c3] = [line for line in long if line.startswith("collector c3:")]
+    assert "reads" not in c3 and "lag" not in c3
+    assert long[-1] == ("running collectors: 2, lag 500 (oldest 75 s), 3 pending (oldest held "
+                        "0 s), 0 dead letters")
+    # Caught up, c1 says so in its next heartbeat, and nothing is behind.
+    write_heartbeat(redis_client, keys, "c1", now_ms, {**figures, "state": "running"})
+    assert check.judge_collectors(read_fleet(redis_client, keys, settings), settings)[1] == []
+    # An entry held past the claim time for an older one is behind too.
+    write_heartbeat(redis_client, keys, "c2", now_ms, {
+        **figures, "state": "running", "pending": 1, "oldest_pending_s": 900.0})
+    assert check.judge_collectors(read_fleet(redis_client, keys, settings), settings)[1] == [
+        "collector behind (c2: 1 pending; one held 900 s for an older entry of its stream)"]

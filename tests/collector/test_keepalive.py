@@ -139,18 +139,17 @@ def test_a_lone_report_is_handed_to_the_alerter_at_once(redis_client: redis.Redi
     # (blocking) read: the job of a report arriving alone must not wait for
     # the next entry or the end of that read.
     collector = make_collector(block_ms=300, sweep_interval_s=60, heartbeat_interval_s=60,
-                               claim_interval_s=60, ring_timeout_s=120,
-                               discovery_interval_s=60)
-    # A host the collector knows: its (empty) stream is there when it starts.
-    stream = keys.reports_stream("bbs-01")
-    redis_client.xadd(stream, {"m": b""})
-    redis_client.xtrim(stream, maxlen=0)
+                               ring_timeout_s=120, claim_interval_s=60)
+    # The host has reported before: its stream is known (a new host's stream
+    # is found by the next discovery pass, which is not what this is about).
+    publish(report("bbs-01", 1))
     collector.setup()
-    assert collector.step() == 0  # the first round's reclaim, sweep and heartbeat are done
-    publish(report("bbs-01", 1, disk=95.0))
+    assert collector.step() == 1  # read with the first round's inspection and heartbeat
+    redis_client.delete(keys.evaluation_pending("bbs-01"))  # the alerter took its job
+    publish(report("bbs-01", 2, disk=95.0))
     assert collector.step() == 1
-    assert jobs_for(redis_client, keys, "bbs-01") == 1
-    assert collector.counters.applied == 1
+    assert jobs_for(redis_client, keys, "bbs-01") == 2
+    assert collector.counters.applied == 2
 
 
 def test_a_report_as_before_still_ends_the_staleness(redis_client: redis.Redis, keys: Any,
@@ -222,11 +221,15 @@ def test_a_sweep_never_overwrites_a_fresh_report(redis_client: redis.Redis, keys
 def test_no_sweep_while_working_off_a_backlog(redis_client: redis.Redis, keys: Any,
                                               publish: Any, report: Any,
                                               make_collector: Any) -> None:
+    from collector.ingest import MIN_PER_STREAM
+
     publish(report("bbs-01", 1, interval=0.2))
     collector = make_collector(batch_size=1)
     collector.drain()
     time.sleep(1.1)
-    for seq in range(2, 5):
+    # A read takes at least MIN_PER_STREAM entries of a stream: more than
+    # two reads' worth leaves a backlog after the step below.
+    for seq in range(2, 3 * MIN_PER_STREAM + 2):
         publish(report("bbs-01", seq, interval=0.2, observed_at=time.time()))
     collector.read(None)
     assert collector.caught_up is False

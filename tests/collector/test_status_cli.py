@@ -355,7 +355,7 @@ def test_hosts_sessions_history(command: Any, env: dict[str, str], fleet: Any, r
 
 def test_dead_letters_command(command: Any, env: dict[str, str], redis_client: redis.Redis,
                               keys: Any, make_collector: Any) -> None:
-    redis_client.xadd(keys.reports_stream(), {"m": b"\x00junk"})
+    redis_client.xadd(keys.reports_stream("bbs-01"), {"m": b"\x00junk"})
     make_collector().drain()
     done = run(command, env, "dead-letters")
     assert done.returncode == 0

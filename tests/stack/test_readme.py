@@ -102,7 +102,10 @@ def key_patterns() -> dict[str, str]:
     keys = KeySpace()
     patterns = {}
     for name, method in inspect.getmembers(keys, inspect.ismethod):
-        if name.startswith("_") or name == "streams":
+        # Not keys: a host's pair of streams (each documented on its own),
+        # the glob that finds them and the parser of their names.
+        if name.startswith("_") or name in ("host_streams", "host_streams_pattern",
+                                            "stream_host"):
             continue
         parameters = list(inspect.signature(method).parameters)
         patterns[name] = method(*[f"<{p}>" for p in parameters])

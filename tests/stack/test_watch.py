@@ -83,7 +83,8 @@ def test_snapshot_reads_hosts_sessions_alerts_and_collectors(redis_client: redis
     redis_client.hset(keys.alert("bbs-02", "memory"), mapping={"state": "resolved"})
     now_ms = int(time.time() * 1000)
     redis_client.zadd(keys.collectors_index(), {"collector-a": now_ms})
-    redis_client.hset(keys.collector("collector-a"), mapping={"pending": "0", "lag": "2"})
+    redis_client.hset(keys.collector("collector-a"), mapping={
+        "pending": "0", "lag": "2", "streams": "6", "collectors": "2", "heartbeat": "x"})
 
     snapshot = watch.read_snapshot(redis_client, keys, history_points=10)
 
@@ -98,7 +99,13 @@ def test_snapshot_reads_hosts_sessions_alerts_and_collectors(redis_client: redis
     assert [(a.host, a.check, a.state) for a in snapshot.alerts] == [
         ("bbs-01", "disk_space", "firing")]
     assert snapshot.collectors[0].name == "collector-a"
-    assert snapshot.collectors[0].details == {"lag": "2", "pending": "0"}
+    assert snapshot.collectors[0].details == {"lag": "2", "pending": "0", "streams": "6",
+                                              "collectors": "2", "heartbeat": "x"}
+    # The streams it reads and the collectors sharing the hosts come first.
+    out = io.StringIO()
+    watch.Console(file=out, width=160, color_system=None).print(
+        watch.collectors_table(snapshot))
+    assert "streams=6 collectors=2 lag=2 pending=0" in out.getvalue()
 
 
 def test_watch_once_prints_plain_text(redis_url: str, redis_client: redis.Redis,

@@ -132,7 +132,9 @@ def stack(redis_server_factory: Any, command: Any, clean_env: dict[str, str],
     """Redis, a collector and the exporter as processes; the fleet published."""
     server = redis_server_factory()
     env = {**clean_env, "MTBBS_REDIS_URL": server.url, "MTBBS_COLLECTOR_EVALUATE": "false",
-           "MTBBS_COLLECTOR_HEARTBEAT_INTERVAL_S": "0.5"}
+           "MTBBS_COLLECTOR_HEARTBEAT_INTERVAL_S": "0.5",
+           # The hosts' streams appear after the collector started: find them soon.
+           "MTBBS_COLLECTOR_DISCOVERY_INTERVAL_S": "0.2"}
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))
         port = sock.getsockname()[1]
@@ -178,6 +180,8 @@ def test_the_fleet_page_shows_every_host_worst_first(stack: Stack) -> None:
     alerts = dom.by_id("alerts")["text"]
     assert "bbs-03" in alerts and "firing" in alerts and "pending" in alerts
     assert "collector-a" in dom.by_id("collectors")["text"]
+    sharing = [e for e in dom.find("td") if e["attrs"].get("data-label") == "collectors sharing"]
+    assert [e["text"] for e in sharing] == ["1"]
     # The script ran (times localized) and found the data current: no banner.
     assert dom.by_id("banner")["attrs"].get("hidden") is not None
     assert "old" not in dom.by_id("main")["attrs"].get("class", "")

@@ -71,6 +71,8 @@ def test_api_fleet_is_the_redis_state(web: str, redis_client: redis.Redis) -> No
         ("bbs-03", "database", "firing"), ("bbs-02", "disk_space", "pending")]
     assert [c["name"] for c in fleet["collectors"]] == ["web-test"]
     assert fleet["collectors"][0]["lag"] == 0
+    # The four hosts' streams (reports, and sessions for two), all its own.
+    assert (fleet["collectors"][0]["streams"], fleet["collectors"][0]["sharing"]) == (6, 1)
     seconds, _ = redis_client.time()
     assert abs(fleet["now_ms"] / 1000 - int(seconds)) < 5
 

@@ -225,6 +225,8 @@
       tr.appendChild(cell("collector", row.name));
       tr.appendChild(cell("heartbeat", ageText(row.age_s) + " " + label("ago")));
       tr.appendChild(cell("state", label(state)));
+      tr.appendChild(cell("streams", figure(row.streams), "num"));
+      tr.appendChild(cell("sharing", figure(row.sharing), "num"));
       tr.appendChild(cell("lag", figure(row.lag), "num"));
       tr.appendChild(cell("pending", figure(row.pending), "num"));
       return tr;
