@@ -73,9 +73,10 @@ GC_YOUNG_THRESHOLD = 100_000
 
 # Streams named in one XREADGROUP: a bound on any one command of the loop.
 READ_CHUNK = 256
-# Entries asked of each stream in one read, at least: a host with a backlog
-# is worked off in a few rounds, however many streams share the batch.
-MIN_PER_STREAM = 16
+# Entries asked of each stream in one read, at least. A host with a backlog
+# is read again at once, on its own (see Collector._targets), so a small
+# figure costs it little and bounds what one read of many streams can hold.
+MIN_PER_STREAM = 4
 # Streams whose consumers one step inspects (claims, idle consumers).
 INSPECT_PAGE = 200
 # SCAN pages one step reads while a discovery pass is under way.
@@ -154,6 +155,7 @@ class Collector:
         self._held_lock = threading.Lock()
         self._rotation = 0
         self._inspect_at = 0
+        self._pending_in_pass = 0
         self._pending_seen = 0
         self._lag = (0, 0.0)
         now = clock()
@@ -388,12 +390,16 @@ class Collector:
                    max(MIN_PER_STREAM, self.settings.batch_size // max(1, streams)))
 
     def _targets(self, streams: list[str]) -> list[str]:
-        """The streams a read looks at: while Redis announces appends, those
-        named since the last read (and, now and then, all); otherwise all."""
+        """The streams a read looks at: those known to hold new entries (named
+        by keyspace events, or left with more to read), and now and then all
+        of them: every second while Redis announces appends, else every
+        ``poll_interval_ms``, and whenever none is known to hold any."""
         now = self.clock()
         with self._appended_lock:
-            if not self.wakeups.active or now >= self._next_full_read:
-                self._next_full_read = now + FULL_READ_S
+            if not self._appended or now >= self._next_full_read:
+                every = FULL_READ_S if self.wakeups.active else (
+                    self.settings.poll_interval_ms / 1000)
+                self._next_full_read = now + every
                 self._appended.clear()
                 return streams
             appended, self._appended = self._appended, set()
@@ -570,25 +576,22 @@ class Collector:
         stream starts every ``claim_interval_s``; the number of entries claimed."""
         owned = self.streams.owned
         page = owned[self._inspect_at:self._inspect_at + count]
-        self._inspect_at += count
-        if self._inspect_at >= len(owned):
-            self._inspect_at = 0
-            self._next_inspect = self.clock() + self.settings.claim_interval_s
-        if not page:
-            return 0
         members = set(self.streams.members)
         claimed = 0
-        pending = 0
         for stream, consumers in self.reclaimer.inspect(page).items():
-            pending += sum(consumers.pending.values())
+            self._pending_in_pass += sum(consumers.pending.values())
             for consumer, waiting in consumers.pending.items():
                 if waiting and consumer != self.name and consumer not in members:
                     claimed += self.reclaimer.from_consumer(stream, consumer)
             if any(consumers.pending.values()):
                 claimed += self.reclaimer.idle(stream)
             self.reclaimer.forget_idle(stream, consumers)
-        self._pending_seen = pending if self._inspect_at == count else (
-            self._pending_seen + pending)
+        self._inspect_at += count
+        if self._inspect_at >= len(owned):
+            # The pass is over: its count of pending entries is the figure.
+            self._pending_seen, self._pending_in_pass = self._pending_in_pass, 0
+            self._inspect_at = 0
+            self._next_inspect = self.clock() + self.settings.claim_interval_s
         self.counters.reclaimed += claimed
         return claimed
 
