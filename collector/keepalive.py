@@ -38,7 +38,7 @@ from __future__ import annotations
 import logging
 import weakref
 from collections.abc import Callable, Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 import redis
@@ -267,9 +267,11 @@ class _Pass:
     outage: Outage | None
     seed_cursor: int | None  # ZSCAN cursor over the hosts index; None when done
     grace_cursor: int | None  # likewise, while the outage's grace is given
-    passed_over: int = 0  # due hosts left to others (or that failed) in this pass
+    # The due hosts this pass left in the index (others', or a failed write).
+    # The hosts it judged leave the range that is due (scheduled later, or
+    # dropped at CRITICAL), so the range is these, then the hosts to judge.
+    kept: list[str] = field(default_factory=list)
     graced: int = 0
-
 
 class Sweeper:
     """Judges silent hosts a page at a time, from the due index.
@@ -312,8 +314,10 @@ class Sweeper:
         """One page of the pass under way (beginning one when none is); the
         transitions made (each needs an evaluation). ``owns`` narrows the
         judging to the hosts this collector reads."""
-        if self._pass is None:
-            outage = detect_outage(client, self.keys, self.settings, now_ms, self.previous_ms)
+        outage = detect_outage(client, self.keys, self.settings, now_ms, self.previous_ms)
+        if self._pass is None or outage is not None:
+            # An outage in the middle of a pass starts it again: the hosts it
+            # had still to judge are owed the grace first.
             self._pass = _Pass(outage, None if self._seeded else 0,
                                None if outage is None else 0)
         current = self._pass
@@ -367,21 +371,29 @@ class Sweeper:
     def _judge_due(self, client: Any, current: _Pass, now_ms: int, owns: Owns,
                    made: list[Transition]) -> bool:
         """Judge a page of the hosts that are due; True when none is left."""
-        entries = client.zrangebyscore(self.keys.hosts_due(), "-inf", now_ms,
-                                       start=current.passed_over, num=self.page)
-        hosts = [_text(host) for host in entries]
+        due = self.keys.hosts_due()
+        if current.kept:
+            # Some of those left meanwhile (judged by their owner, reported):
+            # the hosts to judge begin right after the ones still there.
+            scores = client.zmscore(due, current.kept)
+            current.kept = [host for host, score in zip(current.kept, scores, strict=True)
+                            if score is not None and score <= now_ms]
+        hosts = [_text(host) for host in client.zrangebyscore(
+            due, "-inf", now_ms, start=len(current.kept), num=self.page)]
         mine = [host for host in hosts if owns(host)]
-        current.passed_over += len(hosts) - len(mine)
+        current.kept += [host for host in hosts if host not in mine]
         if mine:
-            self._judge(client, mine, now_ms, current, made)
+            current.kept += sorted(self._judge(client, mine, now_ms, made))
         return len(hosts) < self.page
 
-    def _judge(self, client: Any, hosts: Sequence[str], now_ms: int, current: _Pass,
-               made: list[Transition]) -> None:
+    def _judge(self, client: Any, hosts: Sequence[str], now_ms: int,
+               made: list[Transition]) -> set[str]:
+        """Judge ``hosts`` and schedule them again; those left due (a failed write)."""
         keys = self.keys
         # (redis-py loads a registered script before a pipeline that runs it.)
         judged = client.register_script(STALE)
         pipe = client.pipeline(transaction=False)
+        judged_hosts: list[str] = []
         planned: list[Transition | None] = []
         gone: list[str] = []
         for host, fields in zip(hosts, _rows(client, keys, hosts), strict=True):
@@ -400,21 +412,24 @@ class Sweeper:
             judged(keys=[keys.host(host), keys.hosts_due()],
                    args=[host, last_seen, level, host_status(fields, level).name,
                          "" if due is None else due], client=pipe)
+            judged_hosts.append(host)
             planned.append(None if level == before
                            else Transition(host, before, level, round(age_s, 3)))
         if gone:
             pipe.zrem(keys.hosts_due(), *gone)
             pipe.zrem(keys.hosts_index(), *gone)
         results = pipe.execute(raise_on_error=False)
-        for transition, result in zip(planned, results, strict=False):
+        failed = set()
+        for host, transition, result in zip(judged_hosts, planned, results, strict=False):
             if isinstance(result, Exception):
                 # Still due: left for the next pass, passed over in this one.
-                current.passed_over += 1
-                logger.warning("cannot judge the staleness of a host: %s", result)
+                failed.add(host)
+                logger.warning("cannot judge the staleness of host %s: %s", host, result)
             elif transition is not None and result != SKIPPED:
                 made.append(transition)
                 logger.info("host %s stale: %s -> %s (silent %.1f s)", transition.host,
                             transition.before, transition.after, transition.age_s)
+        return failed
 
 
 # One sweeper per client for :func:`sweep`, so that each remembers its

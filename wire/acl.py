@@ -167,7 +167,7 @@ def _collector(keys: KeySpace) -> _Spec:
     patterns = (
         (keys.host_streams_pattern(), "RW"),  # every host's reports and sessions
         (f"{keys.prefix}stream:*", "RW"),  # the dead letters
-        (keys.hosts_index(), "RW"),
+        (keys.hosts_index(), "RW"), (keys.hosts_due(), "RW"),
         (keys.host("*"), "RW"),  # the host hash, its sessions, history, ordering marks
         (keys.collectors_index(), "RW"), (keys.collector_ring(), "RW"),
         (keys.collector("*"), "RW"),

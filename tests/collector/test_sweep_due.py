@@ -386,14 +386,9 @@ def test_an_outages_grace_is_given_a_page_a_step_before_any_judging(
     assert {due[h] for h in hosts} == {given[hosts[0]] + 1501}
 
 
-# -- known defects of the Sweeper, held as strict xfails: each turns into a
-# -- failure (XPASS) once the Sweeper is fixed, and its mark must go then.
+# -- a pass that others' judging or an outage interrupts
 
 
-@pytest.mark.xfail(strict=True, reason=(
-    "a pass pages the due index by an offset (the hosts passed over); when passed-over "
-    "hosts leave the index meanwhile (their owner judged them, or they reported), the "
-    "offset skips as many of this pass's own due hosts: judged a pass later"))
 def test_a_pass_misses_none_of_its_hosts_when_others_leave_meanwhile(
         redis_client: redis.Redis, keys: KeySpace, publish: Any, report: Any,
         make_collector: Any, monkeypatch: pytest.MonkeyPatch) -> None:
@@ -420,10 +415,6 @@ def test_a_pass_misses_none_of_its_hosts_when_others_leave_meanwhile(
     assert sorted(t.host for t in made) == ours
 
 
-@pytest.mark.xfail(strict=True, reason=(
-    "the outage check runs when a pass begins only: a pass under way when Redis restarts "
-    "(here a new sweeper's seeding, 100,000 hosts take 200 steps) goes on judging after "
-    "it without a grace, and every host silent through the outage turns stale"))
 def test_a_restart_in_the_middle_of_a_pass_still_grants_the_grace(
         redis_server_factory: Any, keys: KeySpace, report: Any, make_collector: Any) -> None:
     server = redis_server_factory("--appendonly", "yes", "--appendfsync", "always")
