@@ -73,10 +73,10 @@ GC_YOUNG_THRESHOLD = 100_000
 
 # Streams named in one XREADGROUP: a bound on any one command of the loop.
 READ_CHUNK = 256
-# Entries asked of each stream in one read, at least. A host with a backlog
-# is read again at once, on its own (see Collector._targets), so a small
-# figure costs it little and bounds what one read of many streams can hold.
-MIN_PER_STREAM = 4
+# Entries asked of each stream in one read, at least: working off a backlog,
+# a batch then holds several reports of each host, and writes its hash once
+# for all of them (collector.plan.superseded).
+MIN_PER_STREAM = 16
 # Streams whose consumers one step inspects (claims, idle consumers).
 INSPECT_PAGE = 200
 # SCAN pages one step reads while a discovery pass is under way.
@@ -319,8 +319,14 @@ class Collector:
     def read(self, block_ms: int | None) -> int:
         """Read one batch of new entries of the owned streams and hand it to the
         writer; the number read. Caught up, it waits until the batch is applied."""
-        if len(self.streams.owned) > READ_CHUNK and self.wakeups.listening():
-            self._note_appended(self.wakeups.take())
+        if len(self.streams.owned) > READ_CHUNK:
+            if not self.caught_up:
+                # Working off a backlog, every read finds entries anyway: do not
+                # pay for an announcement per entry; listen again once caught up
+                # (a full read then finds what was not announced meanwhile).
+                self.wakeups.close()
+            elif self.wakeups.listening():
+                self._note_appended(self.wakeups.take())
         ahead, self._read_ahead = self._read_ahead, None
         if ahead is None:
             # Working off a backlog, the read takes what is there at once;
@@ -362,32 +368,40 @@ class Collector:
             if block_ms:
                 self.stop_event.wait(block_ms / 1000)
             return [], False
-        if len(streams) <= READ_CHUNK:
-            # Few enough to block on them all in one call.
-            return self._read_chunk(streams, self._per_stream(len(streams)), block_ms)
-        targets = self._targets(streams)
-        per_stream = self._per_stream(len(targets))
+        batch_size = self.settings.batch_size
+        if block_ms and len(streams) <= READ_CHUNK:
+            # Caught up, and few enough streams to block on them all at once.
+            per_stream = max(1, batch_size // len(streams))
+            batches, _ = self._read_chunk(streams, per_stream, block_ms)
+            again = [stream for stream, entries in batches if len(entries) >= per_stream]
+        else:
+            targets = self._targets(streams)
+            per_stream = min(batch_size, max(MIN_PER_STREAM, batch_size // len(targets)))
+            # Streams per call: one call returns at most about twice batch_size.
+            chunk = max(1, min(READ_CHUNK, 2 * batch_size // per_stream))
+            batches, again = self._read_chunks(targets, per_stream, chunk)
+            if not batches and block_ms:
+                self._wait_for_appends(block_ms)
+        with self._appended_lock:
+            self._appended.update(again)
+        return batches, bool(again)
+
+    def _read_chunks(self, streams: list[str], per_stream: int, chunk: int
+                     ) -> tuple[Batches, list[str]]:
+        """Read ``streams`` a chunk at a time until about ``batch_size`` entries
+        are in; the entries, and the streams that may hold more."""
         batches: Batches = []
-        read = 0
         again: list[str] = []
-        for start in range(0, len(targets), READ_CHUNK):
+        read = 0
+        for start in range(0, len(streams), chunk):
             if read >= self.settings.batch_size:
-                again += targets[start:]
+                again += streams[start:]
                 break
-            chunk_batches, _ = self._read_chunk(targets[start:start + READ_CHUNK], per_stream,
-                                                None)
+            chunk_batches, _ = self._read_chunk(streams[start:start + chunk], per_stream, None)
             batches += chunk_batches
             read += sum(len(entries) for _, entries in chunk_batches)
             again += [stream for stream, entries in chunk_batches if len(entries) >= per_stream]
-        with self._appended_lock:
-            self._appended.update(again)
-        if not read and block_ms:
-            self._wait_for_appends(block_ms)
-        return batches, bool(again)
-
-    def _per_stream(self, streams: int) -> int:
-        return min(self.settings.batch_size,
-                   max(MIN_PER_STREAM, self.settings.batch_size // max(1, streams)))
+        return batches, again
 
     def _targets(self, streams: list[str]) -> list[str]:
         """The streams a read looks at: those known to hold new entries (named
@@ -415,9 +429,14 @@ class Collector:
         else:
             self.stop_event.wait(wait_ms / 1000)
 
-    def _note_appended(self, names: set[str]) -> None:
+    def _note_appended(self, names: set[str] | None) -> None:
         """Take announced appends: streams owned are read next, those of hosts
-        not known yet are found at once."""
+        not known yet are found at once; after a flood (None), every stream."""
+        if names is None:
+            with self._appended_lock:
+                self._appended.clear()
+                self._next_full_read = 0.0
+            return
         if not names:
             return
         gained = self.streams.add(name for name in names if name not in self.streams)

@@ -27,8 +27,11 @@ logger = logging.getLogger(__name__)
 
 #: The channel pattern of XADD events of every database.
 XADD_EVENTS = "__keyevent@*__:xadd"
-# Events taken in one call at most, so that a flood cannot hold the loop.
-MAX_EVENTS = 10_000
+# Events taken in one call at most. More than that is a flood (a backlog
+# arriving at once): reading every stream is then cheaper than parsing an
+# announcement per entry, so the subscription is dropped, with what it
+# holds, and taken up again later.
+MAX_EVENTS = 1_000
 # Events count as on while one was heard this recently.
 QUIET_S = 60.0
 
@@ -52,17 +55,24 @@ class Wakeups:
         """True when subscribed (subscribing first if need be)."""
         return self._subscribed()
 
-    def take(self, timeout_s: float = 0.0) -> set[str]:
+    def take(self, timeout_s: float = 0.0) -> set[str] | None:
         """The keys appended to since the last call, waiting up to ``timeout_s``
-        for the first; an empty set when none (or when not subscribed)."""
+        for the first; an empty set when none (or when not subscribed), None
+        after a flood (see :data:`MAX_EVENTS`): read everything."""
         if not self._subscribed():
             return set()
         named: set[str] = set()
+        taken = 0
         try:
             message = self._pubsub.get_message(timeout=timeout_s)
-            while message is not None and len(named) < MAX_EVENTS:
+            while message is not None:
                 if message.get("type") == "pmessage":
                     named.add(text(message["data"]))
+                    taken += 1
+                    if taken >= MAX_EVENTS:
+                        self.close()
+                        self._heard_at = self.clock()
+                        return None
                 message = self._pubsub.get_message(timeout=0.0)
         except redis.RedisError as exc:
             logger.info("keyspace events interrupted (%s); subscribing again", exc)
