@@ -340,17 +340,26 @@ def answers(client: redis.Redis) -> bool:
         return False
 
 
-def test_an_outages_grace_is_given_a_page_a_step_before_any_judging(
-        redis_server_factory: Any, keys: KeySpace, report: Any, make_collector: Any) -> None:
+def fleet_to_restart(redis_server_factory: Any, keys: KeySpace, report: Any,
+                     make_collector: Any) -> tuple[Any, redis.Redis, list[str],
+                                                   keepalive.Sweeper]:
+    """A Redis that keeps its data over a restart, 300 hosts reported to it
+    (stale at WARNING after 1.5 s of silence, CRITICAL after 2.5 s), and a
+    sweeper of 50 hosts a page."""
     server = redis_server_factory("--appendonly", "yes", "--appendfsync", "always")
     client = server.client(socket_timeout=2, socket_connect_timeout=2)
     collector = make_collector(client=client, name="restart")
     hosts = host_ids("bbs", 300)
-    # Stale at WARNING after 1.5 s of silence, CRITICAL after 2.5 s.
     for host in hosts:
         client.xadd(keys.reports_stream(host), {"m": encode(report(host, 1, interval=0.5))})
     collector.drain()
-    sweeper = keepalive.Sweeper(keys, collector.settings, page=50)
+    return server, client, hosts, keepalive.Sweeper(keys, collector.settings, page=50)
+
+
+def test_an_outages_grace_is_given_a_page_a_step_before_any_judging(
+        redis_server_factory: Any, keys: KeySpace, report: Any, make_collector: Any) -> None:
+    server, client, hosts, sweeper = fleet_to_restart(redis_server_factory, keys, report,
+                                                      make_collector)
     assert whole_pass(sweeper, client, server_time_ms(client)) == []
     assert not sweeper.busy
     server.stop(signal.SIGKILL)
@@ -417,14 +426,8 @@ def test_a_pass_misses_none_of_its_hosts_when_others_leave_meanwhile(
 
 def test_a_restart_in_the_middle_of_a_pass_still_grants_the_grace(
         redis_server_factory: Any, keys: KeySpace, report: Any, make_collector: Any) -> None:
-    server = redis_server_factory("--appendonly", "yes", "--appendfsync", "always")
-    client = server.client(socket_timeout=2, socket_connect_timeout=2)
-    collector = make_collector(client=client, name="restart")
-    hosts = host_ids("bbs", 300)
-    for host in hosts:
-        client.xadd(keys.reports_stream(host), {"m": encode(report(host, 1, interval=0.5))})
-    collector.drain()
-    sweeper = keepalive.Sweeper(keys, collector.settings, page=50)
+    server, client, hosts, sweeper = fleet_to_restart(redis_server_factory, keys, report,
+                                                      make_collector)
     # The first page of a new sweeper's seeding: the pass is under way.
     assert sweeper.step(client, server_time_ms(client)) == []
     assert sweeper.busy
