@@ -215,6 +215,11 @@ class Transition:
 _SWEEP_FIELDS = ("last_seen_ms", "interval_s", "stale", "report_status", "unhealthy",
                  GRACE_FIELD_MS)
 
+# How often a sweeper schedules again the hosts missing from the due index (a
+# pass over the hosts index, a page a step; a host at CRITICAL is read once
+# more for it).
+RESEED_S = 3600.0
+
 # Entries of the due index (or of the hosts index, when it seeds the due
 # index or grants a grace) that one step handles: a step takes a few
 # milliseconds however big the fleet.
@@ -273,6 +278,7 @@ class _Pass:
     kept: list[str] = field(default_factory=list)
     graced: int = 0
 
+
 class Sweeper:
     """Judges silent hosts a page at a time, from the due index.
 
@@ -284,8 +290,9 @@ class Sweeper:
     at CRITICAL, until it reports), in one script that does nothing if the
     host reported meanwhile. A pass begins with the outage check; after an
     outage it first grants the grace to every host not heard from since,
-    and the first pass of a sweeper schedules every host of the hosts index
-    that is not in the due index (hosts written before it existed). Each
+    and the first pass of a sweeper, and one every :data:`RESEED_S`,
+    schedules every host of the hosts index that is not in the due index
+    (hosts written before it existed, or by an older collector). Each
     :meth:`step` does one page, so the collector reads its streams between
     them; :meth:`sweep` makes a whole pass.
     """
@@ -296,7 +303,7 @@ class Sweeper:
         self.page = page
         self.previous_ms: int | None = None  # Redis time of the previous step
         self._pass: _Pass | None = None
-        self._seeded = False
+        self._seeded_ms: int | None = None  # Redis time of the last seeding
 
     @property
     def busy(self) -> bool:
@@ -318,14 +325,15 @@ class Sweeper:
         if self._pass is None or outage is not None:
             # An outage in the middle of a pass starts it again: the hosts it
             # had still to judge are owed the grace first.
-            self._pass = _Pass(outage, None if self._seeded else 0,
-                               None if outage is None else 0)
+            seed = self._seeded_ms is None or now_ms - self._seeded_ms >= RESEED_S * 1000
+            self._pass = _Pass(outage, 0 if seed else None, None if outage is None else 0)
         current = self._pass
         self.previous_ms = now_ms
         made: list[Transition] = []
         if current.seed_cursor is not None:
             current.seed_cursor = self._seed(client, current.seed_cursor)
-            self._seeded = current.seed_cursor is None
+            if current.seed_cursor is None:
+                self._seeded_ms = now_ms
         elif current.grace_cursor is not None:
             assert current.outage is not None
             current.grace_cursor = self._grace(client, current, current.outage)

@@ -200,10 +200,10 @@ def test_a_fleet_going_silent_is_marked_a_page_a_step(
     assert {(t.before, t.after) for t in made} == {(STALE_WARNING, STALE_CRITICAL)}
     assert max(len(hosts) for hosts in reads) <= 100
     assert set(scores(redis_client, keys.hosts_due())) == set(slow)
-    # An hour on, only the slow hosts have come due; the CRITICAL ones are
-    # not read again.
+    # Fifty minutes on (before the hourly seeding), only the slow hosts have
+    # come due; the CRITICAL ones are not read again.
     del reads[:]
-    made = whole_pass(sweeper, redis_client, critical_at + 3_600_000)
+    made = whole_pass(sweeper, redis_client, critical_at + 3_000_000)
     assert sorted(t.host for t in made) == slow
     assert sorted(h for hosts in reads for h in hosts) == slow
     assert scores(redis_client, keys.hosts_due()) == {}
@@ -284,6 +284,29 @@ def test_the_first_pass_schedules_hosts_without_a_due_entry(
     assert {h: due[h] for h in unscheduled} == {h: seen[h] + CRITICAL_MS + 1 for h in unscheduled}
     # Seeding does not move a host that is scheduled already.
     assert {h: due[h] for h in slow} == slow_due
+
+
+def test_hosts_written_without_a_due_entry_later_are_scheduled_by_the_next_seeding(
+        redis_client: redis.Redis, keys: KeySpace, publish: Any, report: Any,
+        make_collector: Any, monkeypatch: pytest.MonkeyPatch) -> None:
+    collector = make_collector()
+    no_outage(monkeypatch)
+    sweeper = keepalive.Sweeper(keys, collector.settings, page=16)
+    start = server_time_ms(redis_client)
+    assert whole_pass(sweeper, redis_client, start) == []  # seeded: nothing there yet
+    # An older collector, mid-upgrade, writes hosts without scheduling them.
+    late = host_ids("late", 20)
+    report_all(publish, report, collector, late)
+    redis_client.zrem(keys.hosts_due(), *late)
+    seen = scores(redis_client, keys.hosts_index())
+    # Their silence passes the threshold: the next pass does not know them...
+    warning_at = max(seen[h] for h in late) + WARNING_MS + 1
+    assert warning_at - start < keepalive.RESEED_S * 1000
+    assert whole_pass(sweeper, redis_client, warning_at) == []
+    # ... the pass after the next seeding does.
+    reseed_at = start + int(keepalive.RESEED_S * 1000)
+    made = whole_pass(sweeper, redis_client, reseed_at)
+    assert sorted(t.host for t in made) == late
 
 
 def test_a_report_landing_mid_page_wins_and_the_pass_goes_on(
