@@ -9,7 +9,8 @@ away: a check equal to the one before is passed over whole, and only the
 values that changed are formatted.
 
 A difference is right only on top of the very hash it was computed against,
-so it carries that write's ordering key, its *base*: the apply script uses
+so it carries that write's position (its stream entry id, as
+:func:`collector.scripts.position` writes it), its *base*: the apply script uses
 it only when the stored report is the base's, and otherwise refuses it
 (:data:`collector.scripts.REPLAN`), after which the collector forgets the
 host and writes the whole hash. Every :data:`WHOLE_EVERY`-th write of a
@@ -42,7 +43,7 @@ _MISSING = object()
 @dataclass(slots=True)
 class HashWrite:
     """A report's write of its host hash: ``base`` '' for the whole hash
-    (``fields`` is all of it), else the ordering key of the write that
+    (``fields`` is all of it), else the position of the write that
     ``fields`` (changed) and ``deleted`` are the difference to."""
 
     base: str
@@ -53,7 +54,7 @@ class HashWrite:
 
 @dataclass(slots=True)
 class _Written:
-    order: str
+    position: str
     summary_key: tuple[Any, ...]
     summary: dict[str, str]
     checks: Mapping[str, Mapping[str, FieldValue]]
@@ -66,8 +67,8 @@ class WrittenHashes:
     def __init__(self) -> None:
         self._written: dict[str, _Written] = {}
 
-    def plan(self, report: Report, order: str, entry_ms: int) -> HashWrite:
-        """The write of ``report`` (ordering key ``order``, seen at Redis time
+    def plan(self, report: Report, position: str, entry_ms: int) -> HashWrite:
+        """The write of ``report`` (at stream ``position``, seen at Redis time
         ``entry_ms``), remembered as its host's latest."""
         key = summary_key(report)
         before = self._written.get(report.host)
@@ -82,7 +83,7 @@ class WrittenHashes:
         if before is None and len(self._written) >= MAX_HOSTS:
             self._written.clear()
         self._written[report.host] = _Written(
-            order, key, summary, report.checks, 1 if before is None else before.writes + 1)
+            position, key, summary, report.checks, 1 if before is None else before.writes + 1)
         fields = report_moment(report, entry_ms)
         if before is None:
             fields.update(summary)
@@ -93,7 +94,7 @@ class WrittenHashes:
                           if before.summary.get(name) != text)
         deleted: list[str] = []
         _check_changes(before.checks, report.checks, fields, deleted)
-        return HashWrite(before.order, fields, deleted, summary["status"])
+        return HashWrite(before.position, fields, deleted, summary["status"])
 
     def forget(self, host: str) -> None:
         """Drop what is remembered of ``host``: its next write is whole."""

@@ -148,7 +148,6 @@ class Collector:
         self._appended: set[str] = set()
         self._appended_lock = threading.Lock()
         self._next_full_read = 0.0
-        self._loop_thread = threading.current_thread()
         self._read_ahead: Future[tuple[Batches, bool]] | None = None
         self._grouped: set[str] = set()
         self._held: dict[str, list[Write]] = {}
@@ -215,7 +214,6 @@ class Collector:
     def run(self, stop: threading.Event) -> None:
         """Consume until ``stop`` is set; Redis outages are retried, never raised."""
         self.stop_event = stop
-        self._loop_thread = threading.current_thread()
         delay = 0.0
         failing = False
         while not stop.is_set():
@@ -372,7 +370,7 @@ class Collector:
         if block_ms and len(streams) <= READ_CHUNK:
             # Caught up, and few enough streams to block on them all at once.
             per_stream = max(1, batch_size // len(streams))
-            batches, _ = self._read_chunk(streams, per_stream, block_ms)
+            batches = self._read_chunk(streams, per_stream, block_ms)
             again = [stream for stream, entries in batches if len(entries) >= per_stream]
         else:
             targets = self._targets(streams)
@@ -397,7 +395,7 @@ class Collector:
             if read >= self.settings.batch_size:
                 again += streams[start:]
                 break
-            chunk_batches, _ = self._read_chunk(streams[start:start + chunk], per_stream, None)
+            chunk_batches = self._read_chunk(streams[start:start + chunk], per_stream, None)
             batches += chunk_batches
             read += sum(len(entries) for _, entries in chunk_batches)
             again += [stream for stream, entries in chunk_batches if len(entries) >= per_stream]
@@ -424,7 +422,8 @@ class Collector:
         be announced (or, without announcements, for the next poll)."""
         wait_ms = block_ms if self.wakeups.active else min(block_ms,
                                                            self.settings.poll_interval_ms)
-        if threading.current_thread() is self._loop_thread and self.wakeups.listening():
+        # (Only the loop's own thread waits: a read ahead never blocks.)
+        if self.wakeups.listening():
             self._note_appended(self.wakeups.take(wait_ms / 1000))
         else:
             self.stop_event.wait(wait_ms / 1000)
@@ -447,7 +446,7 @@ class Collector:
             self._appended.update(name for name in names if name in owned)
 
     def _read_chunk(self, streams: Sequence[str], per_stream: int,
-                    block_ms: int | None) -> tuple[Batches, bool]:
+                    block_ms: int | None) -> Batches:
         try:
             reply = self.client.xreadgroup(self.group, self.name, dict.fromkeys(streams, ">"),
                                            count=per_stream, block=block_ms)
@@ -459,9 +458,8 @@ class Collector:
             logger.warning("a host stream lost its consumer group (%s); recreating it", exc)
             self._grouped.difference_update(streams)
             self.ensure_groups(streams)
-            return [], True
-        batches = [(text(stream), entries) for stream, entries in reply or [] if entries]
-        return batches, any(len(entries) >= per_stream for _, entries in batches)
+            return []
+        return [(text(stream), entries) for stream, entries in reply or [] if entries]
 
     def _note_lag(self, batches: Batches, more: bool, count: int) -> None:
         if not more or not batches:
@@ -664,9 +662,11 @@ class Collector:
         }
         fields.update(self.counters.as_fields())
         write_heartbeat(self.client, self.keys, self.name, now_ms, fields)
-        # Entries of collectors whose hashes expired long ago.
+        # Entries of collectors whose hashes expired long ago, and members of
+        # the ring silent for a day (long out of it already).
         self.client.zremrangebyscore(self.keys.collectors_index(), "-inf",
                                      now_ms - 2 * 86_400_000)
+        self.client.zremrangebyscore(self.keys.collector_ring(), "-inf", now_ms - 86_400_000)
         if state != STOPPED:
             self.share(now_ms)
 

@@ -53,8 +53,6 @@ class Ring:
 
     def members(self, now_ms: int) -> tuple[str, ...]:
         """The live members, sorted; this collector is always one of them."""
-        # Members silent for a day are long out of the ring: drop them.
-        self.client.zremrangebyscore(self.key, "-inf", now_ms - 86_400_000)
         live = self.client.zrangebyscore(self.key, now_ms - self.timeout_ms, "+inf")
         return tuple(sorted({self.name, *(text(name) for name in live)}))
 

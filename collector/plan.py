@@ -50,6 +50,8 @@ from wire.state import entry_id_ms, float_text, iso_from_ms, session_fields_text
 logger = logging.getLogger(__name__)
 
 MAX_REASON = 200
+# The reason of a dead letter for an entry deleted (trimmed) while pending.
+TRIMMED = "entry no longer in the stream (trimmed before it was processed)"
 MAX_FIELD_NAMES = 200
 
 #: Stored session texts by host, then client id; None (or no entry) where there is none.
@@ -112,8 +114,7 @@ class Planner:
         if not fields:
             # XADD needs a field, so an entry without any was deleted (trimmed)
             # while it was pending.
-            return self.dead_letter(stream, entry_id, None, "entry no longer in the stream "
-                                    "(trimmed before it was processed)")
+            return self.dead_letter(stream, entry_id, None, TRIMMED)
         size = entry_size(fields)
         if size > self.settings.max_entry_bytes:
             return self.dead_letter(stream, entry_id, fields, f"entry of {size} bytes exceeds "

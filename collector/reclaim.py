@@ -30,7 +30,7 @@ from typing import Any
 
 import redis
 
-from collector.plan import Planner, Write
+from collector.plan import TRIMMED, Planner, Write
 from collector.settings import CollectorSettings
 from wire.replies import text
 
@@ -167,11 +167,9 @@ class Reclaimer:
         if returned:
             self.process(stream, returned, self._delivery_counts(stream, returned))
         # An entry trimmed from the stream while it was pending comes back
-        # without its fields (or not at all): it cannot be applied.
-        gone = set(ids) - {text(entry[0]) for entry in returned if entry[1]}
-        self.apply_now([self.planner.dead_letter(stream, entry_id, None, "entry no longer in "
-                                                 "the stream (trimmed before it was "
-                                                 "processed)")
+        # without its fields (planned as a dead letter above) or not at all.
+        gone = set(ids) - {text(entry[0]) for entry in returned}
+        self.apply_now([self.planner.dead_letter(stream, entry_id, None, TRIMMED)
                         for entry_id in sorted(gone)])
 
     def _delivery_counts(self, stream: str, entries: Sequence[Any]) -> dict[str, int]:
@@ -193,9 +191,7 @@ class Reclaimer:
             entry_id = text(row["message_id"])
             if entry_id in returned or self.client.xrange(stream, min=entry_id, max=entry_id):
                 continue
-            writes.append(self.planner.dead_letter(stream, entry_id, None, "entry no longer in "
-                                                   "the stream (trimmed before it was "
-                                                   "processed)"))
+            writes.append(self.planner.dead_letter(stream, entry_id, None, TRIMMED))
         self.apply_now(writes)
 
     def _dead_letter_overdelivered(self, stream: str, min_idle_ms: int) -> None:

@@ -1,7 +1,7 @@
 """The Lua scripts that write the state, and the table of names they take.
 
 :data:`APPLY` applies a list of stream entries in one call. For each entry it
-checks the message's ordering key against what is stored, writes the state
+checks the entry's place in its host's order (see below), writes the state
 only when the message is newer, and acknowledges the entry; the call is
 atomic, so an entry is never acknowledged without its write and two
 collectors racing on one host cannot interleave a check with a write. It
