@@ -796,3 +796,38 @@ def test_the_planner_and_the_apply_script_follow_one_table_of_names(
         assert sorted(write.entry) == sorted(names), write.kind
         for name in PROTOCOL[write.kind]:
             assert f"e.{name}" in APPLY, name
+
+
+def test_applied_entries_are_trimmed_from_the_hosts_stream(
+        redis_client: redis.Redis, keys: Any, make_collector: Any) -> None:
+    from tests.collector.conftest import make_report
+    from wire.messages import stream_fields
+
+    stream = keys.reports_stream("bbs-01")
+    pipe = redis_client.pipeline(transaction=False)
+    for seq in range(1, 1001):
+        pipe.xadd(stream, dict(stream_fields(make_report("bbs-01", seq))))
+    pipe.execute()
+    make_collector().drain()
+    assert redis_client.hget(keys.host("bbs-01"), "seq") == b"1000"
+    # Whole nodes of applied entries go (MINID ~): what is left is at most
+    # about one node (stream-node-max-entries, 100 by default).
+    assert redis_client.xlen(stream) <= 200
+
+
+def test_the_pending_figure_is_the_last_whole_inspection_pass(
+        redis_client: redis.Redis, keys: Any, publish: Any, report: Any,
+        make_collector: Any) -> None:
+    publish(report("bbs-01", 1))
+    publish(report("bbs-02", 1))
+    collector = make_collector(name="counting", claim_min_idle_s=60)
+    collector.drain()
+    # One entry delivered to this consumer and not applied (as after a
+    # dropped connection): pending, and not idle long enough to be claimed.
+    stream = keys.reports_stream("bbs-01")
+    publish(report("bbs-01", 2))
+    redis_client.xreadgroup(COLLECTOR_GROUP, "counting", {stream: ">"})
+    for _ in range(4):
+        collector.reclaim()
+    collector.heartbeat()
+    assert redis_client.hget(keys.collector("counting"), "pending") == b"1"

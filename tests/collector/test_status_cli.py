@@ -350,7 +350,10 @@ def test_hosts_sessions_history(command: Any, env: dict[str, str], fleet: Any, r
     done = run(command, env, "forget", "--host", "bbs-02", "--wait", "0")
     assert done.returncode == 0
     assert redis_client.zrange(keys.hosts_index(), 0, -1) == [b"bbs-01"]
-    assert not redis_client.exists(keys.host("bbs-02"), keys.host_history("bbs-02"))
+    assert not redis_client.exists(keys.host("bbs-02"), keys.host_history("bbs-02"),
+                                   *keys.host_streams("bbs-02"))
+    assert redis_client.zscore(keys.hosts_due(), "bbs-02") is None
+    assert redis_client.zscore(keys.hosts_due(), "bbs-01") is not None
 
 
 def test_dead_letters_command(command: Any, env: dict[str, str], redis_client: redis.Redis,
