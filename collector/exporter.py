@@ -149,7 +149,7 @@ def collector_families(fleet: FleetView) -> Iterator[Metric]:
     their heartbeats), heartbeats and counters."""
     # Each running collector reads hosts of its own, so its figures add up
     # (ages: the worst); a collector out of the ring no longer counts.
-    sums = total(fleet.groups)
+    sums = total(fleet.running)
     yield GaugeMetricFamily("mtbbs_collector_lag", "entries the running collectors read in "
                             "their last round while more were waiting on their host streams "
                             "(0 when caught up)", value=sums["lag"])
@@ -177,7 +177,7 @@ def collector_families(fleet: FleetView) -> Iterator[Metric]:
     sharing = _gauge("mtbbs_collector_ring_members", "collectors a running collector shares "
                      "the hosts with, itself included (all running collectors should agree)",
                      ("collector",))
-    running = {stats.collector for stats in fleet.groups}
+    running = {stats.collector for stats in fleet.running}
     for collector in fleet.collectors:
         beat.add_metric([collector.name], collector.age_s)
         processed.add_metric([collector.name], collector.number("processed"))

@@ -23,8 +23,8 @@ from collector.keepalive import (
     worse_stale,
 )
 from collector.selfmon import (
+    CollectorStats,
     CollectorView,
-    GroupStats,
     heartbeat_stats,
     read_collectors,
 )
@@ -83,7 +83,7 @@ class FleetView:
     now_ms: int
     hosts: list[HostView]
     collectors: list[CollectorView]
-    groups: list[GroupStats]
+    running: list[CollectorStats]
     dead_letters: int
     missing: list[str]
 
@@ -224,7 +224,7 @@ def read_fleet(client: Any, keys: KeySpace, settings: CollectorSettings,
     collectors = read_collectors(client, keys, now_ms)
     # A running collector's own figures; one silent past the ring's timeout
     # has left the ring and its last figures say nothing any more.
-    groups = [heartbeat_stats(view) for view in collectors
+    running = [heartbeat_stats(view) for view in collectors
               if not view.stopped and view.age_s <= settings.ring_timeout_s]
     dead = int(client.xlen(keys.dead_letter_stream()))
-    return FleetView(now_ms, views, collectors, groups, dead, missing)
+    return FleetView(now_ms, views, collectors, running, dead, missing)

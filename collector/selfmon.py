@@ -32,7 +32,7 @@ STOPPED = "stopped"
 
 
 @dataclass(frozen=True)
-class GroupStats:
+class CollectorStats:
     """How far one collector is behind on the streams it reads, from its heartbeat.
 
     ``lag`` counts entries it read in its last round while more were
@@ -49,13 +49,13 @@ class GroupStats:
     oldest_pending_s: float = 0.0
 
 
-def heartbeat_stats(view: CollectorView) -> GroupStats:
+def heartbeat_stats(view: CollectorView) -> CollectorStats:
     """The figures of one collector's heartbeat."""
-    return GroupStats(view.name, int(view.number("pending")), int(view.number("lag")),
+    return CollectorStats(view.name, int(view.number("pending")), int(view.number("lag")),
                       view.number("lag_s"), view.number("oldest_pending_s"))
 
 
-def total(stats: Iterable[GroupStats]) -> dict[str, float]:
+def total(stats: Iterable[CollectorStats]) -> dict[str, float]:
     """Sums (pending, lag) and maxima (ages) over the collectors."""
     items = list(stats)
     return {

@@ -24,7 +24,7 @@ from typing import Any
 
 from collector.fleet import FleetView, HostView
 from collector.nagios import NagiosRange, format_number, perfdata, range_status
-from collector.selfmon import CollectorView, GroupStats, total
+from collector.selfmon import CollectorStats, CollectorView, total
 from collector.settings import CollectorSettings
 from wire.state import STALE_NO, iso_from_ms, plural, stale_status
 from wire.status import Status
@@ -300,7 +300,7 @@ def alive_collectors(collectors: list[CollectorView], settings: CollectorSetting
     return [c for c in collectors if c.age_s <= settings.stall_after_s and not c.stopped]
 
 
-def behind(stats: GroupStats, settings: CollectorSettings) -> bool:
+def behind(stats: CollectorStats, settings: CollectorSettings) -> bool:
     """True when a running collector's heartbeat says it is behind: the
     entries of its last round were older than ``stall_after_s`` while more
     waited, or it has held an entry longer than a claim of the older entry
@@ -309,7 +309,7 @@ def behind(stats: GroupStats, settings: CollectorSettings) -> bool:
         settings.stall_after_s, settings.claim_min_idle_s * 2)
 
 
-def describe_behind(stats: GroupStats) -> str:
+def describe_behind(stats: CollectorStats) -> str:
     """How far one collector is behind, from its heartbeat's figures."""
     parts = []
     if stats.lag:
@@ -336,7 +336,7 @@ def judge_collectors(fleet: FleetView, settings: CollectorSettings) -> tuple[Sta
         else:
             problems.append(f"collector stalled (newest heartbeat "
                             f"{format_number(round(newest.age_s))} s ago, from {newest.name})")
-    late = sorted((stats for stats in fleet.groups if behind(stats, settings)),
+    late = sorted((stats for stats in fleet.running if behind(stats, settings)),
                   key=lambda stats: (-max(stats.lag_s, stats.oldest_pending_s), stats.collector))
     if late:
         more = f"; and {plural(len(late) - 1, 'other collector')}" if len(late) > 1 else ""
@@ -436,7 +436,7 @@ def _sharing(collector: CollectorView) -> str | None:
 
 def _collector_long(fleet: FleetView, settings: CollectorSettings) -> list[str]:
     lines = []
-    running = {stats.collector: stats for stats in fleet.groups}
+    running = {stats.collector: stats for stats in fleet.running}
     for collector in fleet.collectors:
         # A collector that said it stopped is stopped, not stalled.
         stalled = not collector.stopped and collector not in alive_collectors([collector],
@@ -456,8 +456,8 @@ def _collector_long(fleet: FleetView, settings: CollectorSettings) -> list[str]:
         lines.append(f"collector {collector.name}: {collector.fields.get('state') or 'running'}"
                      f"{' (stalled)' if stalled else ''}, {', '.join(figures)}")
     # The running collectors' own figures, summed: each reads hosts of its own.
-    sums = total(fleet.groups)
-    lines.append(f"running collectors: {len(fleet.groups)}, lag {int(sums['lag'])} (oldest "
+    sums = total(fleet.running)
+    lines.append(f"running collectors: {len(fleet.running)}, lag {int(sums['lag'])} (oldest "
                  f"{format_number(sums['lag_s'])} s), {int(sums['pending'])} pending (oldest "
                  f"held {format_number(sums['oldest_pending_s'])} s), "
                  f"{plural(fleet.dead_letters, 'dead letter')}")
@@ -561,7 +561,7 @@ def fleet_result(fleet: FleetView, thresholds: Thresholds, settings: CollectorSe
     metric = METRICS[thresholds.metric]
     values = [(metric.value(v), v) for v in fleet.hosts]
     known = [(value, v) for value, v in values if value is not None]
-    sums = total(fleet.groups)
+    sums = total(fleet.running)
     alive = alive_collectors(fleet.collectors, settings)
     perf = [
         perfdata("hosts", len(verdicts), "", "", "", 0),

@@ -97,7 +97,7 @@ def test_the_collectors_figures_are_those_of_running_collectors_heartbeats(
     write_heartbeat(redis_client, keys, "c4", silent_ms, {
         **figures, "state": "running", "lag": 700, "lag_s": 700.0})
     fleet = read_fleet(redis_client, keys, settings)
-    assert sorted(stats.collector for stats in fleet.groups) == ["c1", "c2"]
+    assert sorted(stats.collector for stats in fleet.running) == ["c1", "c2"]
     status, problems = check.judge_collectors(fleet, settings)
     assert status.name == "WARNING"
     assert problems == ["collector behind (c1: read 500 entries up to 75 s old with more "
