@@ -21,12 +21,11 @@ from typing import Any
 
 import redis
 
+from wire.keys import XADD_EVENTS
 from wire.replies import text
 
 logger = logging.getLogger(__name__)
 
-#: The channel pattern of XADD events of every database.
-XADD_EVENTS = "__keyevent@*__:xadd"
 # Events taken in one call at most. More than that is a flood (a backlog
 # arriving at once): reading every stream is then cheaper than parsing an
 # announcement per entry, so the subscription is dropped, with what it

@@ -49,7 +49,7 @@ from __future__ import annotations
 import hashlib
 from dataclasses import dataclass
 
-from wire.keys import KeySpace, valid_host_id
+from wire.keys import XADD_EVENTS, KeySpace, valid_host_id
 
 ROLES = ("agent", "reporter", "collector", "alerter", "readonly")
 
@@ -79,11 +79,6 @@ _DATA = ("+@read", "+@write", "-@dangerous")
 # Braces are no glob characters in Redis (a host stream's hash tag is matched
 # literally); host ids cannot hold any of these, prefixes may.
 _GLOB_SPECIALS = "*?[]\\"
-
-# The keyspace notification of an XADD, in any database: the collector may
-# wait on it instead of polling every host's stream. SUBSCRIBE checks the
-# channel against this glob; PSUBSCRIBE (Redis 6.2) must name it exactly.
-XADD_EVENTS = "__keyevent@*__:xadd"
 
 
 def glob_escape(text: str) -> str:

@@ -19,6 +19,12 @@ CHECK_NAME_PATTERN = re.compile(r"^[a-z][a-z0-9_]{0,31}$")
 
 COLLECTOR_GROUP = "collectors"
 
+# The channel pattern of Redis's keyspace events for XADD in every database
+# (``notify-keyspace-events Et``): the collector listens on it, so its ACL
+# user is granted it (SUBSCRIBE checks a channel against this glob;
+# PSUBSCRIBE on Redis 6.2 must name it exactly).
+XADD_EVENTS = "__keyevent@*__:xadd"
+
 # The kinds of a host's streams, the last part of their names.
 REPORTS = "reports"
 SESSIONS = "sessions"

@@ -22,14 +22,13 @@ from alerter.worker import BoundedPubsubTeardown
 from wire.acl import (
     HOST_ROLES,
     ROLES,
-    XADD_EVENTS,
     aclfile_line,
     glob_escape,
     password_rule,
     role_rule,
     setuser_line,
 )
-from wire.keys import RQ_SERIALIZER, KeySpace
+from wire.keys import RQ_SERIALIZER, XADD_EVENTS, KeySpace
 
 KEYS = KeySpace()
 SHARED_ROLES = tuple(role for role in ROLES if role not in HOST_ROLES)
