@@ -63,7 +63,6 @@ class Discovery:
     def __init__(self, keys: KeySpace) -> None:
         self.keys = keys
         self.cursor = 0
-        self.passes = 0
 
     @property
     def in_pass(self) -> bool:
@@ -75,8 +74,6 @@ class Discovery:
         cursor, names = client.scan(self.cursor, match=self.keys.host_streams_pattern(),
                                     count=SCAN_COUNT, _type="stream")
         self.cursor = int(cursor)
-        if self.cursor == 0:
-            self.passes += 1
         return [text(name) for name in names]
 
     def whole_pass(self, client: Any) -> list[str]:
